@@ -1,0 +1,68 @@
+"""Typed readers for environment variables; a bad value stops start-up with the variable named."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected an integer") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value}: must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name}={value}: must be at most {maximum}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_models(name: str, default: dict[str, str]) -> dict[str, str]:
+    """'sentiment=bundled:sentiment,custom=path:/models/x' → {'sentiment': 'bundled:sentiment', ...}."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    models = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, source = item.partition("=")
+        if not sep or not key.strip() or not source.strip():
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} must look like NAME=SOURCE (e.g. sentiment=bundled:sentiment)"
+            )
+        models[key.strip()] = source.strip()
+    if not models:
+        raise ImproperlyConfigured(f"{name} names no model")
+    return models

@@ -1,0 +1,154 @@
+"""Input serializers validate; output serializers shape responses. No business logic here."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from predictions.models import Batch, Prediction, PredictionStatus
+from predictions.registry import UnknownModel, model_exists, model_names
+
+
+class TextField(serializers.CharField):
+    """A non-empty string: numbers, lists and objects are refused rather than coerced; NUL is refused."""
+
+    default_error_messages = {
+        "not_a_string": "Must be a string, not {kind}.",
+        "blank_text": "Must contain at least one non-whitespace character.",
+        "too_long": "Must be at most {limit} characters (got {length}); see MAX_TEXT_CHARS.",
+    }
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string", kind=type(data).__name__ if data is not None else "null")
+        value = super().to_internal_value(data)
+        if not value.strip():
+            self.fail("blank_text")
+        if len(value) > settings.MAX_TEXT_CHARS:
+            self.fail("too_long", limit=settings.MAX_TEXT_CHARS, length=len(value))
+        return value
+
+
+class ModelNameField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            raise serializers.ValidationError(f"Must be a string naming a model: {', '.join(model_names())}.")
+        value = super().to_internal_value(data)
+        if not model_exists(value):
+            raise serializers.ValidationError(str(UnknownModel(value)))
+        return value
+
+
+def _default_model() -> str:
+    return settings.DEFAULT_MODEL
+
+
+class PredictionInputSerializer(serializers.Serializer):
+    text = TextField(help_text="The text to classify (at most MAX_TEXT_CHARS characters, not blank, no NUL).")
+    model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
+
+
+class BatchInputSerializer(serializers.Serializer):
+    texts = serializers.ListField(child=TextField(), allow_empty=False, help_text="1 to MAX_BATCH_SIZE texts.")
+    model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
+
+    def validate_texts(self, value: list[str]) -> list[str]:
+        if len(value) > settings.MAX_BATCH_SIZE:
+            raise serializers.ValidationError(
+                f"At most {settings.MAX_BATCH_SIZE} texts per batch (got {len(value)}); see MAX_BATCH_SIZE."
+            )
+        return value
+
+
+class WaitQuerySerializer(serializers.Serializer):
+    wait = serializers.FloatField(
+        required=False,
+        default=0,
+        min_value=0,
+        max_value=settings.MAX_WAIT_SECONDS,
+        help_text="Seconds (0–30) to wait for the result before answering 202.",
+    )
+
+
+class PredictionListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=PredictionStatus.choices, required=False)
+    model = serializers.CharField(required=False)
+    label = serializers.CharField(required=False)
+    batch = serializers.IntegerField(required=False, min_value=1)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+
+
+class ModelRefSerializer(serializers.Serializer):
+    name = serializers.CharField(source="model_name")
+    version = serializers.CharField(source="model_version")
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    model = ModelRefSerializer(source="*")
+    scores = serializers.DictField(child=serializers.FloatField(), allow_null=True)
+    labels = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    url = serializers.HyperlinkedIdentityField(view_name="prediction-detail")
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "id",
+            "url",
+            "text",
+            "status",
+            "label",
+            "score",
+            "scores",
+            "labels",
+            "model",
+            "cached",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "error",
+            "batch",
+        ]
+        read_only_fields = fields
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model_name")
+    url = serializers.HyperlinkedIdentityField(view_name="batch-detail")
+    counts = serializers.SerializerMethodField()
+    finished = serializers.SerializerMethodField()
+    results = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = ["id", "url", "model", "size", "created_at", "counts", "finished", "results"]
+        read_only_fields = fields
+
+    def _rows(self, batch: Batch) -> list[Prediction]:
+        if not hasattr(batch, "_rows_cache"):
+            batch._rows_cache = list(batch.predictions.order_by("position"))
+        return batch._rows_cache
+
+    def get_counts(self, batch: Batch) -> dict[str, int]:
+        counts = {status: 0 for status in PredictionStatus.values}
+        for row in self._rows(batch):
+            counts[row.status] += 1
+        return counts
+
+    def get_finished(self, batch: Batch) -> bool:
+        return all(row.is_finished for row in self._rows(batch))
+
+    def get_results(self, batch: Batch) -> list[dict]:
+        return PredictionSerializer(self._rows(batch), many=True, context=self.context).data
+
+
+class ModelDescriptionSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["single_label", "multi_label"])
+    labels = serializers.ListField(child=serializers.CharField())
+    default = serializers.BooleanField()

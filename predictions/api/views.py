@@ -1,0 +1,145 @@
+"""One small view per operation: validate → service → serialize."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from predictions import services
+from predictions.api.serializers import (
+    BatchInputSerializer,
+    BatchSerializer,
+    ModelDescriptionSerializer,
+    PredictionInputSerializer,
+    PredictionListQuerySerializer,
+    PredictionSerializer,
+    WaitQuerySerializer,
+)
+from predictions.registry import model_info_get, model_names
+from predictions.selectors import batches_visible_to, predictions_filter, predictions_visible_to
+
+FieldErrors = inline_serializer(
+    "FieldErrors",
+    fields={"field": serializers.ListField(child=serializers.CharField(), help_text="Messages for the named field.")},
+)
+Detail = inline_serializer("Detail", fields={"detail": serializers.CharField()})
+AUTH_ERRORS = {401: OpenApiResponse(Detail, description="No or invalid credentials (Authorization: Token …).")}
+NOT_FOUND = {404: OpenApiResponse(Detail, description="No such object among those visible to you.")}
+WRITE_ERRORS = {
+    400: OpenApiResponse(FieldErrors, description="Invalid input; the body maps each bad field to its messages."),
+    413: OpenApiResponse(Detail, description="Request body larger than MAX_REQUEST_BYTES."),
+    **AUTH_ERRORS,
+}
+WAIT_PARAMETER = OpenApiParameter(
+    "wait", OpenApiTypes.FLOAT, description="Wait up to this many seconds (0–30) for the result."
+)
+
+
+class PredictionListCreateView(generics.GenericAPIView):
+    serializer_class = PredictionSerializer
+
+    def get_queryset(self):
+        return predictions_visible_to(self.request.user).select_related("owner")
+
+    @extend_schema(
+        operation_id="predictions_list",
+        parameters=[PredictionListQuerySerializer],
+        responses={200: PredictionSerializer(many=True), 400: OpenApiResponse(FieldErrors), **AUTH_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        query = PredictionListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        queryset = predictions_filter(self.get_queryset(), query.validated_data)
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="predictions_create",
+        request=PredictionInputSerializer,
+        parameters=[WAIT_PARAMETER],
+        responses={
+            200: OpenApiResponse(PredictionSerializer, description="Finished: from the cache, or within ?wait."),
+            202: OpenApiResponse(PredictionSerializer, description="Queued; poll the Location URL."),
+            **WRITE_ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        query = WaitQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        payload = PredictionInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        prediction = services.prediction_create(
+            owner=request.user, text=payload.validated_data["text"], model_name=payload.validated_data["model"]
+        )
+        wait = query.validated_data["wait"]
+        if wait and not prediction.is_finished:
+            prediction = services.prediction_wait(prediction, timeout=wait)
+        body = self.get_serializer(prediction).data
+        code = status.HTTP_200_OK if prediction.is_finished else status.HTTP_202_ACCEPTED
+        return Response(body, status=code, headers={"Location": f"/api/v1/predictions/{prediction.pk}/"})
+
+
+class PredictionDetailView(generics.RetrieveAPIView):
+    serializer_class = PredictionSerializer
+
+    def get_queryset(self):
+        return predictions_visible_to(self.request.user)
+
+    @extend_schema(responses={200: PredictionSerializer, **AUTH_ERRORS, **NOT_FOUND})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class BatchCreateView(generics.GenericAPIView):
+    serializer_class = BatchSerializer
+
+    @extend_schema(
+        operation_id="batches_create",
+        request=BatchInputSerializer,
+        responses={202: OpenApiResponse(BatchSerializer, description="Saved; poll the Location URL."), **WRITE_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        payload = BatchInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        batch = services.batch_create(
+            owner=request.user, texts=payload.validated_data["texts"], model_name=payload.validated_data["model"]
+        )
+        return Response(
+            self.get_serializer(batch).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/batches/{batch.pk}/"},
+        )
+
+
+class BatchDetailView(generics.RetrieveAPIView):
+    serializer_class = BatchSerializer
+
+    def get_queryset(self):
+        return batches_visible_to(self.request.user)
+
+    @extend_schema(responses={200: BatchSerializer, **AUTH_ERRORS, **NOT_FOUND})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class ModelListView(APIView):
+    @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **AUTH_ERRORS})
+    def get(self, request: Request) -> Response:
+        described = []
+        for name in model_names():
+            info = model_info_get(name)
+            described.append(
+                {
+                    "name": name,
+                    "version": info.version,
+                    "kind": info.kind.value,
+                    "labels": info.labels,
+                    "default": name == settings.DEFAULT_MODEL,
+                }
+            )
+        return Response(ModelDescriptionSerializer(described, many=True).data)

@@ -1,0 +1,45 @@
+"""The result cache: (model name, model version, sha256(text)) → label scores.
+
+A cache outage must never fail a request: every error is logged and treated as a miss.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "result:v1"
+
+
+def result_cache_key(model_name: str, model_version: str, text_sha256: str) -> str:
+    return f"{KEY_PREFIX}:{model_name}:{model_version}:{text_sha256}"
+
+
+def result_cache_get(model_name: str, model_version: str, text_sha256: str) -> dict | None:
+    try:
+        return cache.get(result_cache_key(model_name, model_version, text_sha256))
+    except Exception as exc:  # any backend error is a miss, never a 500
+        logger.warning("result cache unavailable on get (%s): %s", type(exc).__name__, exc)
+        return None
+
+
+def result_cache_set_many(entries: dict[tuple[str, str, str], dict]) -> None:
+    if not entries or settings.RESULT_CACHE_TTL == 0:
+        return
+    try:
+        cache.set_many(
+            {result_cache_key(*key): value for key, value in entries.items()}, timeout=settings.RESULT_CACHE_TTL
+        )
+    except Exception as exc:
+        logger.warning("result cache unavailable on set (%s): %s", type(exc).__name__, exc)
+
+
+def cache_ping() -> None:
+    """Raise if the cache cannot store and return a value."""
+    cache.set("health:ping", "1", timeout=10)
+    if cache.get("health:ping") != "1":
+        raise RuntimeError("cache did not return the value just stored")

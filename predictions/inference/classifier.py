@@ -1,0 +1,115 @@
+"""A loaded text classifier: tokenizer + network + label decoding, with length-sorted batching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .decoding import logits_decode
+from .types import LabelScores, ModelKind
+
+
+class MeanPooledClassifier(nn.Module):
+    """Encoder → mean over real tokens → linear head; the shape all-MiniLM-L6-v2 was trained for."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+class SequenceClassifierLogits(nn.Module):
+    """Adapts a transformers *ForSequenceClassification model to return bare logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def device_resolve(device: str | None) -> torch.device:
+    """'auto' (or None) picks CUDA when present, else the CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def quantize_int8(network: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every linear layer (CPU only)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(network, {nn.Linear}, dtype=torch.qint8)
+
+
+@dataclass
+class TextClassifier:
+    """Everything needed to answer `predict(texts)`; built by `loading.classifier_load`."""
+
+    name: str
+    version: str
+    labels: list[str]
+    kind: ModelKind
+    network: nn.Module
+    tokenizer: Callable
+    max_length: int = 128
+    thresholds: list[float] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    int8: bool = False
+    source: str = ""
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind.value,
+            "labels": list(self.labels),
+            "thresholds": list(self.thresholds) if self.thresholds else None,
+            "int8": self.int8,
+            "device": str(self.device),
+        }
+
+    def batches(
+        self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Yield (original indexes, padded tensors), texts sorted by token length so padding stays small."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and stop - start < batch_size:
+                longest = len(encoded[order[stop]])
+                if longest * (stop - start + 1) > max_tokens:
+                    break
+                stop += 1
+            indexes = order[start:stop]
+            padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in indexes]}, return_tensors="pt")
+            yield indexes, {key: padded[key].to(self.device) for key in ("input_ids", "attention_mask")}
+            start = stop
+
+    def logits(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> torch.Tensor:
+        """Raw logits in input order, shape [len(texts), len(labels)]."""
+        out = torch.empty((len(texts), len(self.labels)), dtype=torch.float32)
+        with torch.inference_mode():
+            for indexes, tensors in self.batches(texts, batch_size=batch_size, max_tokens=max_tokens):
+                out[indexes] = self.network(**tensors).float().cpu()
+        return out
+
+    def predict(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> list[LabelScores]:
+        """One LabelScores per text, in input order."""
+        if not texts:
+            return []
+        logits = self.logits(texts, batch_size=batch_size, max_tokens=max_tokens)
+        return logits_decode(logits, labels=self.labels, kind=self.kind, thresholds=self.thresholds)

@@ -1,0 +1,83 @@
+"""Low-rank adapters (LoRA) on the encoder's linear layers: trained small, merged at load time.
+
+Training wraps each target nn.Linear so only the low-rank factors learn. For serving, the
+factors are folded into the base weights (W + scale * B @ A), so inference costs exactly
+what the plain encoder costs and int8 quantization sees ordinary nn.Linear layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+TARGET_SUFFIXES = ("query", "key", "value", "dense")
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update."""
+
+    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base
+        for parameter in self.base.parameters():
+            parameter.requires_grad = False
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T
+        return self.base(x) + update * self.scale
+
+
+def _target_names(model: nn.Module) -> list[str]:
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_SUFFIXES
+    ]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def lora_attach(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
+    """Freeze the model and wrap every target linear layer; returns the wrapped names."""
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    names = _target_names(model)
+    for name in names:
+        base = model.get_submodule(name)
+        _set_submodule(model, name, LoRALinear(base, rank=rank, alpha=alpha, dropout=dropout))
+    return names
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter factors, keyed '<layer>.lora_A' / '<layer>.lora_B'."""
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            state[f"{name}.lora_A"] = module.lora_A.detach().cpu()
+            state[f"{name}.lora_B"] = module.lora_B.detach().cpu()
+    return state
+
+
+@torch.no_grad()
+def lora_merge(model: nn.Module, factors: dict[str, torch.Tensor], *, scale: float) -> int:
+    """Fold saved factors into the plain linear layers of a fresh encoder; returns layers merged."""
+    layer_names = sorted({key.rsplit(".", 1)[0] for key in factors})
+    for name in layer_names:
+        linear = model.get_submodule(name)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"adapter targets {name!r}, which is not a linear layer")
+        a = factors[f"{name}.lora_A"].to(linear.weight.dtype)
+        b = factors[f"{name}.lora_B"].to(linear.weight.dtype)
+        linear.weight += scale * (b @ a)
+    return len(layer_names)

@@ -1,0 +1,222 @@
+"""Fine-tuning the bundled classifiers: LoRA on every encoder linear layer plus a linear head.
+
+Deterministic for a given seed and device. The output directory holds adapter.safetensors (LoRA
+factors and head in fp16, thresholds, labels and base checksum in its metadata) and README.md,
+the model card, whose figures come from re-loading the written file through the serving loader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
+from .classifier import MeanPooledClassifier
+from .datasets import Example
+from .evaluation import gold_matrix
+from .loading import ADAPTER_FILE, ADAPTER_FORMAT
+from .lora import lora_attach, lora_state_dict
+from .metrics import accuracy, multilabel_scores, thresholds_tune
+from .types import ModelKind
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    kind: ModelKind
+    labels: list[str]
+    epochs: int = 1
+    batch_size: int = 32
+    max_length: int = 64
+    serve_max_length: int = 128
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    head_dropout: float = 0.1
+    learning_rate: float = 5e-4
+    head_learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    tune_fraction: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path
+    steps: int
+    seconds: float
+    train_size: int
+    tune_size: int
+    thresholds: list[float] | None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _length_buckets(lengths: Sequence[int], batch_size: int, generator: random.Random) -> list[list[int]]:
+    """Shuffle, then sort within windows of 50 batches so each batch holds texts of similar length."""
+    indexes = list(range(len(lengths)))
+    generator.shuffle(indexes)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(indexes), window):
+        chunk = sorted(indexes[start : start + window], key=lengths.__getitem__)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    generator.shuffle(batches)
+    return batches
+
+
+def _targets(examples: Sequence[Example], config: TrainConfig) -> torch.Tensor:
+    if config.kind is ModelKind.SINGLE_LABEL:
+        return torch.tensor([e.label_ids[0] for e in examples])
+    return gold_matrix(examples, len(config.labels)).float()
+
+
+@torch.no_grad()
+def _logits(
+    model: nn.Module, tokenizer, texts: Sequence[str], config: TrainConfig, device: torch.device
+) -> torch.Tensor:
+    model.eval()
+    encoded = tokenizer(list(texts), truncation=True, max_length=config.max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    out = torch.empty((len(texts), len(config.labels)))
+    for start in range(0, len(order), 128):
+        indexes = order[start : start + 128]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indexes]}, return_tensors="pt")
+        out[indexes] = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+    model.train()
+    return out
+
+
+def model_train(
+    config: TrainConfig,
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    out_dir: Path,
+    *,
+    progress: Callable[[Sequence], Sequence] = lambda steps: steps,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train, tune thresholds (multi-label) on a held-out slice of train, write the adapter file."""
+    _seed_everything(config.seed)
+    device = torch.device(config.device)
+    started = time.monotonic()
+    generator = random.Random(config.seed)
+
+    train = list(train)
+    tune: list[Example] = []
+    if config.kind is ModelKind.MULTI_LABEL and config.tune_fraction > 0:
+        generator.shuffle(train)
+        cut = int(len(train) * config.tune_fraction)
+        tune, train = train[:cut], train[cut:]
+
+    tokenizer, encoder = base_encoder_load()
+    lora_attach(encoder, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
+    head = nn.Linear(encoder.config.hidden_size, len(config.labels))
+    model = MeanPooledClassifier(encoder, head, dropout=config.head_dropout).to(device)
+    model.train()
+
+    encoded = tokenizer([e.text for e in train], truncation=True, max_length=config.max_length)["input_ids"]
+    targets = _targets(train, config)
+    loss_fn = nn.CrossEntropyLoss() if config.kind is ModelKind.SINGLE_LABEL else nn.BCEWithLogitsLoss()
+    adapter_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": adapter_params, "lr": config.learning_rate},
+            {"params": list(head.parameters()), "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    def schedule(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    plan = [
+        batch
+        for _ in range(config.epochs)
+        for batch in _length_buckets([len(x) for x in encoded], config.batch_size, generator)
+    ]
+    running = 0.0
+    bar = progress(plan)
+    for step, indexes in enumerate(bar):
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indexes]}, return_tensors="pt")
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        loss = loss_fn(logits, targets[indexes].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapter_params + list(head.parameters()), 1.0)
+        optimizer.step()
+        scheduler.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if hasattr(bar, "set_postfix") and step % 20 == 0:
+            bar.set_postfix(loss=f"{running:.4f}")
+
+    thresholds = None
+    dev_logits = _logits(model, tokenizer, [e.text for e in dev], config, device)
+    if config.kind is ModelKind.SINGLE_LABEL:
+        log(f"dev accuracy (training weights, fp32): {accuracy(dev_logits.argmax(1), _targets(dev, config)):.4f}")
+    else:
+        gold = gold_matrix(dev, len(config.labels))
+        flat = multilabel_scores(torch.sigmoid(dev_logits), gold, torch.full((len(config.labels),), 0.5))
+        log(f"dev at threshold 0.5 (training weights): {json.dumps({k: round(v, 4) for k, v in flat.items()})}")
+        if tune:
+            tune_logits = _logits(model, tokenizer, [e.text for e in tune], config, device)
+            tuned = thresholds_tune(torch.sigmoid(tune_logits), gold_matrix(tune, len(config.labels)))
+            thresholds = [round(float(t), 2) for t in tuned]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    adapter_path = out_dir / ADAPTER_FILE
+    adapter_write(adapter_path, model, config, thresholds)
+    return TrainResult(
+        adapter_path=adapter_path,
+        steps=len(plan),
+        seconds=time.monotonic() - started,
+        train_size=len(train),
+        tune_size=len(tune),
+        thresholds=thresholds,
+    )
+
+
+def adapter_write(path: Path, model: MeanPooledClassifier, config: TrainConfig, thresholds: list[float] | None) -> None:
+    """LoRA factors and head in fp16; everything needed to rebuild the model in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {f"encoder.{key}": value.half().contiguous() for key, value in lora_state_dict(model.encoder).items()}
+    tensors["head.weight"] = model.head.weight.detach().cpu().half().contiguous()
+    tensors["head.bias"] = model.head.bias.detach().cpu().half().contiguous()
+    if thresholds is not None:
+        tensors["thresholds"] = torch.tensor(thresholds, dtype=torch.float32)
+    hyper = {k: v for k, v in asdict(config).items() if k not in ("labels", "kind", "name", "extra")}
+    metadata = {
+        "format": ADAPTER_FORMAT,
+        "name": config.name,
+        "kind": config.kind.value,
+        "labels": json.dumps(config.labels),
+        "base_package": f"{BASE_PACKAGE}=={BASE_PACKAGE_VERSION}",
+        "base_sha256": BASE_WEIGHTS_SHA256,
+        "lora_rank": str(config.lora_rank),
+        "lora_alpha": str(config.lora_alpha),
+        "max_length": str(config.serve_max_length),
+        "hyperparameters": json.dumps(hyper, sort_keys=True),
+    }
+    save_file(tensors, str(path), metadata=metadata)

@@ -1,0 +1,99 @@
+"""Fine-tune a bundled classifier on its dataset and write adapter + model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Train a bundled model (LoRA + head over all-MiniLM-L6-v2) on its dataset in DATASETS_DIR."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("model", choices=["sentiment", "emotions"])
+        parser.add_argument("--epochs", type=int, help="default: 2 (both models)")
+        parser.add_argument("--out", type=Path, help="output directory (default: the bundled model's directory)")
+        parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
+        parser.add_argument("--datasets-dir", type=Path, default=None)
+
+    def handle(self, *args, **options) -> None:
+        import torch
+        from tqdm import tqdm
+
+        from predictions.inference.classifier import device_resolve
+        from predictions.inference.evaluation import classifier_evaluate
+        from predictions.inference.loading import BUNDLED_DIR, classifier_load
+        from predictions.inference.model_card import model_card_write
+        from predictions.inference.recipes import RECIPES
+        from predictions.inference.training import TrainConfig, model_train
+
+        recipe = RECIPES[options["model"]]
+        datasets_dir = options["datasets_dir"] or settings.DATASETS_DIR
+        train_path, dev_path = recipe.split(datasets_dir, "train"), recipe.split(datasets_dir, "dev")
+        for path in (train_path, dev_path):
+            if not path.is_file():
+                raise CommandError(f"dataset file not found: {path} (set DATASETS_DIR or --datasets-dir)")
+        device = device_resolve(options["device"])
+        torch.set_num_threads(os.cpu_count() or 1)
+
+        labels = recipe.labels(datasets_dir)
+        reader = recipe.reader(datasets_dir)
+        train, dev = reader(train_path), reader(dev_path)
+        if options["limit"]:
+            train = train[: options["limit"]]
+        hyper = dict(recipe.defaults)
+        if options["epochs"]:
+            hyper["epochs"] = options["epochs"]
+        config = TrainConfig(
+            name=recipe.name,
+            kind=recipe.kind,
+            labels=labels,
+            seed=options["seed"],
+            device=str(device),
+            batch_size=options["batch_size"],
+            **hyper,
+        )
+        out_dir = options["out"] or BUNDLED_DIR / recipe.name
+        self.stdout.write(
+            f"training {recipe.name} on {len(train):,} rows of {train_path.name} ({device}), writing to {out_dir}"
+        )
+        result = model_train(
+            config,
+            train,
+            dev,
+            out_dir,
+            progress=lambda steps: tqdm(steps, desc=f"{recipe.name}", unit="step", file=sys.stderr, mininterval=5),
+            log=self.stdout.write,
+        )
+        source = f"path:{out_dir}"
+        metrics = classifier_evaluate(classifier_load(recipe.name, source, device=str(device)), dev)
+        metrics_int8 = classifier_evaluate(classifier_load(recipe.name, source, device="cpu", int8=True), dev)
+        command_line = f"python manage.py train_model {recipe.name} --epochs {config.epochs} --seed {config.seed} --device {options['device']}"
+        environment = (
+            f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()}), torch {torch.__version__}"
+        )
+        if device.type == "cuda":
+            environment = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        card = model_card_write(
+            out_dir,
+            config=config,
+            result=result,
+            dataset=recipe.dataset,
+            command=command_line,
+            metrics=metrics,
+            metrics_int8=metrics_int8,
+            environment=environment,
+        )
+        self.stdout.write(
+            f"wrote {result.adapter_path} ({result.adapter_path.stat().st_size / 1024:.0f} KiB) and {card}"
+        )
+        self.stdout.write(json.dumps({"fp32": metrics, "int8": metrics_int8}))

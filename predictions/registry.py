@@ -1,0 +1,71 @@
+"""Which classifiers this deployment serves, and the loaded instance of each (once per process).
+
+Settings name models by source (MLSITE_MODELS); nothing loads until a model is first used, so the
+web process stays light unless it must answer the models endpoint or a cache key.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+from django.conf import settings
+
+
+class UnknownModel(KeyError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"unknown model {self.name!r}; this deployment serves: {', '.join(model_names())}"
+
+
+def model_names() -> list[str]:
+    return list(settings.MLSITE_MODELS)
+
+
+def model_exists(name: str) -> bool:
+    return name in settings.MLSITE_MODELS
+
+
+_lock = threading.Lock()
+
+
+@cache
+def _classifier(name: str, source: str, device: str, int8: bool):
+    from predictions.inference.loading import classifier_load
+
+    return classifier_load(name, source, device=device, int8=int8)
+
+
+def classifier_get(name: str):
+    """The loaded TextClassifier for a registered model name."""
+    if not model_exists(name):
+        raise UnknownModel(name)
+    with _lock:
+        return _classifier(name, settings.MLSITE_MODELS[name], settings.INFERENCE_DEVICE, settings.INFERENCE_INT8)
+
+
+def model_info_get(name: str):
+    """Version, kind and labels of a registered model, read from its files without loading torch."""
+    if not model_exists(name):
+        raise UnknownModel(name)
+    return _info(settings.MLSITE_MODELS[name])
+
+
+def model_version(name: str) -> str:
+    return model_info_get(name).version
+
+
+@cache
+def _info(source: str):
+    from predictions.inference.loading import model_info
+
+    return model_info(source)
+
+
+def registry_clear() -> None:
+    """Forget loaded models (tests that swap MLSITE_MODELS call this)."""
+    _classifier.cache_clear()
+    _info.cache_clear()

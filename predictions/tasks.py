@@ -1,0 +1,35 @@
+"""Celery tasks: thin wrappers that take row ids and call services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.db import InterfaceError, OperationalError
+
+from predictions import services
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+
+
+@shared_task(
+    bind=True,
+    name="predictions.run",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=8,
+)
+def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
+    """Classify the unfinished rows among `prediction_ids`; a finished row is never run again."""
+    return services.predictions_run(prediction_ids, task_id=self.request.id or "")
+
+
+@worker_process_init.connect
+def _torch_threads_set(**_) -> None:
+    """Each prefork child gets its share of the cores; torch's default would oversubscribe them."""
+    from predictions.threads import torch_threads_configure
+
+    torch_threads_configure()

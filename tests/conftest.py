@@ -1,0 +1,135 @@
+"""Shared fixtures: tiny models registered in place of the bundled ones, users with tokens, an API client."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.factories import tiny_bert_save
+
+# A queue of its own so a worker started by `make run` never takes this run's messages.
+os.environ.setdefault("CELERY_QUEUE", f"test-{uuid.uuid4().hex[:8]}")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_SENTIMENT_LABELS = ["negative", "positive"]
+TINY_EMOTION_LABELS = ["joy", "anger", "fear", "neutral"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sentiment_dir(tmp_path_factory):
+    return tiny_bert_save(tmp_path_factory.mktemp("tiny-sentiment"), labels=TINY_SENTIMENT_LABELS)
+
+
+@pytest.fixture(scope="session")
+def tiny_emotions_dir(tmp_path_factory):
+    return tiny_bert_save(tmp_path_factory.mktemp("tiny-emotions"), labels=TINY_EMOTION_LABELS, multi_label=True)
+
+
+@pytest.fixture(autouse=True)
+def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir):
+    """Every test serves tiny random models unless it registers others; the bundled ones have their own tests."""
+    settings.MLSITE_MODELS = {"sentiment": f"path:{tiny_sentiment_dir}", "emotions": f"path:{tiny_emotions_dir}"}
+    settings.DEFAULT_MODEL = "sentiment"
+    return settings.MLSITE_MODELS
+
+
+@pytest.fixture(autouse=True)
+def celery_eager():
+    """Tasks run in-process unless a test starts a real worker (see tests/test_worker.py)."""
+    from mlsite.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield app
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    from django.core.cache import cache
+
+    try:
+        cache.clear()
+    except Exception:
+        pass
+    yield
+
+
+@pytest.fixture
+def owner(django_user_model):
+    return django_user_model.objects.create_user("owner", password="pw-owner-1234")
+
+
+@pytest.fixture
+def stranger(django_user_model):
+    return django_user_model.objects.create_user("stranger", password="pw-stranger-1234")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user("staff", password="pw-staff-1234", is_staff=True)
+
+
+class Api:
+    """An API client for one user that runs on_commit callbacks (task publishing) as a real request would."""
+
+    def __init__(self, client, capture) -> None:
+        self.client = client
+        self.capture = capture
+
+    def post(self, url: str, body=None, **kwargs):
+        kwargs.setdefault("format", "json")
+        with self.capture(execute=True):
+            return self.client.post(url, body, **kwargs)
+
+    def get(self, url: str, **kwargs):
+        return self.client.get(url, **kwargs)
+
+
+def api_for(user, capture):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    if user is not None:
+        token, _ = Token.objects.get_or_create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return Api(client, capture)
+
+
+@pytest.fixture
+def api(owner, django_capture_on_commit_callbacks):
+    return api_for(owner, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def stranger_api(stranger, django_capture_on_commit_callbacks):
+    return api_for(stranger, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def staff_api(staff, django_capture_on_commit_callbacks):
+    return api_for(staff, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def anonymous_api(django_capture_on_commit_callbacks):
+    return api_for(None, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """Records every task publish (the ids sent), while still running it."""
+    from predictions.tasks import predictions_run_task
+
+    sent: list[list[int]] = []
+    original = predictions_run_task.apply_async
+
+    def spy(*args, **kwargs):
+        sent.append(list(kwargs.get("args", args[0] if args else [[]])[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predictions_run_task, "apply_async", spy)
+    return sent

@@ -1,0 +1,51 @@
+"""Dataset readers name the file and line of any malformed row."""
+
+from __future__ import annotations
+
+import pytest
+
+from predictions.inference import DatasetFormatError
+from predictions.inference.datasets import goemotions_read, sst2_read
+
+
+def test_sst2_rows_are_read_with_their_labels(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("label\tsentence\n1\ta gorgeous film\n0\tdull\n")
+    assert [(e.text, e.label_ids) for e in sst2_read(path)] == [("a gorgeous film", (1,)), ("dull", (0,))]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("sentence\tlabel\n1\tx\n", ":1: expected header"),
+        ("label\tsentence\n1\tok\n2\tbad label\n", ":3: label must be 0 or 1"),
+        ("label\tsentence\n1\tok\nno tabs here\n", ":3: expected 2 tab-separated columns"),
+        ("label\tsentence\n", "no examples"),
+    ],
+)
+def test_malformed_sst2_names_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(DatasetFormatError, match=message):
+        sst2_read(path)
+
+
+def test_goemotions_rows_carry_every_label(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("so happy\t17,27\tabc\nangry\t2\tdef\n")
+    assert [e.label_ids for e in goemotions_read(path, n_labels=28)] == [(17, 27), (2,)]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ok\t1\tid\nbroken\t1\n", ":2: expected 3 tab-separated columns"),
+        ("ok\tx,y\tid\n", ":1: label ids must be comma-separated integers"),
+        ("ok\t28\tid\n", ":1: label id 28 outside 0..27"),
+    ],
+)
+def test_malformed_goemotions_names_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(DatasetFormatError, match=message):
+        goemotions_read(path, n_labels=28)

@@ -1,0 +1,72 @@
+"""Loading models through the real code paths: local checkpoints, adapters, the hub, checksums."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from predictions.inference import ChecksumMismatch, ModelKind, ModelLoadError
+from predictions.inference.checksum import file_sha256
+from predictions.inference.loading import classifier_load, model_info, source_parse
+
+
+def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment_dir):
+    classifier = classifier_load("sentiment", f"path:{tiny_sentiment_dir}", device="cpu")
+    texts = ["good film", "awful boring plot and bad acting all the way", "a"]
+    results = classifier.predict(texts, batch_size=2)
+    assert len(results) == 3
+    for result in results:
+        assert set(result.scores) == {"negative", "positive"}
+        assert result.label in ("negative", "positive")
+        assert sum(result.scores.values()) == pytest.approx(1.0, abs=1e-4)
+        assert result.score == max(result.scores.values())
+    for text, batched in zip(texts, results, strict=True):
+        assert batched.scores == pytest.approx(classifier.predict([text])[0].scores, abs=1e-4)
+
+
+def test_the_version_is_the_weight_file_hash_and_info_needs_no_model_load(tiny_sentiment_dir):
+    info = model_info(f"path:{tiny_sentiment_dir}")
+    assert info.version == file_sha256(tiny_sentiment_dir / "model.safetensors")[:12]
+    assert info.kind is ModelKind.SINGLE_LABEL
+    assert info.labels == ["negative", "positive"]
+    assert classifier_load("x", f"path:{tiny_sentiment_dir}", device="cpu").version == info.version
+
+
+def test_a_multi_label_checkpoint_uses_sigmoid_and_its_thresholds(tiny_emotions_dir, tmp_path):
+    directory = tmp_path / "emo"
+    shutil.copytree(tiny_emotions_dir, directory)
+    (directory / "thresholds.json").write_text(json.dumps({"joy": 0.0, "anger": 1.01, "fear": 1.01, "neutral": 1.01}))
+    classifier = classifier_load("emotions", f"path:{directory}", device="cpu")
+    assert classifier.kind is ModelKind.MULTI_LABEL
+    result = classifier.predict(["happy joy"])[0]
+    assert len(result.scores) == 4
+    assert sum(result.scores.values()) != pytest.approx(1.0)  # independent sigmoids, not a softmax
+    assert result.labels == ["joy"]  # only joy's threshold can be met
+
+
+def test_a_hub_id_goes_through_the_hub_client_and_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="could not fetch 'someone/some-model' from the Hugging Face hub"):
+        classifier_load("remote", "hub:someone/some-model@main", device="cpu")
+
+
+def test_a_directory_without_weights_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no adapter.safetensors or model.safetensors"):
+        classifier_load("empty", f"path:{tmp_path}", device="cpu")
+
+
+@pytest.mark.parametrize("source", ["sentiment", "ftp:x", "path:", "bundled"])
+def test_a_malformed_source_is_refused(source):
+    with pytest.raises(ValueError, match="must look like"):
+        source_parse(source)
+
+
+def test_int8_quantization_keeps_the_answers_close(tiny_sentiment_dir):
+    fp32 = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu")
+    int8 = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu", int8=True)
+    texts = ["good film", "bad plot"]
+    assert int8.int8 and any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.network.modules())
+    assert torch.allclose(fp32.logits(texts), int8.logits(texts), atol=0.1)
