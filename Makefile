@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# The real services `make test` uses where behaviour depends on them (override from the environment).
+# The real services `make test` uses (its own Redis db and queue, apart from `make run`'s) where behaviour depends on them (override from the environment).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -30,6 +30,7 @@ test: install
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	CELERY_QUEUE=$${CELERY_QUEUE:-mlsite-test} \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

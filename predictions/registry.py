@@ -6,10 +6,14 @@ web process stays light unless it must answer the models endpoint or a cache key
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import cache
 
 from django.conf import settings
+
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownModel(KeyError):
@@ -45,6 +49,15 @@ def classifier_get(name: str):
         raise UnknownModel(name)
     with _lock:
         return _classifier(name, settings.MLSITE_MODELS[name], settings.INFERENCE_DEVICE, settings.INFERENCE_INT8)
+
+
+def models_preload() -> None:
+    """Load every served model now; a model that fails is logged and its rows fail with the reason later."""
+    for name in model_names():
+        try:
+            classifier_get(name)
+        except Exception:
+            logger.exception("could not preload model %r", name)
 
 
 def model_info_get(name: str):

@@ -28,8 +28,11 @@ def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
 
 
 @worker_process_init.connect
-def _torch_threads_set(**_) -> None:
-    """Each prefork child gets its share of the cores; torch's default would oversubscribe them."""
+def _worker_process_prepare(**_) -> None:
+    """Each prefork child gets its share of the cores (torch's default would oversubscribe them)
+    and loads the served models before its first task, so no request pays for the load."""
+    from predictions.registry import models_preload
     from predictions.threads import torch_threads_configure
 
     torch_threads_configure()
+    models_preload()

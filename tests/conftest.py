@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import uuid
 
 import pytest
 
 from tests.factories import tiny_bert_save
 
-# A queue of its own so a worker started by `make run` never takes this run's messages.
-os.environ.setdefault("CELERY_QUEUE", f"test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_SENTIMENT_LABELS = ["negative", "positive"]
@@ -50,10 +48,8 @@ def celery_eager():
 def empty_cache():
     from django.core.cache import cache
 
-    try:
+    with contextlib.suppress(Exception):
         cache.clear()
-    except Exception:
-        pass
     yield
 
 

@@ -5,10 +5,41 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = (
-    "good great gorgeous witty film movie bad awful boring dull plot acting love hate the a an is was not "
-    "very so and but it this that happy sad angry joy fear surprise"
-).split()
+WORDS = [
+    "good",
+    "great",
+    "gorgeous",
+    "witty",
+    "film",
+    "movie",
+    "bad",
+    "awful",
+    "boring",
+    "dull",
+    "plot",
+    "acting",
+    "love",
+    "hate",
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "not",
+    "very",
+    "so",
+    "and",
+    "but",
+    "it",
+    "this",
+    "that",
+    "happy",
+    "sad",
+    "angry",
+    "joy",
+    "fear",
+    "surprise",
+]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

@@ -27,7 +27,9 @@ def random_adapter(tmp_path_factory):
         if "lora_B" in name:
             nn.init.normal_(parameter, std=0.02)
     model = MeanPooledClassifier(encoder, nn.Linear(384, 2)).eval()
-    config = TrainConfig(name="sentiment", kind=ModelKind.SINGLE_LABEL, labels=["negative", "positive"], lora_rank=4, lora_alpha=8)
+    config = TrainConfig(
+        name="sentiment", kind=ModelKind.SINGLE_LABEL, labels=["negative", "positive"], lora_rank=4, lora_alpha=8
+    )
     directory = tmp_path_factory.mktemp("adapter")
     adapter_write(directory / "adapter.safetensors", model.half().float(), config, None)
     return directory, model, tokenizer
@@ -62,7 +64,9 @@ def test_a_base_encoder_with_another_checksum_is_refused(random_adapter, tmp_pat
     metadata["base_sha256"] = "0" * 64
     tampered = tmp_path / "tampered"
     tampered.mkdir()
-    save_file(load_file(str(directory / "adapter.safetensors")), str(tampered / "adapter.safetensors"), metadata=metadata)
+    save_file(
+        load_file(str(directory / "adapter.safetensors")), str(tampered / "adapter.safetensors"), metadata=metadata
+    )
     with pytest.raises(ChecksumMismatch, match="SHA-256 is 53aa5117.*expected 0000"):
         classifier_load("sentiment", f"path:{tampered}", device="cpu")
 
@@ -71,7 +75,15 @@ def test_training_writes_an_adapter_with_tuned_thresholds_for_a_multi_label_mode
     labels = ["joy", "anger", "neutral"]
     rows = ["i am so happy", "this makes me furious", "the bus comes at nine", "what a joy", "i hate this", "ok"]
     train = [Example(text, (i % 3,)) for i, text in enumerate(rows * 4)]
-    config = TrainConfig(name="emotions", kind=ModelKind.MULTI_LABEL, labels=labels, epochs=1, batch_size=8, warmup_steps=1, tune_fraction=0.25)
+    config = TrainConfig(
+        name="emotions",
+        kind=ModelKind.MULTI_LABEL,
+        labels=labels,
+        epochs=1,
+        batch_size=8,
+        warmup_steps=1,
+        tune_fraction=0.25,
+    )
     result = model_train(config, train, train[:6], tmp_path, log=lambda _: None)
     assert result.steps == 3 and result.tune_size == 6 and result.train_size == 18
     assert result.thresholds is not None and len(result.thresholds) == 3

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from predictions.inference import ChecksumMismatch, ModelKind, ModelLoadError
+from predictions.inference import ModelKind, ModelLoadError
 from predictions.inference.checksum import file_sha256
 from predictions.inference.loading import classifier_load, model_info, source_parse
 

@@ -42,6 +42,7 @@ class Command(BaseCommand):
                     f"  username: {username}",
                     f"  password: {password or '(set before this run; change it with: python manage.py changepassword ' + username + ')'}",
                     f"  token:    {token.key}",
+                    f"  for the README's curl examples:  export TOKEN={token.key}",
                     f"  API docs: {base_url}/api/docs/",
                     f'  try:      curl -s -H "Authorization: Token {token.key}" -H "Content-Type: application/json" '
                     f"-d '{{\"text\": \"a gorgeous, witty film\"}}' '{base_url}/api/v1/predictions/?wait=10'",

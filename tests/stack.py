@@ -1,0 +1,97 @@
+"""Start the whole service as `make run` does (manage.py runstack) in a temp directory, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_SERVICE_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "CELERY_QUEUE", "MLSITE_MODELS")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Stack:
+    """web + worker + beat under `manage.py runstack`, with its own var/ directory and port."""
+
+    def __init__(self, var_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES}
+        self.env.update({"MLSITE_VAR_DIR": str(var_dir), "HF_HUB_OFFLINE": "1", "DEBUG": "0", **env})
+        self.log = open(var_dir / "stack.log", "w+")  # noqa: SIM115 - closed in stop()
+        self.process: subprocess.Popen | None = None
+        self.token = ""
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=180
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def start(self) -> Stack:
+        self.manage("migrate", "--noinput")
+        self.manage("bootstrap_demo")
+        self.token = self.manage("drf_create_token", "admin").split()[2]
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runstack", "--bind", f"127.0.0.1:{self.port}", "--web-workers", "1"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.logs()
+            try:
+                status, _ = self.request("GET", "/readyz", auth=False)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"stack not ready in time:\n{self.logs()}")
+
+    def request(self, method: str, path: str, body=None, *, auth: bool = True) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Token {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def logs(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-5000:]
+
+    def stop(self) -> int | None:
+        """Ctrl-C, as a user would; returns runstack's exit status."""
+        code = None
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                code = self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                code = self.process.wait()
+        self.log.close()
+        return code

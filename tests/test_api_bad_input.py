@@ -1,0 +1,120 @@
+"""Bad input: a clear 4xx naming the field, no row stored, no task sent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from predictions.models import Batch, Prediction
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def nothing_changes(published):
+    """Asserts after the test that no row was stored and no task was sent."""
+    before = (Prediction.objects.count(), Batch.objects.count())
+    yield
+    assert (Prediction.objects.count(), Batch.objects.count()) == before
+    assert published == []
+
+
+PREDICTION_CASES = {
+    "empty text": ({"text": ""}, "text", "blank"),
+    "whitespace-only text": ({"text": " \t\n "}, "text", "non-whitespace"),
+    "text with NUL": ({"text": "a\x00b"}, "text", "Null characters are not allowed"),
+    "number as text": ({"text": 42}, "text", "Must be a string, not int"),
+    "list as text": ({"text": ["a"]}, "text", "Must be a string, not list"),
+    "null text": ({"text": None}, "text", "may not be null"),
+    "missing text": ({"model": "sentiment"}, "text", "required"),
+    "unknown model": (
+        {"text": "hi", "model": "nope"},
+        "model",
+        "unknown model 'nope'; this deployment serves: sentiment, emotions",
+    ),
+    "non-string model": ({"text": "hi", "model": 3}, "model", "Must be a string naming a model"),
+    "text too long": ({"text": "x" * 10_001}, "text", "at most 10000 characters (got 10001)"),
+}
+
+
+@pytest.mark.parametrize(("body", "field", "message"), PREDICTION_CASES.values(), ids=PREDICTION_CASES.keys())
+def test_bad_prediction_input_is_400_naming_the_field(api, nothing_changes, body, field, message):
+    response = api.post("/api/v1/predictions/", body)
+    assert response.status_code == 400
+    errors = response.json()
+    assert list(errors) == [field]
+    assert any(message in m for m in errors[field]), errors
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "soon", "nan"])
+def test_wait_outside_0_to_30_is_400(api, nothing_changes, wait):
+    response = api.post(f"/api/v1/predictions/?wait={wait}", {"text": "fine"})
+    assert response.status_code == 400
+    assert list(response.json()) == ["wait"]
+
+
+def test_malformed_json_is_400_naming_the_body(api, nothing_changes):
+    response = api.post("/api/v1/predictions/", '{"text": "unterminated', content_type="application/json", format=None)
+    assert response.status_code == 400
+    assert "JSON parse error" in response.json()["body"][0]
+
+
+def test_a_json_array_instead_of_an_object_is_400(api, nothing_changes):
+    response = api.post("/api/v1/predictions/", ["text"])
+    assert response.status_code == 400
+    assert "Expected a dictionary" in response.json()["non_field_errors"][0]
+
+
+BATCH_CASES = {
+    "empty texts": ({"texts": []}, "texts", "may not be empty"),
+    "texts not a list": ({"texts": "one"}, "texts", "Expected a list"),
+    "missing texts": ({}, "texts", "required"),
+    "unknown model": ({"texts": ["a"], "model": "nope"}, "model", "unknown model"),
+}
+
+
+@pytest.mark.parametrize(("body", "field", "message"), BATCH_CASES.values(), ids=BATCH_CASES.keys())
+def test_bad_batch_input_is_400_naming_the_field(api, nothing_changes, body, field, message):
+    response = api.post("/api/v1/batches/", body)
+    assert response.status_code == 400
+    assert any(message in m for m in response.json()[field]), response.json()
+
+
+def test_one_bad_text_in_a_batch_rejects_the_batch_and_names_its_index(api, nothing_changes):
+    response = api.post("/api/v1/batches/", {"texts": ["fine", "", "also fine", 7]})
+    assert response.status_code == 400
+    assert response.json() == {"texts": {"1": ["This field may not be blank."], "3": ["Must be a string, not int."]}}
+
+
+def test_a_batch_over_max_batch_size_is_400(api, nothing_changes, settings):
+    settings.MAX_BATCH_SIZE = 5
+    response = api.post("/api/v1/batches/", {"texts": ["t"] * 6})
+    assert response.status_code == 400
+    assert response.json() == {"texts": ["At most 5 texts per batch (got 6); see MAX_BATCH_SIZE."]}
+
+
+def test_the_default_batch_limit_is_1000(api, nothing_changes):
+    response = api.post("/api/v1/batches/", {"texts": ["t"] * 1001})
+    assert response.status_code == 400 and "At most 1000 texts" in response.json()["texts"][0]
+
+
+def test_max_text_chars_is_read_from_settings(api, nothing_changes, settings):
+    settings.MAX_TEXT_CHARS = 10
+    response = api.post("/api/v1/predictions/", {"text": "x" * 11})
+    assert response.json() == {"text": ["Must be at most 10 characters (got 11); see MAX_TEXT_CHARS."]}
+
+
+def test_a_body_over_max_request_bytes_is_413_before_it_is_read(api, nothing_changes, settings):
+    settings.MAX_REQUEST_BYTES = 2048
+    body = json.dumps({"text": "x" * 5000})
+    response = api.client.post("/api/v1/predictions/", body, content_type="application/json")
+    assert response.status_code == 413
+    assert "over the limit of 2048 bytes" in response.json()["detail"]
+
+
+def test_another_users_prediction_is_404(api, stranger_api):
+    body = api.post("/api/v1/predictions/", {"text": "mine"}).json()
+    response = stranger_api.get(f"/api/v1/predictions/{body['id']}/")
+    assert response.status_code == 404
+    assert stranger_api.get("/api/v1/predictions/999999/").status_code == 404

@@ -1,0 +1,42 @@
+"""POST/GET /api/v1/batches/: one row per text, chunked tasks, results in input order."""
+
+from __future__ import annotations
+
+import pytest
+
+from predictions.models import Batch, Prediction
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_batch_saves_one_prediction_per_text_and_answers_in_input_order(api):
+    texts = ["good film", "awful plot", "so dull", "love it"]
+    response = api.post("/api/v1/batches/", {"texts": texts, "model": "sentiment"})
+    assert response.status_code == 202
+    body = response.json()
+    assert response["Location"] == f"/api/v1/batches/{body['id']}/"
+    detail = api.get(response["Location"]).json()
+    assert [r["text"] for r in detail["results"]] == texts
+    assert detail["counts"] == {"queued": 0, "running": 0, "succeeded": 4, "failed": 0}
+    assert detail["finished"] is True and detail["size"] == 4
+    assert Prediction.objects.filter(batch_id=body["id"]).count() == 4
+
+
+def test_a_batch_is_published_in_chunks_not_one_task_per_text(api, published, settings):
+    settings.BATCH_CHUNK_SIZE = 3
+    api.post("/api/v1/batches/", {"texts": [f"text number {i}" for i in range(7)]})
+    assert [len(ids) for ids in published] == [3, 3, 1]
+
+
+def test_cached_texts_in_a_batch_need_no_task(api, published):
+    api.post("/api/v1/predictions/", {"text": "good film"})
+    published.clear()
+    body = api.post("/api/v1/batches/", {"texts": ["good film", "bad film"]}).json()
+    assert [len(ids) for ids in published] == [1]
+    assert [r["cached"] for r in api.get(f"/api/v1/batches/{body['id']}/").json()["results"]] == [True, False]
+
+
+def test_another_users_batch_is_404(api, stranger_api):
+    body = api.post("/api/v1/batches/", {"texts": ["x"]}).json()
+    assert stranger_api.get(f"/api/v1/batches/{body['id']}/").status_code == 404
+    assert Batch.objects.count() == 1

@@ -1,0 +1,135 @@
+"""POST/GET /api/v1/predictions/: the happy path, the cache, waiting, listing and visibility."""
+
+from __future__ import annotations
+
+import pytest
+
+from predictions.models import Prediction, PredictionStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_posted_text_is_saved_queued_and_answered_202_with_its_location(api, monkeypatch):
+    from types import SimpleNamespace
+
+    from predictions.tasks import predictions_run_task
+
+    sent_ids = []  # the task is only recorded, not run, so the row stays queued
+    monkeypatch.setattr(
+        predictions_run_task, "apply_async", lambda args, **_: sent_ids.append(args[0]) or SimpleNamespace(id="t-1")
+    )
+    response = api.post("/api/v1/predictions/", {"text": "a gorgeous, witty film"})
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert response["Location"] == f"/api/v1/predictions/{body['id']}/"
+    assert body["status"] == "queued" and body["text"] == "a gorgeous, witty film"
+    assert body["model"]["name"] == "sentiment" and len(body["model"]["version"]) == 12
+    assert sent_ids == [[body["id"]]]
+    row = Prediction.objects.get(pk=body["id"])
+    assert row.status == PredictionStatus.QUEUED and row.task_id == "t-1" and row.text_sha256
+
+
+def test_the_worker_fills_label_score_and_every_label_score(api):
+    created = api.post("/api/v1/predictions/", {"text": "good film"}).json()
+    body = api.get(f"/api/v1/predictions/{created['id']}/").json()
+    assert body["status"] == "succeeded"
+    assert body["label"] in ("negative", "positive")
+    assert set(body["scores"]) == {"negative", "positive"}
+    assert body["score"] == max(body["scores"].values())
+    assert body["cached"] is False and body["error"] == ""
+    assert body["started_at"] and body["finished_at"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_answers_200_with_the_finished_result(api):
+    response = api.post("/api/v1/predictions/?wait=5", {"text": "bad plot"})
+    assert response.status_code == 200
+    assert response.json()["status"] == "succeeded"
+
+
+def test_a_repeated_text_is_served_from_the_cache_without_a_task(api, published):
+    first = api.post("/api/v1/predictions/", {"text": "the acting was great"})
+    assert first.status_code == 202 and len(published) == 1
+    second = api.post("/api/v1/predictions/", {"text": "the acting was great"})
+    assert second.status_code == 200
+    body = second.json()
+    assert body["cached"] is True and body["status"] == "succeeded"
+    assert len(published) == 1  # no second task
+    original = Prediction.objects.get(pk=first.json()["id"])
+    assert body["label"] == original.label and body["scores"] == pytest.approx(original.scores)
+    assert body["id"] != original.pk and Prediction.objects.count() == 2
+
+
+def test_the_cache_is_per_model(api, published):
+    api.post("/api/v1/predictions/", {"text": "happy joy", "model": "sentiment"})
+    response = api.post("/api/v1/predictions/", {"text": "happy joy", "model": "emotions"})
+    assert response.status_code == 202 and len(published) == 2
+    body = api.get(response["Location"]).json()
+    assert body["model"]["name"] == "emotions" and set(body["scores"]) == {"joy", "anger", "fear", "neutral"}
+    assert isinstance(body["labels"], list)
+
+
+def test_a_retrained_model_version_does_not_reuse_cached_answers(
+    api, published, settings, tmp_path, tiny_sentiment_dir
+):
+    import shutil
+
+    from tests.factories import tiny_bert_save
+
+    api.post("/api/v1/predictions/", {"text": "dull plot"})
+    retrained = tiny_bert_save(tmp_path / "v2", labels=["negative", "positive"], seed=7)
+    assert (retrained / "model.safetensors").read_bytes() != (tiny_sentiment_dir / "model.safetensors").read_bytes()
+    settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "sentiment": f"path:{retrained}"}
+    response = api.post("/api/v1/predictions/", {"text": "dull plot"})
+    assert response.status_code == 202 and len(published) == 2
+    shutil.rmtree(retrained)
+
+
+def test_users_see_only_their_own_predictions_and_staff_see_all(api, stranger_api, staff_api):
+    mine = api.post("/api/v1/predictions/", {"text": "mine"}).json()
+    theirs = stranger_api.post("/api/v1/predictions/", {"text": "theirs"}).json()
+    assert stranger_api.get(f"/api/v1/predictions/{mine['id']}/").status_code == 404
+    assert [p["id"] for p in api.get("/api/v1/predictions/").json()["results"]] == [mine["id"]]
+    assert {p["id"] for p in staff_api.get("/api/v1/predictions/").json()["results"]} == {mine["id"], theirs["id"]}
+
+
+def test_anonymous_requests_get_401(anonymous_api):
+    for response in (
+        anonymous_api.get("/api/v1/predictions/"),
+        anonymous_api.post("/api/v1/predictions/", {"text": "x"}),
+        anonymous_api.get("/api/v1/predictions/1/"),
+        anonymous_api.get("/api/v1/models/"),
+        anonymous_api.post("/api/v1/batches/", {"texts": ["x"]}),
+    ):
+        assert response.status_code == 401
+        assert response["WWW-Authenticate"] == "Token"
+    assert Prediction.objects.count() == 0
+
+
+def test_the_list_filters_by_status_model_label_batch_and_created_range(api):
+    a = api.post("/api/v1/predictions/", {"text": "good"}).json()
+    b = api.post("/api/v1/predictions/", {"text": "joy", "model": "emotions"}).json()
+    batch = api.post("/api/v1/batches/", {"texts": ["x", "y"]}).json()
+    Prediction.objects.filter(pk=a["id"]).update(status=PredictionStatus.FAILED)
+
+    def ids(query: str) -> set[int]:
+        response = api.get(f"/api/v1/predictions/?{query}")
+        assert response.status_code == 200, response.json()
+        return {p["id"] for p in response.json()["results"]}
+
+    assert ids("status=failed") == {a["id"]}
+    assert ids("model=emotions") == {b["id"]}
+    label = Prediction.objects.get(pk=b["id"]).label
+    assert b["id"] in ids(f"label={label}")
+    assert ids(f"batch={batch['id']}") == {r["id"] for r in batch["results"]}
+    assert ids("created_after=2000-01-01T00:00:00Z") == {a["id"], b["id"], *(r["id"] for r in batch["results"])}
+    assert ids("created_before=2000-01-01T00:00:00Z") == set()
+    bad = api.get("/api/v1/predictions/?status=done")
+    assert bad.status_code == 400 and "status" in bad.json()
+
+
+def test_the_list_is_paginated(api, settings):
+    for i in range(3):
+        api.post("/api/v1/predictions/", {"text": f"text {i}"})
+    body = api.get("/api/v1/predictions/?page=1").json()
+    assert body["count"] == 3 and len(body["results"]) == 3 and "next" in body

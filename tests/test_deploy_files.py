@@ -1,0 +1,87 @@
+"""docker-compose.yml and the Dockerfile: valid, healthy start order, non-root, and the README's commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from predictions.management.commands.runstack import stack_commands
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_docker_compose_config_accepts_the_file():
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI_REQUIRE_COMPOSE"):
+            pytest.fail("docker-compose is not installed (.ci/run installs Debian's docker-compose)")
+        pytest.skip("docker-compose not installed; .ci/run installs it")
+    result = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_stack_has_its_six_services_with_the_asked_images():
+    assert {"web", "worker", "beat", "postgres", "rabbitmq", "redis"} <= set(SERVICES)
+    assert SERVICES["rabbitmq"]["image"] == "rabbitmq:3.13-management"
+    assert SERVICES["redis"]["image"] == "redis:7"
+    assert SERVICES["postgres"]["image"] == "postgres:16"
+
+
+def test_every_backing_service_has_a_healthcheck_and_the_app_waits_for_it():
+    for name in ("postgres", "rabbitmq", "redis", "web", "worker"):
+        assert SERVICES[name]["healthcheck"]["test"], name
+    for name in ("web", "worker"):
+        conditions = {dep: spec["condition"] for dep, spec in SERVICES[name]["depends_on"].items()}
+        assert conditions == {
+            "migrate": "service_completed_successfully",
+            "rabbitmq": "service_healthy",
+            "redis": "service_healthy",
+        }
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_app_runs_on_postgres_rabbitmq_and_redis_from_three_variables():
+    for name in ("web", "worker", "beat", "migrate"):
+        env = SERVICES[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert env["CELERY_BROKER_URL"].startswith("amqp://")
+        assert env["REDIS_URL"].startswith("redis://")
+        assert env["DEBUG"] == "0"
+
+
+def test_the_image_runs_as_a_non_root_user():
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+
+def _normalised(command: list[str]) -> list[str]:
+    """Program names without their venv path; the bind address and schedule path vary by deployment."""
+    out = [os.path.basename(command[0]), *command[1:]]
+    for flag in ("--bind", "--schedule"):
+        if flag in out:
+            out[out.index(flag) + 1] = "<" + flag.strip("-") + ">"
+    return out
+
+
+@pytest.mark.parametrize("service", ["web", "worker", "beat"])
+def test_compose_runs_the_same_commands_as_make_run_and_the_readme(service, settings):
+    settings.CELERY_TASK_DEFAULT_QUEUE = "predictions"  # the default; tests run on a queue of their own
+    local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=8)[service]
+    assert _normalised(SERVICES[service]["command"]) == _normalised(local)
+    readme = (ROOT / "README.md").read_text()
+    shown = (
+        " ".join(_normalised(local))
+        .replace("<bind>", "127.0.0.1:8000")
+        .replace("<schedule>", "var/celerybeat-schedule")
+    )
+    assert shown in readme, f"README does not show: {shown}"

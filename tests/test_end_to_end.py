@@ -1,0 +1,100 @@
+"""The whole service as a user runs it: `make run`'s processes, the bundled models, real HTTP.
+
+Once on the embedded default (SQLite, filesystem broker, file cache: no server at all) and once on
+PostgreSQL + RabbitMQ + Redis, chosen by the three environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import psutil
+import pytest
+
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _exercise(stack: Stack) -> None:
+    status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": "a gorgeous, witty, moving film"})
+    assert status == 200, (body, stack.logs())
+    assert body["status"] == "succeeded" and body["label"] == "positive" and body["cached"] is False
+    assert body["model"]["name"] == "sentiment" and len(body["model"]["version"]) == 12
+
+    status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": "a dull, lifeless and boring mess"})
+    assert status == 200 and body["label"] == "negative", body
+
+    status, again = stack.request("POST", "/api/v1/predictions/", {"text": "a dull, lifeless and boring mess"})
+    assert status == 200 and again["cached"] is True and again["label"] == "negative"
+
+    status, body = stack.request(
+        "POST", "/api/v1/predictions/?wait=30", {"text": "Thank you so much, this made my day!", "model": "emotions"}
+    )
+    assert status == 200 and body["status"] == "succeeded", body
+    assert len(body["scores"]) == 28 and "gratitude" in body["labels"]
+
+    status, batch = stack.request("POST", "/api/v1/batches/", {"texts": ["great fun", "awful", "a masterpiece"]})
+    assert status == 202
+    for _ in range(300):
+        status, detail = stack.request("GET", f"/api/v1/batches/{batch['id']}/")
+        if detail["finished"]:
+            break
+    assert [r["label"] for r in detail["results"]] == ["positive", "negative", "positive"]
+
+    status, _ = stack.request("GET", "/api/v1/predictions/", auth=False)
+    assert status == 401
+
+
+def _stop_and_check_nothing_is_left(stack: Stack) -> None:
+    if stack.process is None:
+        return
+    children = _children_of(stack.process.pid)
+    assert len(children) >= 3  # web, worker, beat (and their own children)
+    assert stack.stop() == 0
+    assert not [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def test_the_embedded_default_needs_no_server(tmp_path):
+    stack = Stack(tmp_path).start()
+    try:
+        _exercise(stack)
+        assert (tmp_path / "db.sqlite3").is_file() and (tmp_path / "broker").is_dir()
+    finally:
+        _stop_and_check_nothing_is_left(stack)
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="needs the real services")
+def test_the_real_stack_from_three_variables(tmp_path):
+    import psycopg
+
+    database = f"mlsite_e2e_{uuid.uuid4().hex[:8]}"
+    admin_url = os.environ["DATABASE_URL"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    base, _, _ = admin_url.rpartition("/")
+    stack = Stack(
+        tmp_path,
+        DATABASE_URL=f"{base}/{database}",
+        CELERY_BROKER_URL=os.environ["CELERY_BROKER_URL"],
+        REDIS_URL=os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14",
+        CELERY_QUEUE=f"e2e-{uuid.uuid4().hex[:8]}",
+    )
+    subprocess.run(["redis-cli", "-u", stack.env["REDIS_URL"], "flushdb"], check=False, capture_output=True)
+    try:
+        stack.start()
+        _exercise(stack)
+        assert not (tmp_path / "db.sqlite3").exists()
+    finally:
+        _stop_and_check_nothing_is_left(stack)
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -1,0 +1,72 @@
+"""GET /api/v1/models/, /healthz, /readyz and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+def test_models_lists_each_served_model_with_labels_version_and_kind(api):
+    models = {m["name"]: m for m in api.get("/api/v1/models/").json()}
+    assert set(models) == {"sentiment", "emotions"}
+    assert models["sentiment"]["labels"] == ["negative", "positive"]
+    assert models["sentiment"]["kind"] == "single_label" and models["sentiment"]["default"] is True
+    assert models["emotions"]["kind"] == "multi_label" and models["emotions"]["default"] is False
+    assert all(len(m["version"]) == 12 for m in models.values())
+
+
+def test_healthz_needs_no_auth(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_readyz_is_200_when_database_broker_cache_and_models_answer(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json()
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "cache": "ok", "models": "ok"}
+
+
+def test_readyz_is_503_naming_the_cache_when_it_is_down(client, settings):
+    from tests.test_cache import DEAD_REDIS
+
+    settings.CACHES = DEAD_REDIS
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["cache"].startswith("error:") and checks["database"] == "ok"
+
+
+def test_readyz_is_503_naming_a_model_whose_files_are_missing(client, settings, tmp_path):
+    settings.MLSITE_MODELS = {"sentiment": f"path:{tmp_path / 'gone'}"}
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "gone" in response.json()["checks"]["models"]
+
+
+def test_readyz_is_503_naming_the_broker_when_it_is_down(client, monkeypatch):
+    from mlsite.celery import app
+
+    monkeypatch.setattr(app.conf, "broker_write_url", "amqp://guest:guest@127.0.0.1:1//")  # nothing listens there
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"].startswith("error:")
+
+
+def test_the_schema_documents_every_error_response(client):
+    import yaml
+
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    paths = schema["paths"]
+    create = paths["/api/v1/predictions/"]["post"]["responses"]
+    assert {"200", "202", "400", "401", "413"} <= set(create)
+    assert {"202", "400", "401", "413"} <= set(paths["/api/v1/batches/"]["post"]["responses"])
+    assert {"200", "401", "404"} <= set(paths["/api/v1/predictions/{id}/"]["get"]["responses"])
+    assert {"200", "401", "404"} <= set(paths["/api/v1/batches/{id}/"]["get"]["responses"])
+    assert {"200", "400", "401"} <= set(paths["/api/v1/predictions/"]["get"]["responses"])
+    assert "wait" in {p["name"] for p in paths["/api/v1/predictions/"]["post"]["parameters"]}
+
+
+def test_the_docs_page_is_served(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200 and b"swagger" in response.content.lower()

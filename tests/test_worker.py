@@ -1,0 +1,113 @@
+"""A real Celery worker process consuming from the real broker (RabbitMQ under `make test`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings as django_settings
+from django_celery_results.models import TaskResult
+
+from predictions.models import Prediction, PredictionStatus
+from tests.stack import ROOT
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def eventually(probe, timeout: float = 15.0):
+    """The first truthy value of probe() within timeout seconds, else the last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := probe()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module")
+def worker_process(django_db_setup, django_db_blocker, tiny_sentiment_dir, tiny_emotions_dir, tmp_path_factory):
+    """`celery worker` in its own process, on the test database, serving the tiny models."""
+    database = django_settings.DATABASES["default"]
+    if "postgresql" in database["ENGINE"]:
+        url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    else:
+        pytest.skip("the worker process needs a database server it can share with the tests")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "MLSITE_MODELS": f"sentiment=path:{tiny_sentiment_dir},emotions=path:{tiny_emotions_dir}",
+        "MLSITE_VAR_DIR": str(tmp_path_factory.mktemp("worker-var")),
+    }
+    log = open(tmp_path_factory.mktemp("worker-log") / "worker.log", "w+")  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "mlsite",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "1",
+            "--queues",
+            django_settings.CELERY_TASK_DEFAULT_QUEUE,
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log.flush()
+        log.seek(0)
+        if "ready." in log.read():
+            break
+        assert process.poll() is None, "worker exited early"
+        time.sleep(0.2)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture
+def worker(worker_process, celery_eager):
+    celery_eager.conf.task_always_eager = False
+    return worker_process
+
+
+def test_a_prediction_travels_through_the_broker_to_a_worker_process_and_back(api, worker):
+    from mlsite.celery import app
+
+    assert app.conf.broker_url == os.environ.get("CELERY_BROKER_URL", "filesystem://")
+    response = api.post("/api/v1/predictions/?wait=20", {"text": "a gorgeous, witty film"})
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "succeeded" and body["label"] in ("negative", "positive")
+    row = Prediction.objects.get(pk=body["id"])
+    result = eventually(lambda: TaskResult.objects.filter(task_id=row.task_id, status="SUCCESS").first())
+    assert result.task_name == "predictions.run"  # stored by django-celery-results once the task returns
+
+
+def test_a_batch_is_run_by_the_worker_in_chunks(api, worker, settings):
+    settings.BATCH_CHUNK_SIZE = 2
+    texts = ["good", "bad", "dull plot", "love it", "hate it"]
+    body = api.post("/api/v1/batches/", {"texts": texts}).json()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        detail = api.get(f"/api/v1/batches/{body['id']}/").json()
+        if detail["finished"]:
+            break
+        time.sleep(0.1)
+    assert detail["counts"]["succeeded"] == 5
+    task_ids = set(Prediction.objects.filter(batch_id=body["id"]).values_list("task_id", flat=True))
+    assert len(task_ids) == 3  # 2 + 2 + 1 texts per task
+    assert eventually(lambda: TaskResult.objects.filter(task_id__in=task_ids, status="SUCCESS").count() == 3)
+    assert not Prediction.objects.exclude(status=PredictionStatus.SUCCEEDED).exists()
