@@ -7,6 +7,7 @@ PostgreSQL, RabbitMQ and Redis. The README lists every variable with its default
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -130,6 +131,21 @@ CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 60, minimum=1)
+SWEEP_QUEUED_AFTER = env_int("SWEEP_QUEUED_AFTER", 120, minimum=1)
+SWEEP_RUNNING_AFTER = env_int("SWEEP_RUNNING_AFTER", 600, minimum=1)
+SWEEP_MAX_ROWS = env_int("SWEEP_MAX_ROWS", 10_000, minimum=1)
+# Task results (django-celery-results) older than this are deleted by celery.backend_cleanup on beat.
+TASK_RESULT_RETENTION_DAYS = env_int("TASK_RESULT_RETENTION_DAYS", 7, minimum=1)
+CELERY_RESULT_EXPIRES = timedelta(days=TASK_RESULT_RETENTION_DAYS)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-lost-predictions": {"task": "predictions.sweep", "schedule": float(SWEEP_INTERVAL)},
+    "task-results-cleanup": {
+        "task": "celery.backend_cleanup",
+        "schedule": float(env_int("TASK_RESULT_CLEANUP_INTERVAL", 3600, minimum=60)),
+    },
+}
 
 # --- Models and limits ----------------------------------------------------------------------
 MLSITE_MODELS = env_models("MLSITE_MODELS", {"sentiment": "bundled:sentiment", "emotions": "bundled:emotions"})

@@ -1,45 +1,420 @@
-"""The review desk; issue 5 grows this into the full audit admin."""
+"""The review and audit desk.
 
-from django.contrib import admin
+Model output is read-only here: reviewers may only set a correction and a note (each one recorded
+with who and when), and only superusers may delete. Lists are tuned for big tables: related rows
+are joined, counts are not run on every page, exports stream.
+"""
 
-from predictions.models import Batch, Prediction
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.http import StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from predictions import services
+from predictions.charts import bars_svg, stacked_columns_svg
+from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, ReprocessRun
+from predictions.overview import overview_figures
+
+EXPORT_COLUMNS = [
+    ("id", "id"),
+    ("created_at", "created_at"),
+    ("owner", "owner__username"),
+    ("model", "model_name"),
+    ("model_version", "model_version"),
+    ("status", "status"),
+    ("label", "label"),
+    ("score", "score"),
+    ("cached", "cached"),
+    ("corrected_label", "corrected_label"),
+    ("reviewed_by", "reviewed_by__username"),
+    ("reviewed_at", "reviewed_at"),
+    ("finished_at", "finished_at"),
+    ("error", "error"),
+    ("text", "text"),
+]
+
+
+class LabelFilter(admin.SimpleListFilter):
+    title = "label"
+    parameter_name = "label"
+
+    def lookups(self, request, model_admin):
+        labels = Prediction.objects.exclude(label="").values_list("label", flat=True).distinct().order_by("label")
+        return [(label, label) for label in labels[:200]]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(label=self.value()) if self.value() else queryset
+
+
+class ReviewedFilter(admin.SimpleListFilter):
+    title = "reviewed"
+    parameter_name = "reviewed"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Reviewed"), ("no", "Not reviewed"), ("corrected", "Corrected")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(reviewed_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(reviewed_at__isnull=True)
+        if self.value() == "corrected":
+            return queryset.exclude(corrected_label="")
+        return queryset
+
+
+class ReviewForm(forms.ModelForm):
+    """Only the review fields are editable; the correction must be one of the model's labels."""
+
+    corrected_label = forms.ChoiceField(required=False, label="Correct label")
+
+    class Meta:
+        model = Prediction
+        fields = ["corrected_label", "review_note"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        labels = list((self.instance.scores or {}).keys())
+        if not labels:
+            from predictions.registry import model_exists, model_info_get
+
+            if model_exists(self.instance.model_name):
+                labels = model_info_get(self.instance.model_name).labels
+        self.fields["corrected_label"].choices = [("", "— model is right / no correction —")] + [(x, x) for x in labels]
+
+
+class Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_rows(queryset) -> Iterator[str]:
+    """CSV lines for the export, fetched in chunks so memory stays flat for any number of rows."""
+    writer = csv.writer(Echo())
+    yield writer.writerow([name for name, _ in EXPORT_COLUMNS])
+    for row in queryset.order_by("pk").values_list(*[field for _, field in EXPORT_COLUMNS]).iterator(chunk_size=2000):
+        yield writer.writerow(row)
 
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
+    form = ReviewForm
     list_display = [
         "id",
         "short_text",
         "label",
-        "score",
-        "model_name",
-        "model_version",
+        "score_display",
+        "model_display",
         "status",
         "cached",
         "owner",
+        "batch_link",
         "created_at",
+        "finished_at",
+        "duration",
+        "corrected_label",
     ]
-    list_filter = ["status", "model_name", "cached"]
+    list_filter = [
+        "status",
+        "model_name",
+        LabelFilter,
+        ReviewedFilter,
+        "cached",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    ]
+    date_hierarchy = "created_at"
     search_fields = ["=id", "text"]
-    list_select_related = ["owner"]
-    raw_id_fields = ["owner", "batch"]
+    search_help_text = "Search by text, or by an exact prediction id."
+    ordering = ["-id"]
+    list_select_related = ["owner", "batch"]
+    list_per_page = 50
     show_full_result_count = False
-    readonly_fields = [f.name for f in Prediction._meta.fields]
+    actions = ["rerun", "mark_reviewed", "export_csv"]
+    fieldsets = [
+        (None, {"fields": ["text_display", "label", "score_bars", "labels", "status", "error"]}),
+        ("Model", {"fields": ["model_name", "model_version", "cached", "task_link", "attempts"]}),
+        ("Review", {"fields": ["corrected_label", "review_note", "reviewed_by", "reviewed_at", "review_trail"]}),
+        (
+            "Audit",
+            {"fields": ["owner", "batch", "created_at", "started_at", "finished_at", "duration", "history_table"]},
+        ),
+    ]
+    readonly_fields = [
+        "text_display",
+        "label",
+        "score_bars",
+        "labels",
+        "status",
+        "error",
+        "model_name",
+        "model_version",
+        "cached",
+        "task_link",
+        "attempts",
+        "reviewed_by",
+        "reviewed_at",
+        "review_trail",
+        "owner",
+        "batch",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "history_table",
+    ]
 
+    # --- permissions: model output is read-only; deletes are for superusers ---------------------
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_rerun_permission(self, request) -> bool:
+        return request.user.has_perm("predictions.change_prediction")
+
+    # --- columns -----------------------------------------------------------------------------
     @admin.display(description="text")
     def short_text(self, obj: Prediction) -> str:
-        return obj.text if len(obj.text) <= 80 else obj.text[:77] + "…"
+        return obj.text if len(obj.text) <= 60 else obj.text[:57] + "…"
+
+    @admin.display(description="score", ordering="score")
+    def score_display(self, obj: Prediction) -> str:
+        return "" if obj.score is None else f"{obj.score:.3f}"
+
+    @admin.display(description="model", ordering="model_name")
+    def model_display(self, obj: Prediction) -> str:
+        return f"{obj.model_name}@{obj.model_version[:8]}" if obj.model_version else obj.model_name
+
+    @admin.display(description="batch", ordering="batch")
+    def batch_link(self, obj: Prediction):
+        if obj.batch_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:predictions_batch_change", args=[obj.batch_id]), obj.batch_id
+        )
+
+    @admin.display(description="duration")
+    def duration(self, obj: Prediction) -> str:
+        seconds = obj.duration_seconds
+        return "—" if seconds is None else f"{seconds:.2f} s"
+
+    # --- detail page -------------------------------------------------------------------------
+    @admin.display(description="text")
+    def text_display(self, obj: Prediction):
+        return format_html(
+            '<div class="prediction-text" style="white-space: pre-wrap; max-width: 60em">{}</div>', obj.text
+        )
+
+    @admin.display(description="scores")
+    def score_bars(self, obj: Prediction):
+        if not obj.scores:
+            return "—"
+        ordered = sorted(obj.scores.items(), key=lambda item: item[1], reverse=True)
+        return format_html(
+            '<div class="score-bars">{}</div>',
+            format_html_join(
+                "",
+                '<div class="score-row" style="display:flex;align-items:center;gap:.5em;margin:2px 0">'
+                '<span style="width:9em;text-align:right">{}</span>'
+                '<span style="display:inline-block;width:{}px;height:12px;background:{}" title="{}"></span>'
+                "<span>{}</span></div>",
+                (
+                    (
+                        label,
+                        max(1, round(score * 300)),
+                        "#417690" if label == obj.label else "#79aec8",
+                        f"{score:.4f}",
+                        f"{score:.4f}",
+                    )
+                    for label, score in ordered
+                ),
+            ),
+        )
+
+    @admin.display(description="Celery task")
+    def task_link(self, obj: Prediction):
+        if not obj.task_id:
+            return "—"
+        url = reverse("admin:django_celery_results_taskresult_changelist") + f"?task_id={obj.task_id}"
+        return format_html('<a href="{}">{}</a>', url, obj.task_id)
+
+    @admin.display(description="result history")
+    def history_table(self, obj: Prediction):
+        rows = list(obj.history.select_related("run").order_by("-pk"))
+        if not rows:
+            return "No earlier results: this is the first run."
+        return format_html(
+            '<table class="result-history"><thead><tr><th>replaced at</th><th>model</th><th>status</th><th>label</th>'
+            "<th>score</th><th>scores</th><th>finished</th><th>by run</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}@{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        r.archived_at.strftime("%Y-%m-%d %H:%M:%S"),
+                        r.model_name,
+                        r.model_version[:8],
+                        r.status,
+                        r.label or "—",
+                        "" if r.score is None else f"{r.score:.3f}",
+                        ", ".join(f"{k} {v:.2f}" for k, v in sorted((r.scores or {}).items(), key=lambda i: -i[1])[:5]),
+                        r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else "—",
+                        f"run {r.run_id} ({r.run.source})" if r.run_id else "—",
+                    )
+                    for r in rows
+                ),
+            ),
+        )
+
+    @admin.display(description="corrections")
+    def review_trail(self, obj: Prediction):
+        reviews = list(obj.reviews.select_related("reviewer").order_by("-pk")[:50])
+        if not reviews:
+            return "—"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li>{} by {}: {} {}</li>",
+                (
+                    (
+                        r.created_at.strftime("%Y-%m-%d %H:%M"),
+                        r.reviewer.get_username(),
+                        r.corrected_label or "(no correction)",
+                        f"— {r.note}" if r.note else "",
+                    )
+                    for r in reviews
+                ),
+            ),
+        )
+
+    def save_model(self, request, obj: Prediction, form, change: bool) -> None:
+        """Record who corrected what and when; nothing but the review fields is ever written here."""
+        if not form.has_changed():
+            return
+        with transaction.atomic():
+            services.prediction_review(
+                prediction=obj,
+                reviewer=request.user,
+                corrected_label=form.cleaned_data["corrected_label"],
+                note=form.cleaned_data["review_note"],
+            )
+
+    # --- actions -----------------------------------------------------------------------------
+    @admin.action(description="Re-run selected predictions (earlier results kept in history)", permissions=["rerun"])
+    def rerun(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        run, queued = services.predictions_rerun(ids=ids, user=request.user)
+        skipped = len(ids) - queued
+        self.message_user(
+            request,
+            f"Queued {queued} prediction(s) for re-run (run {run.pk})."
+            + (f" {skipped} still queued or running were left alone." if skipped else ""),
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Mark selected predictions as reviewed", permissions=["change"])
+    def mark_reviewed(self, request, queryset):
+        updated = services.predictions_mark_reviewed(
+            ids=list(queryset.values_list("pk", flat=True)), reviewer=request.user
+        )
+        self.message_user(request, f"Marked {updated} prediction(s) as reviewed.", messages.SUCCESS)
+
+    @admin.action(description="Export selected predictions as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        response = StreamingHttpResponse(csv_rows(queryset), content_type="text/csv; charset=utf-8")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = f'attachment; filename="predictions-{stamp}.csv"'
+        return response
+
+    # --- overview page -------------------------------------------------------------------------
+    def get_urls(self):
+        custom = [
+            path("overview/", self.admin_site.admin_view(self.overview_view), name="predictions_prediction_overview")
+        ]
+        return custom + super().get_urls()
+
+    def overview_view(self, request):
+        if not self.has_view_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        figures = overview_figures(days=30)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Predictions overview",
+            "opts": self.model._meta,
+            "figures": figures,
+            "per_day_chart": stacked_columns_svg(figures["per_day"], series=PredictionStatus.values),
+            "per_status_chart": bars_svg(figures["per_status"]),
+            "label_charts": [(model, bars_svg(items[:28])) for model, items in figures["labels"]],
+            "error_rate": "—" if figures["error_rate"] is None else f"{figures['error_rate']:.2%}",
+            "latency_mean": "—" if figures["latency_mean"] is None else f"{figures['latency_mean']:.3f} s",
+            "latency_p95": "—" if figures["latency_p95"] is None else f"{figures['latency_p95']:.3f} s",
+        }
+        return TemplateResponse(request, "admin/predictions/overview.html", context)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "overview_url": reverse("admin:predictions_prediction_overview")}
+        return super().changelist_view(request, extra_context)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History and audit records: visible, never edited; deleted by superusers only."""
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+
+@admin.register(PredictionResult)
+class PredictionResultAdmin(ReadOnlyAdmin):
+    list_display = ["id", "prediction", "model_name", "model_version", "status", "label", "score", "archived_at", "run"]
+    list_filter = ["model_name", "status"]
+    list_select_related = ["prediction", "run"]
+    raw_id_fields = ["prediction", "run"]
+    search_fields = ["=prediction__id"]
+    show_full_result_count = False
+
+
+@admin.register(PredictionReview)
+class PredictionReviewAdmin(ReadOnlyAdmin):
+    list_display = ["id", "prediction", "reviewer", "corrected_label", "note", "created_at"]
+    list_select_related = ["prediction", "reviewer"]
+    raw_id_fields = ["prediction", "reviewer"]
+    show_full_result_count = False
+
+
+@admin.register(ReprocessRun)
+class ReprocessRunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "source", "created_by", "to_model", "selected", "status", "sync", "created_at", "finished_at"]
+    list_select_related = ["created_by"]
+    readonly_fields = ["summary"]
+
+    @admin.display(description="summary")
+    def summary(self, obj: ReprocessRun):
+        return mark_safe("<br>".join(f"{k}: {v}" for k, v in services.reprocess_summary(obj).items()))
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin):
+class BatchAdmin(ReadOnlyAdmin):
     list_display = ["id", "model_name", "size", "owner", "created_at"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
-    readonly_fields = [f.name for f in Batch._meta.fields]
-
-    def has_add_permission(self, request) -> bool:
-        return False
+    show_full_result_count = False

@@ -74,9 +74,23 @@ class Prediction(models.Model):
     error = models.TextField(blank=True, help_text="Why the prediction failed.")
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started this row.")
     task_id = models.CharField(max_length=255, blank=True, help_text="Celery task id of the last run.")
+    published_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a task for this row was last sent to the broker (the sweeper resends)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    corrected_label = models.CharField(max_length=100, blank=True, help_text="The label a reviewer says is right.")
+    review_note = models.TextField(blank=True, help_text="The reviewer's note.")
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who last reviewed this prediction.",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True, help_text="When it was last reviewed.")
 
     class Meta:
         ordering = ["-id"]
@@ -87,6 +101,7 @@ class Prediction(models.Model):
             models.Index(fields=["label"], name="prediction_label"),
             models.Index(fields=["created_at"], name="prediction_created"),
             models.Index(fields=["batch", "position"], name="prediction_batch_position"),
+            models.Index(fields=["reviewed_at"], name="prediction_reviewed"),
         ]
 
     def __str__(self) -> str:
@@ -101,3 +116,92 @@ class Prediction(models.Model):
         if self.finished_at and self.created_at:
             return (self.finished_at - self.created_at).total_seconds()
         return None
+
+
+class ReprocessRun(models.Model):
+    """One invocation of `reprocess` (or the admin's re-run action): what it selected and what came of it.
+
+    A run interrupted and started again with the same selectors resumes: rows it already re-ran are skipped.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+
+    key = models.CharField(max_length=64, db_index=True, help_text="Hash of the selectors; a re-invocation resumes.")
+    selectors = models.JSONField(help_text="The selectors as given.")
+    to_model = models.CharField(
+        max_length=100, blank=True, help_text="Model the rows are re-run under (blank: their own)."
+    )
+    sync = models.BooleanField(default=False, help_text="Run in the command's process rather than on workers.")
+    source = models.CharField(max_length=20, default="command", help_text="command or admin.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who started it from the admin (blank for the command).",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    selected = models.PositiveIntegerField(default=0, help_text="Rows the selectors matched when the run started.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.status})"
+
+
+class PredictionResult(models.Model):
+    """An earlier result of a prediction, kept when the prediction is re-run: history is never overwritten."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="history")
+    run = models.ForeignKey(
+        ReprocessRun,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="archived_results",
+        help_text="The re-run that replaced this result.",
+    )
+    model_name = models.CharField(max_length=100)
+    model_version = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=PredictionStatus.choices)
+    label = models.CharField(max_length=100, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    scores = models.JSONField(null=True, blank=True)
+    labels = models.JSONField(null=True, blank=True)
+    cached = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    task_id = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    archived_at = models.DateTimeField(auto_now_add=True, help_text="When this result was replaced.")
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["prediction", "run"], name="result_once_per_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name}@{self.model_version}: {self.label or self.status}"
+
+
+class PredictionReview(models.Model):
+    """Every correction a reviewer made, append-only: who, when, what."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    corrected_label = models.CharField(max_length=100, blank=True)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"review of {self.prediction_id} by {self.reviewer_id}"

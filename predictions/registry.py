@@ -12,7 +12,6 @@ from functools import cache
 
 from django.conf import settings
 
-
 logger = logging.getLogger(__name__)
 
 

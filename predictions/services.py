@@ -6,14 +6,18 @@ Writes go through these functions only. Each state change is a conditional updat
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from predictions.cache import result_cache_get, result_cache_set_many
@@ -101,7 +105,9 @@ def predictions_publish(prediction_ids: Sequence[int]) -> None:
         except Exception as exc:  # broker down: the rows wait for the sweeper
             logger.error("could not publish %d prediction(s) (%s): %s", len(ids), type(exc).__name__, exc)
             continue
-        Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(task_id=result.id)
+        Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
+            task_id=result.id, published_at=timezone.now()
+        )
 
 
 def predictions_run(prediction_ids: Iterable[int], *, task_id: str = "") -> dict[str, int]:
@@ -187,6 +193,28 @@ def _rows_fail(rows: Sequence[Prediction], error: str) -> dict[str, int]:
     return {"succeeded": 0, "failed": updated, "skipped": len(rows) - updated}
 
 
+def predictions_sweep(*, queued_after: float, running_after: float) -> dict[str, int]:
+    """Republish rows whose message may be lost; requeue rows whose worker may have died.
+
+    Queued rows never published (broker down at submit) or published more than `queued_after`
+    seconds ago are sent again; rows `running` for more than `running_after` seconds go back to
+    queued first. Running a row twice is harmless: the task skips finished rows.
+    """
+    now = timezone.now()
+    stuck = Prediction.objects.filter(
+        status=PredictionStatus.RUNNING, started_at__lt=now - timedelta(seconds=running_after)
+    )
+    stuck_ids = list(stuck.values_list("pk", flat=True)[: settings.SWEEP_MAX_ROWS])
+    requeued = stuck.filter(pk__in=stuck_ids).update(status=PredictionStatus.QUEUED)
+    stale = Q(published_at__isnull=True, created_at__lt=now - timedelta(seconds=min(queued_after, 5))) | Q(
+        published_at__lt=now - timedelta(seconds=queued_after)
+    )
+    stale_ids = Prediction.objects.filter(stale, status=PredictionStatus.QUEUED).values_list("pk", flat=True)
+    ids = sorted(set(stale_ids[: settings.SWEEP_MAX_ROWS]) | set(stuck_ids))
+    predictions_publish(ids)
+    return {"requeued_running": requeued, "republished": len(ids)}
+
+
 def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
     """Poll the row until it is finished or `timeout` seconds pass; returns the fresh row."""
     deadline = time.monotonic() + timeout
@@ -196,3 +224,227 @@ def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
         delay = min(delay * 1.5, 0.1)
         prediction.refresh_from_db()
     return prediction
+
+
+# --- Re-running predictions (manage.py reprocess and the admin's re-run action) -------------------
+
+ARCHIVED_FIELDS = (
+    "model_name",
+    "model_version",
+    "status",
+    "label",
+    "score",
+    "scores",
+    "labels",
+    "cached",
+    "error",
+    "task_id",
+    "started_at",
+    "finished_at",
+)
+
+
+class SelectionError(ValueError):
+    """The selectors given to reprocess are missing or invalid; the message says which."""
+
+
+def reprocess_selection(
+    *,
+    everything: bool = False,
+    statuses: Sequence[str] = (),
+    model: str = "",
+    model_version: str = "",
+    since=None,
+    until=None,
+    ids: Sequence[int] = (),
+    batch: int | None = None,
+):
+    """The predictions the selectors match (they combine with AND); refuses an empty selection."""
+    if not (everything or statuses or model or model_version or since or until or ids or batch):
+        raise SelectionError(
+            "no selector: give --all or at least one of --status, --model, --model-version, --since, --until, --ids, --batch"
+        )
+    bad = [s for s in statuses if s not in PredictionStatus.values]
+    if bad:
+        raise SelectionError(f"unknown status {bad[0]!r}; one of {', '.join(PredictionStatus.values)}")
+    queryset = Prediction.objects.all()
+    if statuses:
+        queryset = queryset.filter(status__in=statuses)
+    if model:
+        queryset = queryset.filter(model_name=model)
+    if model_version:
+        queryset = queryset.filter(model_version=model_version)
+    if since:
+        queryset = queryset.filter(created_at__gte=since)
+    if until:
+        queryset = queryset.filter(created_at__lt=until)
+    if ids:
+        queryset = queryset.filter(pk__in=list(ids))
+    if batch:
+        queryset = queryset.filter(batch_id=batch)
+    return queryset
+
+
+def reprocess_run_open(*, selectors: dict, to_model: str = "", sync: bool = False, source: str = "command", user=None):
+    """The unfinished run with the same selectors and target (resumed), or a new one. Returns (run, resumed)."""
+    from predictions.models import ReprocessRun
+
+    key = hashlib.sha256(
+        json.dumps({"selectors": selectors, "to_model": to_model}, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    run = ReprocessRun.objects.filter(key=key, status=ReprocessRun.Status.RUNNING).order_by("-pk").first()
+    if run is not None:
+        return run, True
+    run = ReprocessRun.objects.create(
+        key=key,
+        selectors=json.loads(json.dumps(selectors, default=str)),
+        to_model=to_model,
+        sync=sync,
+        source=source,
+        created_by=user,
+    )
+    return run, False
+
+
+def reprocess_pending(run, selection) -> tuple[list[int], int]:
+    """Ids still to do in this run, oldest first, and how many selected rows were skipped as in flight.
+
+    Still to do: rows this run archived but did not finish (an interrupted run), then matching
+    finished rows this run has not touched. Rows queued or running elsewhere are left alone.
+    """
+    unfinished = list(
+        Prediction.objects.filter(history__run=run).exclude(status__in=FINISHED_STATUSES).values_list("pk", flat=True)
+    )
+    untouched = selection.exclude(history__run=run)
+    fresh = list(untouched.filter(status__in=FINISHED_STATUSES).order_by("pk").values_list("pk", flat=True))
+    in_flight = untouched.exclude(status__in=FINISHED_STATUSES).count()
+    return sorted(set(unfinished) | set(fresh)), in_flight
+
+
+def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
+    """Archive the current result of each row into its history, reset it to queued, then run or queue it."""
+    from predictions.models import PredictionResult
+
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            Prediction.objects.select_for_update()
+            .filter(pk__in=list(ids), status__in=FINISHED_STATUSES)
+            .exclude(history__run=run)
+            .only("pk", *ARCHIVED_FIELDS)
+        )
+        PredictionResult.objects.bulk_create(
+            [PredictionResult(prediction=row, run=run, **{f: getattr(row, f) for f in ARCHIVED_FIELDS}) for row in rows]
+        )
+        by_model: dict[str, list[int]] = defaultdict(list)
+        for row in rows:
+            by_model[run.to_model or row.model_name].append(row.pk)
+        for model_name, pks in by_model.items():
+            Prediction.objects.filter(pk__in=pks).update(
+                status=PredictionStatus.QUEUED,
+                model_name=model_name,
+                model_version=_version_or_blank(model_name),
+                label="",
+                score=None,
+                scores=None,
+                labels=None,
+                cached=False,
+                error="",
+                task_id="",
+                started_at=None,
+                finished_at=None,
+                published_at=None,
+            )
+        if not sync:
+            queued = list(ids)
+            transaction.on_commit(lambda: predictions_publish(queued))
+    if sync:
+        predictions_run(ids, task_id=f"reprocess-run-{run.pk}")
+    logger.info(
+        "reprocess run %s: %d row(s) archived and %s at %s", run.pk, len(rows), "run" if sync else "queued", now
+    )
+
+
+def _version_or_blank(model_name: str) -> str:
+    from predictions.registry import model_exists
+
+    return model_version(model_name) if model_exists(model_name) else ""
+
+
+def reprocess_summary(run) -> dict[str, int]:
+    """Selected, re-run (finished), unchanged label, changed label, failed, and still pending."""
+    from predictions.models import PredictionResult
+
+    finished = Q(prediction__status__in=FINISHED_STATUSES)
+    succeeded = Q(prediction__status=PredictionStatus.SUCCEEDED)
+    totals = PredictionResult.objects.filter(run=run).aggregate(
+        rerun=Count("pk", filter=finished),
+        unchanged=Count("pk", filter=succeeded & Q(label=F("prediction__label"))),
+        changed=Count("pk", filter=succeeded & ~Q(label=F("prediction__label"))),
+        failed=Count("pk", filter=Q(prediction__status=PredictionStatus.FAILED)),
+        pending=Count("pk", filter=~finished),
+    )
+    return {"selected": run.selected, **totals}
+
+
+def reprocess_finish(run) -> None:
+    from predictions.models import ReprocessRun
+
+    ReprocessRun.objects.filter(pk=run.pk).update(status=ReprocessRun.Status.FINISHED, finished_at=timezone.now())
+
+
+def predictions_rerun(*, ids: Sequence[int], user, to_model: str = "") -> tuple[Any, int]:
+    """The admin's re-run action: the same path as `reprocess --ids … ` (queued on workers)."""
+    selection = reprocess_selection(ids=ids)
+    run, _ = reprocess_run_open(
+        selectors={"ids": sorted(ids), "admin": timezone.now().isoformat()},
+        to_model=to_model,
+        source="admin",
+        user=user,
+    )
+    pending, _ = reprocess_pending(run, selection)
+    type(run).objects.filter(pk=run.pk).update(selected=len(pending))
+    for start in range(0, len(pending), settings.BATCH_CHUNK_SIZE):
+        reprocess_chunk(run, pending[start : start + settings.BATCH_CHUNK_SIZE], sync=False)
+    return run, len(pending)
+
+
+# --- Review ------------------------------------------------------------------------------------
+
+
+def prediction_review(*, prediction: Prediction, reviewer, corrected_label: str, note: str) -> None:
+    """Set the correction and note, stamp who and when, and append the review to the trail."""
+    from predictions.models import PredictionReview
+
+    now = timezone.now()
+    Prediction.objects.filter(pk=prediction.pk).update(
+        corrected_label=corrected_label, review_note=note, reviewed_by=reviewer, reviewed_at=now
+    )
+    PredictionReview.objects.create(
+        prediction=prediction, reviewer=reviewer, corrected_label=corrected_label, note=note
+    )
+    prediction.corrected_label, prediction.review_note = corrected_label, note
+    prediction.reviewed_by, prediction.reviewed_at = reviewer, now
+
+
+def predictions_mark_reviewed(*, ids: Sequence[int], reviewer) -> int:
+    """Mark rows reviewed as they stand (no correction), each recorded in the trail."""
+    from predictions.models import PredictionReview
+
+    with transaction.atomic():
+        rows = list(
+            Prediction.objects.select_for_update().filter(pk__in=list(ids)).only("pk", "corrected_label", "review_note")
+        )
+        Prediction.objects.filter(pk__in=[r.pk for r in rows]).update(reviewed_by=reviewer, reviewed_at=timezone.now())
+        PredictionReview.objects.bulk_create(
+            [
+                PredictionReview(
+                    prediction=r,
+                    reviewer=reviewer,
+                    corrected_label=r.corrected_label,
+                    note=r.review_note or "marked reviewed",
+                )
+                for r in rows
+            ]
+        )
+    return len(rows)

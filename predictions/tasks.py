@@ -27,6 +27,16 @@ def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
     return services.predictions_run(prediction_ids, task_id=self.request.id or "")
 
 
+@shared_task(name="predictions.sweep", acks_late=True)
+def predictions_sweep_task() -> dict[str, int]:
+    """Run by beat every SWEEP_INTERVAL seconds: resend lost work (see services.predictions_sweep)."""
+    from django.conf import settings
+
+    return services.predictions_sweep(
+        queued_after=settings.SWEEP_QUEUED_AFTER, running_after=settings.SWEEP_RUNNING_AFTER
+    )
+
+
 @worker_process_init.connect
 def _worker_process_prepare(**_) -> None:
     """Each prefork child gets its share of the cores (torch's default would oversubscribe them)
