@@ -24,7 +24,8 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 def overview_figures(*, days: int = 30) -> dict:
     since = timezone.now() - timedelta(days=days)
-    per_day: dict[str, dict[str, int]] = {}
+    today = timezone.localdate()
+    per_day: dict[str, dict[str, int]] = {(today - timedelta(days=n)).isoformat(): {} for n in range(days - 1, -1, -1)}
     recent = Prediction.objects.filter(created_at__gte=since)
     for day, status, n in (
         recent.annotate(day=TruncDate("created_at"))
@@ -32,7 +33,8 @@ def overview_figures(*, days: int = 30) -> dict:
         .annotate(n=Count("pk"))
         .order_by("day")
     ):
-        per_day.setdefault(day.isoformat(), {})[status] = n
+        if day.isoformat() in per_day:
+            per_day[day.isoformat()][status] = n
     per_status = dict(Prediction.objects.values_list("status").annotate(n=Count("pk")).order_by())
     labels: dict[str, list[tuple[str, int]]] = {}
     for model_name, label, n in (
