@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from predictions.cache import result_cache_get, result_cache_set_many
 from predictions.models import FINISHED_STATUSES, Batch, Prediction, PredictionStatus, text_sha256
+from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
 
 logger = logging.getLogger(__name__)
@@ -110,30 +111,71 @@ def predictions_publish(prediction_ids: Sequence[int]) -> None:
         )
 
 
-def predictions_run(prediction_ids: Iterable[int], *, task_id: str = "") -> dict[str, int]:
-    """Run the model on the unfinished rows among these ids and store each result.
+def predictions_claim(own_ids: Sequence[int], *, task_id: str, limit: int, others: bool) -> list[Prediction]:
+    """Mark up to `limit` rows as running under `task_id` and return them, oldest first.
 
-    Finished rows are skipped (idempotent). A row left `running` by a killed worker is taken again.
-    If a batch forward pass fails, its texts are retried one by one so a bad text fails only its row.
+    Own rows come first: those of `own_ids` still queued, or running under this same task id (an
+    earlier delivery of this message whose worker died). With `others`, queued rows of any other
+    request fill the rest: that is how texts from many requests share one forward pass. Rows are
+    taken with SELECT … FOR UPDATE SKIP LOCKED (PostgreSQL), so two workers never claim the same row.
     """
     now = timezone.now()
-    pending = list(
-        Prediction.objects.filter(pk__in=list(prediction_ids))
-        .exclude(status__in=FINISHED_STATUSES)
-        .only("pk", "text", "text_sha256", "model_name")
-    )
-    if not pending:
-        return {"succeeded": 0, "failed": 0, "skipped": len(list(prediction_ids))}
-    Prediction.objects.filter(pk__in=[p.pk for p in pending]).exclude(status__in=FINISHED_STATUSES).update(
-        status=PredictionStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, task_id=task_id
-    )
-    by_model: dict[str, list[Prediction]] = defaultdict(list)
-    for prediction in pending:
-        by_model[prediction.model_name].append(prediction)
-    counts = {"succeeded": 0, "failed": 0, "skipped": 0}
-    for model_name, rows in by_model.items():
-        for key, value in _rows_run(model_name, rows).items():
-            counts[key] += value
+    with transaction.atomic():
+        claimable = Prediction.objects.select_for_update(skip_locked=True).order_by("pk")
+        claimed: list[int] = []
+        if own_ids:
+            mine = Q(status=PredictionStatus.QUEUED) | Q(status=PredictionStatus.RUNNING, task_id=task_id)
+            claimed = list(claimable.filter(mine, pk__in=list(own_ids)).values_list("pk", flat=True)[:limit])
+        if others and len(claimed) < limit:
+            claimed += list(
+                claimable.filter(status=PredictionStatus.QUEUED)
+                .exclude(pk__in=claimed)
+                .values_list("pk", flat=True)[: limit - len(claimed)]
+            )
+        if not claimed:
+            return []
+        Prediction.objects.filter(pk__in=claimed).update(
+            status=PredictionStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, task_id=task_id
+        )
+        return list(
+            Prediction.objects.filter(pk__in=claimed).order_by("pk").only("pk", "text", "text_sha256", "model_name")
+        )
+
+
+def predictions_run(
+    prediction_ids: Iterable[int], *, task_id: str = "", others: bool = True, limit: int | None = None
+) -> dict[str, int]:
+    """Run the model on the unfinished rows among these ids (and, with `others`, on other queued rows).
+
+    Finished rows are skipped (idempotent). Claims repeat while queued rows remain, for at most
+    BATCH_LOOP_SECONDS, so a busy worker keeps its batches full. If a batch's forward pass fails,
+    its texts are retried one by one so a bad text fails only its own row.
+    """
+    own_ids = list(prediction_ids)
+    limit = limit or settings.BATCH_MAX_SIZE
+    counts = {"succeeded": 0, "failed": 0, "skipped": 0, "batches": 0}
+    done_own: set[int] = set()
+    deadline = time.monotonic() + settings.BATCH_LOOP_SECONDS
+    first = True
+    while True:
+        rows = predictions_claim(own_ids if first else [], task_id=task_id, limit=limit, others=others)
+        if first and others and len(rows) < limit and settings.BATCH_MAX_WAIT_MS > 0:
+            time.sleep(settings.BATCH_MAX_WAIT_MS / 1000)  # let concurrent requests join this forward pass
+            rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
+        first = False
+        if not rows:
+            break
+        done_own.update(r.pk for r in rows)
+        by_model: dict[str, list[Prediction]] = defaultdict(list)
+        for prediction in rows:
+            by_model[prediction.model_name].append(prediction)
+        for model_name, group in by_model.items():
+            counts["batches"] += 1
+            for key, value in _rows_run(model_name, group).items():
+                counts[key] += value
+        if not others or time.monotonic() > deadline:
+            break
+    counts["skipped"] += len(set(own_ids) - done_own)
     return counts
 
 
@@ -146,7 +188,9 @@ def _rows_run(model_name: str, rows: list[Prediction]) -> dict[str, int]:
         return _rows_fail(rows, f"model {model_name!r} could not be loaded: {exc}")
     texts = [row.text for row in rows]
     try:
-        results: list = classifier.predict(texts, batch_size=settings.INFERENCE_BATCH_SIZE)
+        results: list = classifier.predict(
+            texts, batch_size=settings.INFERENCE_BATCH_SIZE, max_tokens=settings.BATCH_MAX_TOKENS
+        )
     except Exception:
         logger.warning("batch of %d failed for %s; retrying texts one by one", len(rows), model_name, exc_info=True)
         results = []
@@ -181,6 +225,7 @@ def _rows_run(model_name: str, rows: list[Prediction]) -> dict[str, int]:
             counts["succeeded" if updated else "skipped"] += 1
             cache_entries[(model_name, classifier.version, row.text_sha256)] = fields
     result_cache_set_many(cache_entries)
+    predictions_finished_notify([row.pk for row in rows])
     return counts
 
 
@@ -216,13 +261,15 @@ def predictions_sweep(*, queued_after: float, running_after: float) -> dict[str,
 
 
 def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
-    """Poll the row until it is finished or `timeout` seconds pass; returns the fresh row."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while not prediction.is_finished and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.1)
+    """Wait until the row is finished or `timeout` seconds pass (pub/sub with Redis, else polling)."""
+    from predictions.notify import finished_wait
+
+    def is_finished() -> bool:
         prediction.refresh_from_db()
+        return prediction.is_finished
+
+    if not prediction.is_finished:
+        finished_wait(prediction.pk, timeout=timeout, is_finished=is_finished)
     return prediction
 
 
@@ -359,7 +406,7 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
             queued = list(ids)
             transaction.on_commit(lambda: predictions_publish(queued))
     if sync:
-        predictions_run(ids, task_id=f"reprocess-run-{run.pk}")
+        predictions_run(ids, task_id=f"reprocess-run-{run.pk}", others=False)
     logger.info(
         "reprocess run %s: %d row(s) archived and %s at %s", run.pk, len(rows), "run" if sync else "queued", now
     )

@@ -176,7 +176,7 @@ def test_an_interrupted_run_resumes_without_redoing_rows(owner, monkeypatch):
 
 def test_a_row_archived_but_not_yet_run_when_interrupted_is_run_on_resume(owner, monkeypatch):
     row = finished(owner, "good film")
-    monkeypatch.setattr(services, "predictions_run", lambda ids, task_id="": (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(services, "predictions_run", lambda ids, **_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         call_command("reprocess", "--ids", str(row.pk), "--sync", stdout=io.StringIO(), stderr=io.StringIO())
     row.refresh_from_db()

@@ -23,20 +23,28 @@ def queued(owner, *texts: str, model: str = "sentiment") -> list[Prediction]:
 
 def test_a_finished_row_is_never_run_again(owner, monkeypatch):
     [row] = queued(owner, "good film")
-    assert services.predictions_run([row.pk]) == {"succeeded": 1, "failed": 0, "skipped": 0}
+    assert services.predictions_run([row.pk]) == {"succeeded": 1, "failed": 0, "skipped": 0, "batches": 1}
     row.refresh_from_db()
     first = (row.label, row.scores, row.finished_at, row.attempts)
-    assert services.predictions_run([row.pk]) == {"succeeded": 0, "failed": 0, "skipped": 1}
+    assert services.predictions_run([row.pk]) == {"succeeded": 0, "failed": 0, "skipped": 1, "batches": 0}
     row.refresh_from_db()
     assert (row.label, row.scores, row.finished_at, row.attempts) == first
 
 
-def test_a_row_left_running_by_a_killed_worker_is_taken_again(owner):
+def test_a_row_left_running_by_a_killed_worker_is_taken_again_when_its_message_is_redelivered(owner):
     [row] = queued(owner, "bad plot")
-    Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1)
-    services.predictions_run([row.pk])
+    Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1, task_id="task-a")
+    services.predictions_run([row.pk], task_id="task-a")  # the same message, delivered again
     row.refresh_from_db()
     assert row.status == PredictionStatus.SUCCEEDED and row.attempts == 2
+
+
+def test_a_row_running_under_another_live_task_is_not_taken(owner):
+    [row] = queued(owner, "bad plot")
+    Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1, task_id="task-b")
+    assert services.predictions_run([row.pk], task_id="task-a")["skipped"] == 1
+    row.refresh_from_db()
+    assert row.status == PredictionStatus.RUNNING and row.attempts == 1
 
 
 def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch):
@@ -52,7 +60,7 @@ def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch)
         return real_predict(texts, **kwargs)
 
     monkeypatch.setattr(classifier, "predict", predict)
-    assert services.predictions_run([r.pk for r in rows]) == {"succeeded": 2, "failed": 1, "skipped": 0}
+    assert services.predictions_run([r.pk for r in rows]) == {"succeeded": 2, "failed": 1, "skipped": 0, "batches": 1}
     statuses = {r.text: (r.status, r.error) for r in Prediction.objects.all()}
     assert statuses["good film"] == (PredictionStatus.SUCCEEDED, "")
     assert statuses["bad plot"] == (PredictionStatus.SUCCEEDED, "")
@@ -99,3 +107,69 @@ def test_transient_database_errors_are_retried_and_others_are_not(owner, monkeyp
     monkeypatch.setattr(services, "predictions_run", lambda ids, task_id="": (_ for _ in ()).throw(ValueError("bug")))
     with pytest.raises(ValueError):
         predictions_run_task.apply(args=[[1]]).get()
+
+
+@pytest.fixture
+def forward_passes(monkeypatch):
+    """The texts of each predict() call on the sentiment model, in order."""
+    from predictions.registry import classifier_get
+
+    classifier = classifier_get("sentiment")
+    real_predict = classifier.predict
+    calls: list[list[str]] = []
+
+    def spy(texts, **kwargs):
+        calls.append(list(texts))
+        return real_predict(texts, **kwargs)
+
+    monkeypatch.setattr(classifier, "predict", spy)
+    return calls
+
+
+def test_texts_of_many_single_requests_share_one_forward_pass(owner, forward_passes):
+    rows = queued(owner, *[f"text number {i}" for i in range(10)])  # ten requests, ten messages in flight
+    counts = services.predictions_run([rows[0].pk], task_id="first-message")
+    assert counts["succeeded"] == 10 and counts["batches"] == 1
+    assert len(forward_passes) == 1 and sorted(forward_passes[0]) == sorted(r.text for r in rows)
+    for row in rows[1:]:  # the other nine messages find their rows done
+        assert services.predictions_run([row.pk], task_id=f"message-{row.pk}")["skipped"] == 1
+    assert len(forward_passes) == 1
+
+
+def test_a_batch_never_exceeds_batch_max_size(owner, forward_passes, settings):
+    settings.BATCH_MAX_SIZE = 4
+    settings.BATCH_MAX_WAIT_MS = 0
+    rows = queued(owner, *[f"text {i}" for i in range(10)])
+    assert services.predictions_run([rows[0].pk])["batches"] == 3
+    assert [len(texts) for texts in forward_passes] == [4, 4, 2]
+
+
+def test_results_map_back_to_the_right_rows(owner):
+    from predictions.registry import classifier_get
+
+    texts = ["good film", "awful boring plot and bad acting", "love", "hate it so much", "the movie"]
+    rows = queued(owner, *texts)
+    services.predictions_run([rows[0].pk])
+    classifier = classifier_get("sentiment")
+    for row in Prediction.objects.all():
+        alone = classifier.predict([row.text])[0]
+        assert row.scores == pytest.approx(alone.scores, abs=1e-4), row.text
+        assert row.label == alone.label
+
+
+def test_own_rows_come_first_and_others_only_fill_the_batch(owner, settings):
+    settings.BATCH_MAX_SIZE = 2
+    settings.BATCH_LOOP_SECONDS = 0  # one claim only
+    settings.BATCH_MAX_WAIT_MS = 0
+    older = queued(owner, "older 1", "older 2")
+    [mine] = queued(owner, "mine")
+    rows = services.predictions_claim([mine.pk], task_id="t", limit=2, others=True)
+    assert {r.pk for r in rows} == {mine.pk, older[0].pk}  # its own row, then the oldest other
+    assert Prediction.objects.get(pk=older[1].pk).status == PredictionStatus.QUEUED
+
+
+def test_reprocess_in_sync_mode_does_not_take_other_requests_rows(owner):
+    a, b = queued(owner, "a", "b")
+    services.predictions_run([a.pk], others=False)
+    b.refresh_from_db()
+    assert b.status == PredictionStatus.QUEUED
