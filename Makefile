@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint format migrate clean screenshots
+.PHONY: install run test lint format migrate clean screenshots bench
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test: install
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	CELERY_QUEUE=$${CELERY_QUEUE:-mlsite-test} \
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install  ## the service under load against the raw model; BENCH_ARGS="--seconds 10 --clients 1,16 --int8"
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"

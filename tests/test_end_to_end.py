@@ -13,7 +13,7 @@ import uuid
 import psutil
 import pytest
 
-from tests.stack import Stack
+from bench.stack import Stack, fresh_database_url
 
 pytestmark = pytest.mark.e2e
 
@@ -75,16 +75,10 @@ def test_the_embedded_default_needs_no_server(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="needs the real services")
 def test_the_real_stack_from_three_variables(tmp_path):
-    import psycopg
-
-    database = f"mlsite_e2e_{uuid.uuid4().hex[:8]}"
-    admin_url = os.environ["DATABASE_URL"]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    base, _, _ = admin_url.rpartition("/")
+    database_url, drop_database = fresh_database_url(os.environ["DATABASE_URL"])
     stack = Stack(
         tmp_path,
-        DATABASE_URL=f"{base}/{database}",
+        DATABASE_URL=database_url,
         CELERY_BROKER_URL=os.environ["CELERY_BROKER_URL"],
         REDIS_URL=os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14",
         CELERY_QUEUE=f"e2e-{uuid.uuid4().hex[:8]}",
@@ -96,5 +90,4 @@ def test_the_real_stack_from_three_variables(tmp_path):
         assert not (tmp_path / "db.sqlite3").exists()
     finally:
         _stop_and_check_nothing_is_left(stack)
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_database()

@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings as django_settings
 from django_celery_results.models import TaskResult
 
+from bench.stack import ROOT
 from predictions.models import Prediction, PredictionStatus
-from tests.stack import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

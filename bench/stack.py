@@ -1,4 +1,7 @@
-"""Start the whole service as `make run` does (manage.py runstack) in a temp directory, for end-to-end tests."""
+"""Start the whole service as `make run` does (manage.py runstack) in a directory of its own.
+
+Used by the end-to-end tests and by `make bench`.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def free_port() -> int:
 class Stack:
     """web + worker + beat under `manage.py runstack`, with its own var/ directory and port."""
 
-    def __init__(self, var_dir: Path, **env: str) -> None:
+    def __init__(self, var_dir: Path, *, web_workers: int = 1, **env: str) -> None:
+        self.web_workers = web_workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES}
@@ -47,7 +51,15 @@ class Stack:
         self.manage("bootstrap_demo")
         self.token = self.manage("drf_create_token", "admin").split()[2]
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runstack", "--bind", f"127.0.0.1:{self.port}", "--web-workers", "1"],
+            [
+                sys.executable,
+                "manage.py",
+                "runstack",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--web-workers",
+                str(self.web_workers),
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
@@ -73,7 +85,7 @@ class Stack:
         if auth:
             request.add_header("Authorization", f"Token {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=90) as response:
                 return response.status, json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
@@ -95,3 +107,21 @@ class Stack:
                 code = self.process.wait()
         self.log.close()
         return code
+
+
+def fresh_database_url(admin_url: str) -> tuple[str, callable]:
+    """A new, empty PostgreSQL database next to `admin_url`'s, and a function that drops it."""
+    import uuid
+
+    import psycopg
+
+    name = f"mlsite_run_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin_url.rpartition("/")
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"{base}/{name}", drop

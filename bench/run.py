@@ -1,0 +1,307 @@
+"""`make bench`: the service under load against the raw model, in one run, on this machine.
+
+Starts the stack (PostgreSQL + RabbitMQ + Redis by default, as `make run` would with the three
+variables set), loads it from this separate process over loopback, and runs the same bundled model
+in-process on the same texts (RAW: batched, sorted by length). Every line reports its ratio to RAW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.stack import Stack, fresh_database_url  # noqa: E402
+
+
+def sst2_texts(datasets_dir: Path) -> list[str]:
+    lines = (datasets_dir / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return [line.split("\t", 1)[1] for line in lines if "\t" in line]
+
+
+def unique_texts(base: list[str], n: int, tag: str) -> list[str]:
+    """n texts from the dev set, each made unique so no request is answered from the cache."""
+    return [f"{base[i % len(base)]} ({tag}{i})" for i in range(n)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+class Client:
+    """One keep-alive HTTP connection, as one API client would hold."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body=None) -> tuple[int, dict]:
+        self.connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=self.headers)
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str], path: str, ok: set[int]) -> dict:
+    """`clients` threads, each sending its next text as soon as the previous answer came back."""
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def run() -> None:
+        nonlocal errors
+        client = Client(stack.port, stack.token)
+        while time.monotonic() < stop_at:
+            with lock:
+                i = next(counter)
+            started = time.perf_counter()
+            try:
+                status, body = client.call("POST", path, {"text": texts[i % len(texts)]})
+                good = status in ok and body.get("status") == "succeeded"
+            except Exception:
+                good = False
+                client = Client(stack.port, stack.token)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if good:
+                    latencies.append(elapsed)
+                else:
+                    errors += 1
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - began
+    return {
+        "clients": clients,
+        "requests": len(latencies) + errors,
+        "per_second": len(latencies) / wall,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "errors": errors,
+    }
+
+
+def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: list[str]) -> dict:
+    """Each client posts batches of `size` texts and polls each to completion."""
+    done = 0
+    errors = 0
+    lock = threading.Lock()
+
+    def run(c: int) -> None:
+        nonlocal done, errors
+        client = Client(stack.port, stack.token)
+        for b in range(per_client):
+            start = (c * per_client + b) * size
+            status, body = client.call("POST", "/api/v1/batches/", {"texts": texts[start : start + size]})
+            if status != 202:
+                with lock:
+                    errors += 1
+                continue
+            while True:
+                status, detail = client.call("GET", f"/api/v1/batches/{body['id']}/")
+                if detail.get("finished"):
+                    break
+                time.sleep(0.02)
+            with lock:
+                done += detail["counts"]["succeeded"]
+                errors += detail["counts"]["failed"]
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - began
+    return {"clients": clients, "batch_size": size, "texts": done, "per_second": done / wall, "errors": errors}
+
+
+def raw(texts: list[str], *, int8: bool, repeats: int = 2) -> dict:
+    """The bundled model in this process on the same texts: batched by 64, sorted by length."""
+    import torch
+
+    from predictions.inference.loading import classifier_load
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=int8)
+    classifier.predict(texts[:64])  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        classifier.predict(texts, batch_size=64)
+        best = max(best, len(texts) / (time.perf_counter() - began))
+    return {"texts": len(texts), "per_second": best}
+
+
+def stack_start(var_dir: Path, *, embedded: bool, int8: bool) -> tuple[Stack, callable]:
+    env = {"INFERENCE_INT8": "1" if int8 else "0", "LOG_LEVEL": "WARNING", "BATCH_LOOP_SECONDS": "10"}
+    cleanup = lambda: None  # noqa: E731
+    if not embedded:
+        database_url, cleanup = fresh_database_url(
+            os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+        )
+        env.update(
+            DATABASE_URL=database_url,
+            CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+            REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13"),
+            CELERY_QUEUE=f"bench-{os.getpid()}",
+        )
+    stack = Stack(var_dir, web_workers=2, **env)
+    stack.start()
+    return stack, cleanup
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20, help="duration of each closed-loop workload")
+    parser.add_argument("--clients", default="1,4,16", help="client counts for W1")
+    parser.add_argument("--batches", type=int, default=6, help="batches per W2 client (2 clients)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
+    parser.add_argument(
+        "--embedded", action="store_true", help="run on the embedded default instead of the real services"
+    )
+    parser.add_argument(
+        "--datasets-dir", type=Path, default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets"))
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
+    args = parser.parse_args(argv)
+
+    base = sst2_texts(args.datasets_dir)
+    client_counts = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="mlsite-bench-") as tmp:
+        stack, cleanup = stack_start(Path(tmp), embedded=args.embedded, int8=args.int8)
+        try:
+            results = run_workloads(stack, base, client_counts, args)
+        finally:
+            stack.stop()
+            cleanup()
+    report(results, args)
+
+
+def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args) -> dict:
+    print(
+        f"stack ready on :{stack.port} ({'embedded default' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'})",
+        flush=True,
+    )
+    raw_texts = unique_texts(base, len(base), "r")
+    results: dict = {"raw": raw(raw_texts, int8=args.int8)}
+    print(f"RAW: {results['raw']['per_second']:.1f} texts/s", flush=True)
+    w1 = []
+    for clients in client_counts:
+        texts = unique_texts(base, 20000, f"w1c{clients}-")
+        closed_loop(
+            stack,
+            clients=clients,
+            seconds=2,
+            texts=unique_texts(base, 2000, f"warm{clients}-"),
+            path="/api/v1/predictions/?wait=30",
+            ok={200},
+        )
+        row = closed_loop(
+            stack, clients=clients, seconds=args.seconds, texts=texts, path="/api/v1/predictions/?wait=30", ok={200}
+        )
+        print(f"W1 {clients:>2} clients: {row['per_second']:.1f} texts/s p50 {row['p50_ms']:.0f} ms", flush=True)
+        w1.append(row)
+    results["w1"] = w1
+    total = 2 * args.batches * args.batch_size
+    results["w2"] = batches(
+        stack, clients=2, per_client=args.batches, size=args.batch_size, texts=unique_texts(base, total, "w2-")
+    )
+    print(f"W2: {results['w2']['per_second']:.1f} texts/s", flush=True)
+    hot = unique_texts(base, 50, "hot-")
+    closed_loop(stack, clients=4, seconds=3, texts=hot, path="/api/v1/predictions/?wait=30", ok={200})
+    results["w3"] = closed_loop(
+        stack, clients=16, seconds=args.seconds, texts=hot, path="/api/v1/predictions/", ok={200}
+    )
+    print(f"W3: {results['w3']['per_second']:.1f} requests/s", flush=True)
+    return results
+
+
+def report(results: dict, args) -> None:
+    raw_rate = results["raw"]["per_second"]
+    lines = [
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
+        f"model: bundled sentiment ({'int8' if args.int8 else 'fp32'}); stack: {'embedded' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'}",
+        "",
+        "| workload | clients | throughput | × RAW | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| RAW (in-process, batched, sorted) | – | {raw_rate:.1f} texts/s | 1.00 | | | | |",
+    ]
+    for row in results["w1"]:
+        lines.append(
+            f"| W1 POST ?wait=30 | {row['clients']} | {row['per_second']:.1f} texts/s | {row['per_second'] / raw_rate:.2f} | "
+            f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} |"
+        )
+    w2 = results["w2"]
+    lines.append(
+        f"| W2 batches of {w2['batch_size']} | {w2['clients']} | {w2['per_second']:.1f} texts/s | {w2['per_second'] / raw_rate:.2f} | | | | {w2['errors']} |"
+    )
+    w3 = results["w3"]
+    lines.append(
+        f"| W3 cache hits | {w3['clients']} | {w3['per_second']:.1f} requests/s | {w3['per_second'] / raw_rate:.2f} | "
+        f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
+    )
+    table = "\n".join(lines)
+    print("\n" + table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    path = args.out / f"{stamp}{'-int8' if args.int8 else ''}.json"
+    path.write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "cores": os.cpu_count(), **results, "table": table},
+            indent=2,
+        )
+    )
+    print(f"\nwrote {path}")
+    plot(results, args.plot.with_name(args.plot.stem + ("-int8" if args.int8 else "") + args.plot.suffix))
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = [row["clients"] for row in results["w1"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(clients, [row["per_second"] for row in results["w1"]], marker="o", label="W1 service")
+    left.axhline(results["raw"]["per_second"], color="grey", linestyle="--", label="RAW model")
+    left.set(xlabel="concurrent clients", ylabel="texts/s", title="Throughput", xscale="log", xticks=clients)
+    left.set_xticklabels(clients)
+    left.legend()
+    right.plot(clients, [row["p95_ms"] for row in results["w1"]], marker="o", color="tab:red")
+    right.set(
+        xlabel="concurrent clients", ylabel="ms", title="p95 latency (POST ?wait=30)", xscale="log", xticks=clients
+    )
+    right.set_xticklabels(clients)
+    fig.suptitle(f"mlsite on {os.cpu_count()} cores: single-text requests vs the raw model")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
