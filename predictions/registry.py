@@ -47,7 +47,8 @@ def classifier_get(name: str):
     if not model_exists(name):
         raise UnknownModel(name)
     with _lock:
-        return _classifier(name, settings.MLSITE_MODELS[name], settings.INFERENCE_DEVICE, settings.INFERENCE_INT8)
+        device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE  # int8 kernels are CPU-only
+        return _classifier(name, settings.MLSITE_MODELS[name], device, settings.INFERENCE_INT8)
 
 
 def models_preload() -> None:

@@ -62,7 +62,8 @@ def _prediction_build(*, owner, text: str, model_name: str, version: str, batch=
 
 def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     """Save one prediction; queue it for a worker after commit unless the cache answered it."""
-    prediction = _prediction_build(owner=owner, text=text, model_name=model_name, version=model_version(model_name))
+    version = _version_or_blank(model_name)
+    prediction = _prediction_build(owner=owner, text=text, model_name=model_name, version=version)
     with transaction.atomic():
         prediction.save()
         if not prediction.cached:
@@ -72,7 +73,7 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
 
 def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
     """Save a batch and one prediction per text; uncached ones are queued in chunks after commit."""
-    version = model_version(model_name)
+    version = _version_or_blank(model_name)
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, model_name=model_name, size=len(texts))
         rows = [
@@ -413,9 +414,15 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
 
 
 def _version_or_blank(model_name: str) -> str:
-    from predictions.registry import model_exists
+    """The model's version, or "" if its files can't be read now (the worker then fails the row, saying why)."""
+    from predictions.inference import ModelLoadError
+    from predictions.registry import UnknownModel
 
-    return model_version(model_name) if model_exists(model_name) else ""
+    try:
+        return model_version(model_name)
+    except (ModelLoadError, UnknownModel, OSError) as exc:
+        logger.error("model %r unavailable: %s", model_name, exc)
+        return ""
 
 
 def reprocess_summary(run) -> dict[str, int]:

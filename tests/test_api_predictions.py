@@ -133,3 +133,11 @@ def test_the_list_is_paginated(api, settings):
         api.post("/api/v1/predictions/", {"text": f"text {i}"})
     body = api.get("/api/v1/predictions/?page=1").json()
     assert body["count"] == 3 and len(body["results"]) == 3 and "next" in body
+
+
+def test_a_model_whose_files_are_gone_fails_the_row_with_the_reason_not_a_500(api, settings, tmp_path):
+    settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "sentiment": f"path:{tmp_path / 'missing'}"}
+    response = api.post("/api/v1/predictions/", {"text": "good film"})
+    assert response.status_code == 202
+    body = api.get(response["Location"]).json()
+    assert body["status"] == "failed" and "could not be loaded" in body["error"]
