@@ -43,7 +43,32 @@ class Batch(models.Model):
         return f"Batch {self.pk} ({self.size} × {self.model_name})"
 
 
-class Prediction(models.Model):
+class ModelOutput(models.Model):
+    """What one run of a model produced for a text: shared by a prediction and each of its earlier results."""
+
+    model_name = models.CharField(max_length=100, help_text="Registry name of the model (e.g. sentiment).")
+    model_version = models.CharField(max_length=64, blank=True, help_text="Version of the model that answered.")
+    status = models.CharField(max_length=16, choices=PredictionStatus.choices, default=PredictionStatus.QUEUED)
+    label = models.CharField(max_length=100, blank=True, help_text="Top label.")
+    score = models.FloatField(null=True, blank=True, help_text="Score of the top label.")
+    scores = models.JSONField(null=True, blank=True, help_text="Score of every label, by label.")
+    labels = models.JSONField(null=True, blank=True, help_text="Labels over their threshold (multi-label models).")
+    cached = models.BooleanField(default=False, help_text="Answered from the result cache, without a worker.")
+    error = models.TextField(blank=True, help_text="Why the prediction failed.")
+    task_id = models.CharField(max_length=255, blank=True, help_text="Celery task id of the run.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+def model_output_fields() -> list[str]:
+    """Names of the fields a re-run archives into the history."""
+    return [field.name for field in ModelOutput._meta.get_fields()]
+
+
+class Prediction(ModelOutput):
     """One text classified by one model; the row is the source of truth for its state."""
 
     owner = models.ForeignKey(
@@ -63,23 +88,11 @@ class Prediction(models.Model):
     position = models.PositiveIntegerField(default=0, help_text="Index of the text within its batch.")
     text = models.TextField(help_text="The text as submitted.")
     text_sha256 = models.CharField(max_length=64, help_text="SHA-256 of the UTF-8 text; part of the cache key.")
-    model_name = models.CharField(max_length=100, help_text="Registry name of the model (e.g. sentiment).")
-    model_version = models.CharField(max_length=64, blank=True, help_text="Version of the model that answered.")
-    status = models.CharField(max_length=16, choices=PredictionStatus.choices, default=PredictionStatus.QUEUED)
-    label = models.CharField(max_length=100, blank=True, help_text="Top label.")
-    score = models.FloatField(null=True, blank=True, help_text="Score of the top label.")
-    scores = models.JSONField(null=True, blank=True, help_text="Score of every label, by label.")
-    labels = models.JSONField(null=True, blank=True, help_text="Labels over their threshold (multi-label models).")
-    cached = models.BooleanField(default=False, help_text="Answered from the result cache, without a worker.")
-    error = models.TextField(blank=True, help_text="Why the prediction failed.")
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started this row.")
-    task_id = models.CharField(max_length=255, blank=True, help_text="Celery task id of the last run.")
     published_at = models.DateTimeField(
         null=True, blank=True, help_text="When a task for this row was last sent to the broker (the sweeper resends)."
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     corrected_label = models.CharField(max_length=100, blank=True, help_text="The label a reviewer says is right.")
     review_note = models.TextField(blank=True, help_text="The reviewer's note.")
     reviewed_by = models.ForeignKey(
@@ -155,7 +168,7 @@ class ReprocessRun(models.Model):
         return f"Run {self.pk} ({self.status})"
 
 
-class PredictionResult(models.Model):
+class PredictionResult(ModelOutput):
     """An earlier result of a prediction, kept when the prediction is re-run: history is never overwritten."""
 
     prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="history")
@@ -167,18 +180,6 @@ class PredictionResult(models.Model):
         related_name="archived_results",
         help_text="The re-run that replaced this result.",
     )
-    model_name = models.CharField(max_length=100)
-    model_version = models.CharField(max_length=64, blank=True)
-    status = models.CharField(max_length=16, choices=PredictionStatus.choices)
-    label = models.CharField(max_length=100, blank=True)
-    score = models.FloatField(null=True, blank=True)
-    scores = models.JSONField(null=True, blank=True)
-    labels = models.JSONField(null=True, blank=True)
-    cached = models.BooleanField(default=False)
-    error = models.TextField(blank=True)
-    task_id = models.CharField(max_length=255, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     archived_at = models.DateTimeField(auto_now_add=True, help_text="When this result was replaced.")
 
     class Meta:

@@ -21,7 +21,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from predictions.cache import result_cache_get, result_cache_set_many
-from predictions.models import FINISHED_STATUSES, Batch, Prediction, PredictionStatus, text_sha256
+from predictions.models import FINISHED_STATUSES, Batch, Prediction, PredictionStatus, model_output_fields, text_sha256
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
 
@@ -276,20 +276,7 @@ def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
 
 # --- Re-running predictions (manage.py reprocess and the admin's re-run action) -------------------
 
-ARCHIVED_FIELDS = (
-    "model_name",
-    "model_version",
-    "status",
-    "label",
-    "score",
-    "scores",
-    "labels",
-    "cached",
-    "error",
-    "task_id",
-    "started_at",
-    "finished_at",
-)
+ARCHIVED_FIELDS = tuple(model_output_fields())
 
 
 class SelectionError(ValueError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from django.conf import settings as django_settings
 from django_celery_results.models import TaskResult
 
 from bench.stack import ROOT
+from predictions.management.commands.runstack import stack_commands
 from predictions.models import Prediction, PredictionStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,22 +42,7 @@ def worker_process(django_db_setup, django_db_blocker, tiny_sentiment_dir, tiny_
     }
     log = open(tmp_path_factory.mktemp("worker-log") / "worker.log", "w+")  # noqa: SIM115
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "mlsite",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            "1",
-            "--queues",
-            django_settings.CELERY_TASK_DEFAULT_QUEUE,
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        [*stack_commands(bind="", web_workers=1, web_threads=1)["worker"], "--without-gossip", "--without-mingle"],
         cwd=ROOT,
         env=env,
         stdout=log,
