@@ -85,3 +85,38 @@ def test_compose_runs_the_same_commands_as_make_run_and_the_readme(service, sett
         .replace("<schedule>", "var/celerybeat-schedule")
     )
     assert shown in readme, f"README does not show: {shown}"
+
+
+def test_check_deploy_passes_with_the_production_settings_from_the_environment():
+    import secrets
+    import sys
+
+    env = {
+        **os.environ,
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "mlsite.example.com",
+        "SECURE_SSL_REDIRECT": "1",
+        "SECURE_PROXY_SSL_HEADER": "1",
+        "SESSION_COOKIE_SECURE": "1",
+        "CSRF_COOKIE_SECURE": "1",
+        "SECURE_HSTS_SECONDS": "31536000",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": "1",
+        "SECURE_HSTS_PRELOAD": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_a_bad_setting_value_stops_start_up_naming_the_variable():
+    import sys
+
+    env = {**os.environ, "MAX_BATCH_SIZE": "lots"}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "MAX_BATCH_SIZE='lots': expected an integer" in result.stderr
