@@ -176,6 +176,7 @@ BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 64, minimum=1)
 BATCH_MAX_SIZE = env_int("BATCH_MAX_SIZE", 64, minimum=1)  # rows one worker claims for one forward pass
 BATCH_MAX_WAIT_MS = env_int("BATCH_MAX_WAIT_MS", 5, minimum=0)  # wait this long for more rows to fill a batch
 BATCH_MAX_TOKENS = env_int("BATCH_MAX_TOKENS", 8192, minimum=64)  # padded tokens per forward pass
+MAX_ATTEMPTS = env_int("MAX_ATTEMPTS", 3, minimum=1)  # a row whose worker died this often fails
 BATCH_LOOP_SECONDS = env_int("BATCH_LOOP_SECONDS", 10, minimum=0)  # a task keeps claiming queued rows this long
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 

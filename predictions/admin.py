@@ -86,10 +86,14 @@ class ReviewForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         labels = list((self.instance.scores or {}).keys())
         if not labels:
+            from predictions.inference import ModelLoadError
             from predictions.registry import model_exists, model_info_get
 
             if model_exists(self.instance.model_name):
-                labels = model_info_get(self.instance.model_name).labels
+                try:
+                    labels = model_info_get(self.instance.model_name).labels
+                except (ModelLoadError, OSError):
+                    labels = []
         self.fields["corrected_label"].choices = [("", "— model is right / no correction —")] + [(x, x) for x in labels]
 
 
@@ -103,7 +107,14 @@ def csv_rows(queryset) -> Iterator[str]:
     writer = csv.writer(Echo())
     yield writer.writerow([name for name, _ in EXPORT_COLUMNS])
     for row in queryset.order_by("pk").values_list(*[field for _, field in EXPORT_COLUMNS]).iterator(chunk_size=2000):
-        yield writer.writerow(row)
+        yield writer.writerow([spreadsheet_safe(value) for value in row])
+
+
+def spreadsheet_safe(value):
+    """Text a spreadsheet would run as a formula (=, +, -, @ first) is prefixed with a quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 @admin.register(Prediction)
@@ -314,9 +325,9 @@ class PredictionAdmin(admin.ModelAdmin):
     # --- actions -----------------------------------------------------------------------------
     @admin.action(description="Re-run selected predictions (earlier results kept in history)", permissions=["rerun"])
     def rerun(self, request, queryset):
-        ids = list(queryset.values_list("pk", flat=True))
-        run, queued = services.predictions_rerun(ids=ids, user=request.user)
-        skipped = len(ids) - queued
+        selected = queryset.count()
+        run, queued = services.predictions_rerun(queryset=queryset, user=request.user)
+        skipped = selected - queued
         self.message_user(
             request,
             f"Queued {queued} prediction(s) for re-run (run {run.pk})."
@@ -326,9 +337,7 @@ class PredictionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark selected predictions as reviewed", permissions=["change"])
     def mark_reviewed(self, request, queryset):
-        updated = services.predictions_mark_reviewed(
-            ids=list(queryset.values_list("pk", flat=True)), reviewer=request.user
-        )
+        updated = services.predictions_mark_reviewed(queryset=queryset, reviewer=request.user)
         self.message_user(request, f"Marked {updated} prediction(s) as reviewed.", messages.SUCCESS)
 
     @admin.action(description="Export selected predictions as CSV", permissions=["view"])

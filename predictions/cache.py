@@ -27,6 +27,17 @@ def result_cache_get(model_name: str, model_version: str, text_sha256: str) -> d
         return None
 
 
+def result_cache_get_many(model_name: str, model_version: str, digests: list[str]) -> dict[str, dict]:
+    """{sha256: cached result} for the digests found; one round trip."""
+    keys = {result_cache_key(model_name, model_version, d): d for d in digests}
+    try:
+        found = cache.get_many(list(keys))
+    except Exception as exc:
+        logger.warning("result cache unavailable on get_many (%s): %s", type(exc).__name__, exc)
+        return {}
+    return {keys[key]: value for key, value in found.items()}
+
+
 def result_cache_set_many(entries: dict[tuple[str, str, str], dict]) -> None:
     if not entries or settings.RESULT_CACHE_TTL == 0:
         return

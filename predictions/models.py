@@ -158,6 +158,11 @@ class ReprocessRun(models.Model):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     selected = models.PositiveIntegerField(default=0, help_text="Rows the selectors matched when the run started.")
+    dispatched_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When every selected row had been archived and queued or run; until then it resumes.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -181,6 +186,12 @@ class PredictionResult(ModelOutput):
         help_text="The re-run that replaced this result.",
     )
     archived_at = models.DateTimeField(auto_now_add=True, help_text="When this result was replaced.")
+    corrected_label = models.CharField(max_length=100, blank=True, help_text="The review this result had.")
+    review_note = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from predictions.cache import result_cache_get, result_cache_set_many
+from predictions.cache import result_cache_get, result_cache_get_many, result_cache_set_many
 from predictions.models import FINISHED_STATUSES, Batch, Prediction, PredictionStatus, model_output_fields, text_sha256
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
@@ -37,7 +37,12 @@ def _result_fields(result: dict) -> dict:
     }
 
 
-def _prediction_build(*, owner, text: str, model_name: str, version: str, batch=None, position: int = 0) -> Prediction:
+_LOOKUP = object()  # "look the text up in the cache yourself"
+
+
+def _prediction_build(
+    *, owner, text: str, model_name: str, version: str, batch=None, position: int = 0, hit=_LOOKUP
+) -> Prediction:
     """An unsaved row: succeeded from the cache when the same model version answered this text before."""
     digest = text_sha256(text)
     prediction = Prediction(
@@ -74,10 +79,19 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
 def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
     """Save a batch and one prediction per text; uncached ones are queued in chunks after commit."""
     version = _version_or_blank(model_name)
+    hits = result_cache_get_many(model_name, version, [text_sha256(t) for t in texts]) if version else {}
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, model_name=model_name, size=len(texts))
         rows = [
-            _prediction_build(owner=owner, text=text, model_name=model_name, version=version, batch=batch, position=i)
+            _prediction_build(
+                owner=owner,
+                text=text,
+                model_name=model_name,
+                version=version,
+                batch=batch,
+                position=i,
+                hit=hits.get(text_sha256(text)),
+            )
             for i, text in enumerate(texts)
         ]
         Prediction.objects.bulk_create(rows, batch_size=500)
@@ -104,29 +118,33 @@ def predictions_publish(prediction_ids: Sequence[int]) -> None:
         ids = list(prediction_ids[start : start + chunk])
         try:
             result = predictions_run_task.apply_async(args=[ids])
-        except Exception as exc:  # broker down: the rows wait for the sweeper
-            logger.error("could not publish %d prediction(s) (%s): %s", len(ids), type(exc).__name__, exc)
-            continue
+        except Exception as exc:  # broker down: these and the remaining rows wait for the sweeper
+            logger.error(
+                "could not publish %d prediction(s) (%s): %s", len(prediction_ids) - start, type(exc).__name__, exc
+            )
+            return
         Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
             task_id=result.id, published_at=timezone.now()
         )
 
 
-def predictions_claim(own_ids: Sequence[int], *, task_id: str, limit: int, others: bool) -> list[Prediction]:
+def predictions_claim(
+    own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool = False
+) -> list[Prediction]:
     """Mark up to `limit` rows as running under `task_id` and return them, oldest first.
 
-    Own rows come first: those of `own_ids` still queued, or running under this same task id (an
-    earlier delivery of this message whose worker died). With `others`, queued rows of any other
-    request fill the rest: that is how texts from many requests share one forward pass. Rows are
-    taken with SELECT … FOR UPDATE SKIP LOCKED (PostgreSQL), so two workers never claim the same row.
+    First come, with `reclaim`, rows this task already held (running under this task id: an earlier
+    delivery of this message whose worker died), then its own queued rows, then, with `others`, queued rows of
+    any other request: that is how texts from many requests share one forward pass. Rows are taken
+    with SELECT … FOR UPDATE SKIP LOCKED (PostgreSQL), so two workers never claim the same row.
+    Rows already started MAX_ATTEMPTS times are failed instead of being run again.
     """
     now = timezone.now()
     with transaction.atomic():
         claimable = Prediction.objects.select_for_update(skip_locked=True).order_by("pk")
-        claimed: list[int] = []
-        if own_ids:
-            mine = Q(status=PredictionStatus.QUEUED) | Q(status=PredictionStatus.RUNNING, task_id=task_id)
-            claimed = list(claimable.filter(mine, pk__in=list(own_ids)).values_list("pk", flat=True)[:limit])
+        held = Q(status=PredictionStatus.RUNNING, task_id=task_id) if reclaim and task_id else Q(pk__in=[])
+        mine = Q(status=PredictionStatus.QUEUED, pk__in=list(own_ids)) if own_ids else Q(pk__in=[])
+        claimed = list(claimable.filter(held | mine).values_list("pk", flat=True)[:limit])
         if others and len(claimed) < limit:
             claimed += list(
                 claimable.filter(status=PredictionStatus.QUEUED)
@@ -135,11 +153,23 @@ def predictions_claim(own_ids: Sequence[int], *, task_id: str, limit: int, other
             )
         if not claimed:
             return []
+        exhausted = Prediction.objects.filter(pk__in=claimed, attempts__gte=settings.MAX_ATTEMPTS)
+        given_up = list(exhausted.values_list("pk", flat=True))
+        if given_up:
+            exhausted.update(
+                status=PredictionStatus.FAILED,
+                finished_at=now,
+                error=f"gave up after {settings.MAX_ATTEMPTS} attempts: the worker stopped each time it ran this text",
+            )
+            transaction.on_commit(lambda: predictions_finished_notify(given_up))
+        claimed = [pk for pk in claimed if pk not in set(given_up)]
         Prediction.objects.filter(pk__in=claimed).update(
             status=PredictionStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, task_id=task_id
         )
         return list(
-            Prediction.objects.filter(pk__in=claimed).order_by("pk").only("pk", "text", "text_sha256", "model_name")
+            Prediction.objects.filter(pk__in=claimed)
+            .order_by("pk")
+            .only("pk", "text", "text_sha256", "model_name", "attempts")
         )
 
 
@@ -148,39 +178,50 @@ def predictions_run(
 ) -> dict[str, int]:
     """Run the model on the unfinished rows among these ids (and, with `others`, on other queued rows).
 
-    Finished rows are skipped (idempotent). Claims repeat while queued rows remain, for at most
-    BATCH_LOOP_SECONDS, so a busy worker keeps its batches full. If a batch's forward pass fails,
-    its texts are retried one by one so a bad text fails only its own row.
+    Finished rows are skipped (idempotent). Own rows are claimed until none is left; other rows are
+    claimed while any are queued, for at most BATCH_LOOP_SECONDS, so a busy worker keeps its batches
+    full. If a forward pass fails, its texts are retried one by one so a bad text fails only its row;
+    rows that were started before (their worker died) run one by one, each written as it finishes.
     """
     own_ids = list(prediction_ids)
+    own_set = set(own_ids)
     limit = limit or settings.BATCH_MAX_SIZE
     counts = {"succeeded": 0, "failed": 0, "skipped": 0, "batches": 0}
-    done_own: set[int] = set()
+    done: set[int] = set()
     deadline = time.monotonic() + settings.BATCH_LOOP_SECONDS
     first = True
     while True:
-        rows = predictions_claim(own_ids if first else [], task_id=task_id, limit=limit, others=others)
+        remaining = [pk for pk in own_ids if pk not in done]
+        rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=others, reclaim=first)
         if first and others and len(rows) < limit and settings.BATCH_MAX_WAIT_MS > 0:
             time.sleep(settings.BATCH_MAX_WAIT_MS / 1000)  # let concurrent requests join this forward pass
             rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
         first = False
         if not rows:
             break
-        done_own.update(r.pk for r in rows)
+        done.update(r.pk for r in rows)
         by_model: dict[str, list[Prediction]] = defaultdict(list)
         for prediction in rows:
             by_model[prediction.model_name].append(prediction)
         for model_name, group in by_model.items():
-            counts["batches"] += 1
-            for key, value in _rows_run(model_name, group).items():
-                counts[key] += value
-        if not others or time.monotonic() > deadline:
+            retried = [r for r in group if r.attempts > 1]
+            fresh = [r for r in group if r.attempts <= 1]
+            for batch in ([fresh] if fresh else []) + [[r] for r in retried]:
+                counts["batches"] += 1
+                for key, value in _rows_run(model_name, batch, task_id=task_id).items():
+                    counts[key] += value
+        # Own rows may still wait if this claim was full of them; if it took none, the rest are not
+        # claimable here (finished, given up, or held by another worker).
+        own_left = any(r.pk in own_set for r in rows) and any(pk not in done for pk in own_ids)
+        if not own_left and (not others or time.monotonic() > deadline):
             break
-    counts["skipped"] += len(set(own_ids) - done_own)
+    counts["skipped"] += len(set(own_ids) - done)
     return counts
 
 
-def _rows_run(model_name: str, rows: list[Prediction]) -> dict[str, int]:
+def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[str, int]:
+    from celery.exceptions import SoftTimeLimitExceeded
+
     from predictions.inference import ModelLoadError
 
     try:
@@ -192,12 +233,16 @@ def _rows_run(model_name: str, rows: list[Prediction]) -> dict[str, int]:
         results: list = classifier.predict(
             texts, batch_size=settings.INFERENCE_BATCH_SIZE, max_tokens=settings.BATCH_MAX_TOKENS
         )
+    except SoftTimeLimitExceeded:
+        raise  # out of time: the rows stay running and go back to the queue (sweeper), not one by one
     except Exception:
         logger.warning("batch of %d failed for %s; retrying texts one by one", len(rows), model_name, exc_info=True)
         results = []
         for text in texts:
             try:
                 results.append(classifier.predict([text])[0])
+            except SoftTimeLimitExceeded:
+                raise
             except Exception as exc:
                 results.append(exc)
     finished = timezone.now()
@@ -205,9 +250,11 @@ def _rows_run(model_name: str, rows: list[Prediction]) -> dict[str, int]:
     cache_entries = {}
     with transaction.atomic():
         for row, result in zip(rows, results, strict=True):
-            unfinished = Prediction.objects.filter(pk=row.pk).exclude(status__in=FINISHED_STATUSES)
+            # Only the task holding the row writes it: a slow worker whose row was requeued and
+            # taken by another one must not overwrite that newer run.
+            held = Prediction.objects.filter(pk=row.pk, status=PredictionStatus.RUNNING, task_id=task_id)
             if isinstance(result, Exception):
-                updated = unfinished.update(
+                updated = held.update(
                     status=PredictionStatus.FAILED,
                     error=f"{type(result).__name__}: {result}"[:2000],
                     finished_at=finished,
@@ -216,7 +263,7 @@ def _rows_run(model_name: str, rows: list[Prediction]) -> dict[str, int]:
                 counts["failed" if updated else "skipped"] += 1
                 continue
             fields = {"label": result.label, "score": result.score, "scores": result.scores, "labels": result.labels}
-            updated = unfinished.update(
+            updated = held.update(
                 status=PredictionStatus.SUCCEEDED,
                 model_version=classifier.version,
                 finished_at=finished,
@@ -277,6 +324,12 @@ def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
 # --- Re-running predictions (manage.py reprocess and the admin's re-run action) -------------------
 
 ARCHIVED_FIELDS = tuple(model_output_fields())
+REVIEW_FIELDS = (
+    "corrected_label",
+    "review_note",
+    "reviewed_by",
+    "reviewed_at",
+)  # a review belongs to the result it saw
 
 
 class SelectionError(ValueError):
@@ -320,14 +373,21 @@ def reprocess_selection(
     return queryset
 
 
-def reprocess_run_open(*, selectors: dict, to_model: str = "", sync: bool = False, source: str = "command", user=None):
-    """The unfinished run with the same selectors and target (resumed), or a new one. Returns (run, resumed)."""
+def reprocess_run_open(
+    *, selectors: dict, to_model: str = "", sync: bool = False, source: str = "command", user=None, resume: bool = True
+):
+    """The interrupted run with the same selectors and target (resumed), or a new one. Returns (run, resumed).
+
+    A run is interrupted until it has dispatched every selected row; after that the same command
+    starts a new run (e.g. the same selection again after a model upgrade).
+    """
     from predictions.models import ReprocessRun
 
     key = hashlib.sha256(
         json.dumps({"selectors": selectors, "to_model": to_model}, sort_keys=True, default=str).encode()
     ).hexdigest()
-    run = ReprocessRun.objects.filter(key=key, status=ReprocessRun.Status.RUNNING).order_by("-pk").first()
+    interrupted = ReprocessRun.objects.filter(key=key, status=ReprocessRun.Status.RUNNING, dispatched_at__isnull=True)
+    run = interrupted.order_by("-pk").first() if resume else None
     if run is not None:
         return run, True
     run = ReprocessRun.objects.create(
@@ -366,10 +426,15 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
             Prediction.objects.select_for_update()
             .filter(pk__in=list(ids), status__in=FINISHED_STATUSES)
             .exclude(history__run=run)
-            .only("pk", *ARCHIVED_FIELDS)
+            .only("pk", *ARCHIVED_FIELDS, *REVIEW_FIELDS)
         )
         PredictionResult.objects.bulk_create(
-            [PredictionResult(prediction=row, run=run, **{f: getattr(row, f) for f in ARCHIVED_FIELDS}) for row in rows]
+            [
+                PredictionResult(
+                    prediction=row, run=run, **{f: getattr(row, f) for f in ARCHIVED_FIELDS + REVIEW_FIELDS}
+                )
+                for row in rows
+            ]
         )
         by_model: dict[str, list[int]] = defaultdict(list)
         for row in rows:
@@ -389,6 +454,10 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
                 started_at=None,
                 finished_at=None,
                 published_at=None,
+                corrected_label="",
+                review_note="",
+                reviewed_by=None,
+                reviewed_at=None,
             )
         if not sync:
             queued = list(ids)
@@ -428,25 +497,38 @@ def reprocess_summary(run) -> dict[str, int]:
     return {"selected": run.selected, **totals}
 
 
-def reprocess_finish(run) -> None:
+def reprocess_dispatched(run) -> None:
+    """Every selected row has been archived and queued or run: a re-invocation starts a new run."""
     from predictions.models import ReprocessRun
 
-    ReprocessRun.objects.filter(pk=run.pk).update(status=ReprocessRun.Status.FINISHED, finished_at=timezone.now())
+    ReprocessRun.objects.filter(pk=run.pk, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
 
 
-def predictions_rerun(*, ids: Sequence[int], user, to_model: str = "") -> tuple[Any, int]:
-    """The admin's re-run action: the same path as `reprocess --ids … ` (queued on workers)."""
-    selection = reprocess_selection(ids=ids)
+def reprocess_runs_close() -> int:
+    """Mark finished the dispatched runs none of whose rows is still queued or running."""
+    from predictions.models import ReprocessRun
+
+    open_runs = ReprocessRun.objects.filter(status=ReprocessRun.Status.RUNNING, dispatched_at__isnull=False)
+    done = open_runs.exclude(
+        archived_results__prediction__status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]
+    )
+    return done.update(status=ReprocessRun.Status.FINISHED, finished_at=timezone.now())
+
+
+def predictions_rerun(*, queryset, user, to_model: str = "") -> tuple[Any, int]:
+    """The admin's re-run action: the same path as `reprocess` (queued to workers), in chunks."""
     run, _ = reprocess_run_open(
-        selectors={"ids": sorted(ids), "admin": timezone.now().isoformat()},
+        selectors={"admin_selection_at": timezone.now().isoformat()},
         to_model=to_model,
         source="admin",
         user=user,
+        resume=False,
     )
-    pending, _ = reprocess_pending(run, selection)
+    pending, _ = reprocess_pending(run, queryset)
     type(run).objects.filter(pk=run.pk).update(selected=len(pending))
     for start in range(0, len(pending), settings.BATCH_CHUNK_SIZE):
         reprocess_chunk(run, pending[start : start + settings.BATCH_CHUNK_SIZE], sync=False)
+    reprocess_dispatched(run)
     return run, len(pending)
 
 
@@ -468,24 +550,29 @@ def prediction_review(*, prediction: Prediction, reviewer, corrected_label: str,
     prediction.reviewed_by, prediction.reviewed_at = reviewer, now
 
 
-def predictions_mark_reviewed(*, ids: Sequence[int], reviewer) -> int:
-    """Mark rows reviewed as they stand (no correction), each recorded in the trail."""
+def predictions_mark_reviewed(*, queryset, reviewer) -> int:
+    """Mark rows reviewed as they stand (no correction), each recorded in the trail; in chunks."""
     from predictions.models import PredictionReview
 
-    with transaction.atomic():
-        rows = list(
-            Prediction.objects.select_for_update().filter(pk__in=list(ids)).only("pk", "corrected_label", "review_note")
-        )
-        Prediction.objects.filter(pk__in=[r.pk for r in rows]).update(reviewed_by=reviewer, reviewed_at=timezone.now())
-        PredictionReview.objects.bulk_create(
-            [
-                PredictionReview(
-                    prediction=r,
-                    reviewer=reviewer,
-                    corrected_label=r.corrected_label,
-                    note=r.review_note or "marked reviewed",
-                )
-                for r in rows
-            ]
-        )
-    return len(rows)
+    ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+    now = timezone.now()
+    for start in range(0, len(ids), 1000):
+        with transaction.atomic():
+            rows = list(
+                Prediction.objects.select_for_update()
+                .filter(pk__in=ids[start : start + 1000])
+                .only("pk", "corrected_label", "review_note")
+            )
+            Prediction.objects.filter(pk__in=[r.pk for r in rows]).update(reviewed_by=reviewer, reviewed_at=now)
+            PredictionReview.objects.bulk_create(
+                [
+                    PredictionReview(
+                        prediction=r,
+                        reviewer=reviewer,
+                        corrected_label=r.corrected_label,
+                        note=r.review_note or "marked reviewed",
+                    )
+                    for r in rows
+                ]
+            )
+    return len(ids)

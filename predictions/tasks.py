@@ -32,9 +32,11 @@ def predictions_sweep_task() -> dict[str, int]:
     """Run by beat every SWEEP_INTERVAL seconds: resend lost work (see services.predictions_sweep)."""
     from django.conf import settings
 
-    return services.predictions_sweep(
+    result = services.predictions_sweep(
         queued_after=settings.SWEEP_QUEUED_AFTER, running_after=settings.SWEEP_RUNNING_AFTER
     )
+    result["reprocess_runs_closed"] = services.reprocess_runs_close()
+    return result
 
 
 @worker_process_init.connect

@@ -200,3 +200,12 @@ def test_percentile_is_nearest_rank():
 def test_task_results_are_cleaned_on_beat_with_configurable_retention(settings):
     assert settings.CELERY_BEAT_SCHEDULE["task-results-cleanup"]["task"] == "celery.backend_cleanup"
     assert settings.CELERY_RESULT_EXPIRES.days == settings.TASK_RESULT_RETENTION_DAYS
+
+
+def test_the_csv_export_defuses_spreadsheet_formulas(owner):
+    from predictions.admin import csv_rows
+
+    rows(owner, 1)
+    Prediction.objects.update(text='=HYPERLINK("http://evil")')
+    lines = list(csv_rows(Prediction.objects.all()))
+    assert "'=HYPERLINK" in lines[1]

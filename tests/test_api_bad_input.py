@@ -118,3 +118,8 @@ def test_another_users_prediction_is_404(api, stranger_api):
     response = stranger_api.get(f"/api/v1/predictions/{body['id']}/")
     assert response.status_code == 404
     assert stranger_api.get("/api/v1/predictions/999999/").status_code == 404
+
+
+def test_a_huge_batch_filter_is_400_not_a_500(api):
+    response = api.get("/api/v1/predictions/?batch=100000000000000000000")
+    assert response.status_code == 400 and "batch" in response.json()

@@ -70,3 +70,12 @@ def test_the_schema_documents_every_error_response(client):
 def test_the_docs_page_is_served(client):
     response = client.get("/api/docs/")
     assert response.status_code == 200 and b"swagger" in response.content.lower()
+
+
+def test_models_marks_a_model_whose_files_are_missing_as_unavailable(api, settings, tmp_path):
+    settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "broken": f"path:{tmp_path / 'gone'}"}
+    response = api.get("/api/v1/models/")
+    assert response.status_code == 200
+    models = {m["name"]: m for m in response.json()}
+    assert models["broken"]["available"] is False and models["broken"]["error"] == "model files unavailable"
+    assert models["sentiment"]["available"] is True

@@ -210,3 +210,41 @@ def test_rows_still_in_flight_are_left_alone(owner):
     assert "1 queued or running elsewhere, left alone" in text and summary["selected"] == 1
     busy.refresh_from_db()
     assert busy.status == PredictionStatus.RUNNING and not busy.history.exists()
+
+
+def test_the_same_command_after_a_finished_run_starts_a_new_run(owner):
+    row = finished(owner, "good film")
+    reprocess("--model", "sentiment", "--sync")
+    text, summary = reprocess("--model", "sentiment", "--sync")
+    assert "resuming" not in text and summary["rerun"] == 1
+    assert row.history.count() == 2 and ReprocessRun.objects.filter(status="finished").count() == 2
+
+
+def test_new_run_ignores_an_interrupted_run(owner, monkeypatch):
+    finished(owner, "a")
+    finished(owner, "b")
+    real_chunk = services.reprocess_chunk
+    monkeypatch.setattr(services, "reprocess_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        call_command("reprocess", "--all", "--sync", stdout=io.StringIO(), stderr=io.StringIO())
+    monkeypatch.setattr(services, "reprocess_chunk", real_chunk)
+    text, summary = reprocess("--all", "--sync", "--new-run")
+    assert "resuming" not in text and summary["selected"] == 2 and ReprocessRun.objects.count() == 2
+
+
+def test_sync_chunks_larger_than_a_batch_run_every_row(owner, settings):
+    settings.BATCH_MAX_SIZE = 2
+    for i in range(5):
+        finished(owner, f"text {i}")
+    _, summary = reprocess("--all", "--sync", "--chunk-size", "5")
+    assert summary["rerun"] == 5 and not Prediction.objects.exclude(status="succeeded").exists()
+
+
+def test_a_review_moves_into_history_with_the_result_it_reviewed(owner, staff):
+    row = finished(owner, "oh great, another sequel")
+    services.prediction_review(prediction=row, reviewer=staff, corrected_label="negative", note="sarcasm")
+    reprocess("--ids", str(row.pk), "--sync")
+    row.refresh_from_db()
+    earlier = row.history.get()
+    assert (earlier.corrected_label, earlier.review_note, earlier.reviewed_by) == ("negative", "sarcasm", staff)
+    assert (row.corrected_label, row.reviewed_by, row.reviewed_at) == ("", None, None)

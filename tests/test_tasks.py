@@ -173,3 +173,54 @@ def test_reprocess_in_sync_mode_does_not_take_other_requests_rows(owner):
     services.predictions_run([a.pk], others=False)
     b.refresh_from_db()
     assert b.status == PredictionStatus.QUEUED
+
+
+def test_a_redelivered_message_reclaims_every_row_its_task_held_not_only_its_own(owner):
+    mine, other = queued(owner, "mine", "someone else's")
+    Prediction.objects.filter(pk__in=[mine.pk, other.pk]).update(
+        status=PredictionStatus.RUNNING, task_id="task-a", attempts=1
+    )
+    services.predictions_run([mine.pk], task_id="task-a", others=False)
+    assert set(Prediction.objects.values_list("status", flat=True)) == {PredictionStatus.SUCCEEDED}
+
+
+def test_a_row_whose_worker_died_max_attempts_times_fails_instead_of_killing_the_next_one(owner, settings):
+    settings.MAX_ATTEMPTS = 3
+    poison, fine = queued(owner, "poison", "fine")
+    Prediction.objects.filter(pk=poison.pk).update(status=PredictionStatus.RUNNING, task_id="task-a", attempts=3)
+    services.predictions_run([poison.pk, fine.pk], task_id="task-a")
+    poison.refresh_from_db()
+    fine.refresh_from_db()
+    assert poison.status == PredictionStatus.FAILED and "gave up after 3 attempts" in poison.error
+    assert fine.status == PredictionStatus.SUCCEEDED
+
+
+def test_rows_started_before_are_run_one_by_one(owner, forward_passes):
+    a, b, c = queued(owner, "a", "b", "c")
+    Prediction.objects.filter(pk__in=[a.pk, b.pk]).update(status=PredictionStatus.RUNNING, task_id="task-a", attempts=1)
+    services.predictions_run([a.pk, b.pk, c.pk], task_id="task-a")
+    assert sorted(map(len, forward_passes)) == [1, 1, 1]  # a and b were in a batch that died: alone now
+
+
+def test_a_slow_worker_never_overwrites_a_row_another_task_took_over(owner, monkeypatch):
+    [row] = queued(owner, "good film")
+    real_claim = services.predictions_claim
+
+    def claim_then_lose_it(*args, **kwargs):
+        rows = real_claim(*args, **kwargs)
+        # While this task computes, the sweeper requeued the row and task-b took it.
+        Prediction.objects.filter(pk=row.pk).update(task_id="task-b")
+        return rows
+
+    monkeypatch.setattr(services, "predictions_claim", claim_then_lose_it)
+    counts = services.predictions_run([row.pk], task_id="task-a", others=False)
+    row.refresh_from_db()
+    assert counts["succeeded"] == 0 and row.status == PredictionStatus.RUNNING and row.task_id == "task-b"
+
+
+def test_own_rows_beyond_batch_max_size_are_all_run(owner, settings):
+    settings.BATCH_MAX_SIZE = 2
+    settings.BATCH_LOOP_SECONDS = 0
+    rows = queued(owner, *[f"t{i}" for i in range(5)])
+    counts = services.predictions_run([r.pk for r in rows], task_id="t", others=False)
+    assert counts["succeeded"] == 5 and counts["batches"] == 3

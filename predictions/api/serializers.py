@@ -78,7 +78,7 @@ class PredictionListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=PredictionStatus.choices, required=False)
     model = serializers.CharField(required=False)
     label = serializers.CharField(required=False)
-    batch = serializers.IntegerField(required=False, min_value=1)
+    batch = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
 
@@ -148,7 +148,9 @@ class BatchSerializer(serializers.ModelSerializer):
 
 class ModelDescriptionSerializer(serializers.Serializer):
     name = serializers.CharField()
-    version = serializers.CharField()
+    available = serializers.BooleanField(help_text="False when the model's files cannot be read (see error).")
+    error = serializers.CharField(allow_blank=True)
+    version = serializers.CharField(allow_blank=True)
     kind = serializers.ChoiceField(choices=["single_label", "multi_label"])
     labels = serializers.ListField(child=serializers.CharField())
     default = serializers.BooleanField()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -22,6 +24,8 @@ from predictions.api.serializers import (
 )
 from predictions.registry import model_info_get, model_names
 from predictions.selectors import batches_visible_to, predictions_filter, predictions_visible_to
+
+logger = logging.getLogger(__name__)
 
 FieldErrors = inline_serializer(
     "FieldErrors",
@@ -130,16 +134,18 @@ class BatchDetailView(generics.RetrieveAPIView):
 class ModelListView(APIView):
     @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **AUTH_ERRORS})
     def get(self, request: Request) -> Response:
+        from predictions.inference import ModelLoadError
+
         described = []
         for name in model_names():
-            info = model_info_get(name)
-            described.append(
-                {
-                    "name": name,
-                    "version": info.version,
-                    "kind": info.kind.value,
-                    "labels": info.labels,
-                    "default": name == settings.DEFAULT_MODEL,
-                }
-            )
+            entry = {"name": name, "default": name == settings.DEFAULT_MODEL, "available": True, "error": ""}
+            try:
+                info = model_info_get(name)
+                entry.update(version=info.version, kind=info.kind.value, labels=info.labels)
+            except (ModelLoadError, OSError, ValueError) as exc:
+                logger.error("model %r unavailable: %s", name, exc)
+                entry.update(
+                    available=False, error="model files unavailable", version="", kind="single_label", labels=[]
+                )
+            described.append(entry)
         return Response(ModelDescriptionSerializer(described, many=True).data)

@@ -64,7 +64,9 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="change nothing; say what would be done")
         parser.add_argument("--sync", action="store_true", help="run inference in this process (no broker needed)")
         parser.add_argument("--chunk-size", type=int, default=settings.BATCH_CHUNK_SIZE)
-        parser.add_argument("--new-run", action="store_true", help="start afresh instead of resuming an unfinished run")
+        parser.add_argument(
+            "--new-run", action="store_true", help="start afresh instead of resuming an interrupted run"
+        )
 
     def handle(self, *args, **options) -> None:
         if options["chunk_size"] < 1:
@@ -92,7 +94,9 @@ class Command(BaseCommand):
             self._dry_run(selection, stored, to_model)
             return
 
-        run, resumed = services.reprocess_run_open(selectors=stored, to_model=to_model, sync=options["sync"])
+        run, resumed = services.reprocess_run_open(
+            selectors=stored, to_model=to_model, sync=options["sync"], resume=not options["new_run"]
+        )
         pending, in_flight = services.reprocess_pending(run, selection)
         if not resumed:
             ReprocessRun.objects.filter(pk=run.pk).update(selected=len(pending))
@@ -106,9 +110,9 @@ class Command(BaseCommand):
             + ("; in this process" if options["sync"] else "; queued to workers")
         )
         self._run(run, pending, chunk_size=options["chunk_size"], sync=options["sync"])
+        services.reprocess_dispatched(run)
+        services.reprocess_runs_close()  # this one too, if nothing of it is left running (sync, or workers done)
         summary = services.reprocess_summary(run)
-        if options["sync"] or summary["pending"] == 0:
-            services.reprocess_finish(run)
         self.stdout.write(
             "summary: " + ", ".join(f"{key} {value}" for key, value in summary.items() if key != "pending" or value)
         )
