@@ -220,3 +220,4 @@ def adapter_write(path: Path, model: MeanPooledClassifier, config: TrainConfig, 
         "hyperparameters": json.dumps(hyper, sort_keys=True),
     }
     save_file(tensors, str(path), metadata=metadata)
+    path.chmod(0o644)  # readable by the service's (non-root) user
