@@ -30,9 +30,12 @@ def sst2_texts(datasets_dir: Path) -> list[str]:
     return [line.split("\t", 1)[1] for line in lines if "\t" in line]
 
 
+RUN_TAG = f"{os.getpid() % 1000:03d}"
+
+
 def unique_texts(base: list[str], n: int, tag: str) -> list[str]:
-    """n texts from the dev set, each made unique so no request is answered from the cache."""
-    return [f"{base[i % len(base)]} ({tag}{i})" for i in range(n)]
+    """n texts from the dev set, each made unique (per run, too) so no request is answered from the cache."""
+    return [f"{base[i % len(base)]} ({tag}{RUN_TAG}-{i})" for i in range(n)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -121,7 +124,7 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
                 status, detail = client.call("GET", f"/api/v1/batches/{body['id']}/")
                 if detail.get("finished"):
                     break
-                time.sleep(0.02)
+                time.sleep(0.1)
             with lock:
                 done += detail["counts"]["succeeded"]
                 errors += detail["counts"]["failed"]
@@ -136,8 +139,8 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
     return {"clients": clients, "batch_size": size, "texts": done, "per_second": done / wall, "errors": errors}
 
 
-def raw(texts: list[str], *, int8: bool, repeats: int = 2) -> dict:
-    """The bundled model in this process on the same texts: batched by 64, sorted by length."""
+def raw(texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> dict:
+    """The bundled model in this process on the same texts: batched, sorted by length."""
     import torch
 
     from predictions.inference.loading import classifier_load
@@ -148,9 +151,9 @@ def raw(texts: list[str], *, int8: bool, repeats: int = 2) -> dict:
     best = 0.0
     for _ in range(repeats):
         began = time.perf_counter()
-        classifier.predict(texts, batch_size=64)
+        classifier.predict(texts, batch_size=batch_size)
         best = max(best, len(texts) / (time.perf_counter() - began))
-    return {"texts": len(texts), "per_second": best}
+    return {"texts": len(texts), "per_second": best, "batch_size": batch_size}
 
 
 def stack_start(var_dir: Path, *, embedded: bool, int8: bool) -> tuple[Stack, callable]:
@@ -167,6 +170,10 @@ def stack_start(var_dir: Path, *, embedded: bool, int8: bool) -> tuple[Stack, ca
             CELERY_QUEUE=f"bench-{os.getpid()}",
         )
     stack = Stack(var_dir, web_workers=2, **env)
+    if "REDIS_URL" in env:  # start from an empty cache: only W3 should be served from it
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     stack.start()
     return stack, cleanup
 
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=6, help="batches per W2 client (2 clients)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
+    parser.add_argument(
+        "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's INFERENCE_BATCH_SIZE)"
+    )
     parser.add_argument(
         "--embedded", action="store_true", help="run on the embedded default instead of the real services"
     )
@@ -206,7 +216,7 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         flush=True,
     )
     raw_texts = unique_texts(base, len(base), "r")
-    results: dict = {"raw": raw(raw_texts, int8=args.int8)}
+    results: dict = {"raw": raw(raw_texts, int8=args.int8, batch_size=args.raw_batch_size)}
     print(f"RAW: {results['raw']['per_second']:.1f} texts/s", flush=True)
     w1 = []
     for clients in client_counts:
@@ -247,7 +257,7 @@ def report(results: dict, args) -> None:
         "",
         "| workload | clients | throughput | × RAW | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|",
-        f"| RAW (in-process, batched, sorted) | – | {raw_rate:.1f} texts/s | 1.00 | | | | |",
+        f"| RAW (in-process, batches of {results['raw']['batch_size']}, sorted) | – | {raw_rate:.1f} texts/s | 1.00 | | | | |",
     ]
     for row in results["w1"]:
         lines.append(

@@ -248,30 +248,35 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
     finished = timezone.now()
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
     cache_entries = {}
+    written: list[Prediction] = []
     with transaction.atomic():
+        # Only the task holding a row writes it: a slow worker whose row was requeued and taken by
+        # another one must not overwrite that newer run. Two queries per batch, whatever its size.
+        held = Prediction.objects.filter(status=PredictionStatus.RUNNING, task_id=task_id)
+        held_ids = set(held.select_for_update().filter(pk__in=[r.pk for r in rows]).values_list("pk", flat=True))
         for row, result in zip(rows, results, strict=True):
-            # Only the task holding the row writes it: a slow worker whose row was requeued and
-            # taken by another one must not overwrite that newer run.
-            held = Prediction.objects.filter(pk=row.pk, status=PredictionStatus.RUNNING, task_id=task_id)
-            if isinstance(result, Exception):
-                updated = held.update(
-                    status=PredictionStatus.FAILED,
-                    error=f"{type(result).__name__}: {result}"[:2000],
-                    finished_at=finished,
-                    model_version=classifier.version,
-                )
-                counts["failed" if updated else "skipped"] += 1
+            if row.pk not in held_ids:
+                counts["skipped"] += 1
                 continue
-            fields = {"label": result.label, "score": result.score, "scores": result.scores, "labels": result.labels}
-            updated = held.update(
-                status=PredictionStatus.SUCCEEDED,
-                model_version=classifier.version,
-                finished_at=finished,
-                error="",
-                **fields,
-            )
-            counts["succeeded" if updated else "skipped"] += 1
-            cache_entries[(model_name, classifier.version, row.text_sha256)] = fields
+            row.model_version, row.finished_at = classifier.version, finished
+            if isinstance(result, Exception):
+                row.status, row.error = PredictionStatus.FAILED, f"{type(result).__name__}: {result}"[:2000]
+                row.label, row.score, row.scores, row.labels = "", None, None, None
+                counts["failed"] += 1
+            else:
+                row.status, row.error = PredictionStatus.SUCCEEDED, ""
+                row.label, row.score, row.scores, row.labels = result.label, result.score, result.scores, result.labels
+                counts["succeeded"] += 1
+                cache_entries[(model_name, classifier.version, row.text_sha256)] = {
+                    "label": result.label,
+                    "score": result.score,
+                    "scores": result.scores,
+                    "labels": result.labels,
+                }
+            written.append(row)
+        held.bulk_update(
+            written, ["status", "error", "label", "score", "scores", "labels", "model_version", "finished_at"]
+        )
     result_cache_set_many(cache_entries)
     predictions_finished_notify([row.pk for row in rows])
     return counts
