@@ -69,10 +69,9 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     """Save one prediction; queue it for a worker after commit unless the cache answered it."""
     version = _version_or_blank(model_name)
     prediction = _prediction_build(owner=owner, text=text, model_name=model_name, version=version)
-    with transaction.atomic():
-        prediction.save()
-        if not prediction.cached:
-            transaction.on_commit(lambda: predictions_publish([prediction.pk]))
+    prediction.save()  # one INSERT; in autocommit, on_commit runs at once, inside a transaction after it
+    if not prediction.cached:
+        transaction.on_commit(lambda: predictions_publish([prediction.pk]))
     return prediction
 
 

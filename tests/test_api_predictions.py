@@ -141,3 +141,19 @@ def test_a_model_whose_files_are_gone_fails_the_row_with_the_reason_not_a_500(ap
     assert response.status_code == 202
     body = api.get(response["Location"]).json()
     assert body["status"] == "failed" and "could not be loaded" in body["error"]
+
+
+def test_the_fast_prediction_json_equals_what_the_declared_fields_produce(api, owner):
+    from rest_framework import serializers
+    from rest_framework.test import APIRequestFactory
+
+    from predictions.api.serializers import PredictionSerializer
+
+    api.post("/api/v1/predictions/", {"text": "good film"})
+    api.post("/api/v1/batches/", {"texts": ["joy"], "model": "emotions"})
+    queued = Prediction.objects.create(owner=owner, text="still queued", model_name="sentiment")
+    request = APIRequestFactory().get("/")
+    for prediction in [*Prediction.objects.exclude(pk=queued.pk), queued]:
+        serializer = PredictionSerializer(prediction, context={"request": request})
+        by_fields = serializers.ModelSerializer.to_representation(serializer, prediction)
+        assert serializer.data == by_fields

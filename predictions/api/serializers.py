@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
 from rest_framework import serializers
 
 from predictions.models import Batch, Prediction, PredictionStatus
@@ -114,6 +116,37 @@ class PredictionSerializer(serializers.ModelSerializer):
             "batch",
         ]
         read_only_fields = fields
+
+    def to_representation(self, prediction: Prediction) -> dict:
+        """The same JSON the declared fields produce, built directly: DRF's field machinery cost
+        about 4.5 ms of the 10 ms a cache-hit POST took (pyinstrument). A test pins the equality."""
+        request = self.context.get("request")
+        path = reverse("prediction-detail", kwargs={"pk": prediction.pk})
+        return {
+            "id": prediction.pk,
+            "url": request.build_absolute_uri(path) if request is not None else path,
+            "text": prediction.text,
+            "status": prediction.status,
+            "label": prediction.label,
+            "score": prediction.score,
+            "scores": prediction.scores,
+            "labels": prediction.labels,
+            "model": {"name": prediction.model_name, "version": prediction.model_version},
+            "cached": prediction.cached,
+            "created_at": _iso(prediction.created_at),
+            "started_at": _iso(prediction.started_at),
+            "finished_at": _iso(prediction.finished_at),
+            "error": prediction.error,
+            "batch": prediction.batch_id,
+        }
+
+
+def _iso(moment) -> str | None:
+    """DRF's default DateTimeField output: ISO 8601 in the current time zone, 'Z' for UTC."""
+    if moment is None:
+        return None
+    text = timezone.localtime(moment).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class BatchSerializer(serializers.ModelSerializer):
