@@ -78,7 +78,8 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
 def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
     """Save a batch and one prediction per text; uncached ones are queued in chunks after commit."""
     version = _version_or_blank(model_name)
-    hits = result_cache_get_many(model_name, version, [text_sha256(t) for t in texts]) if version else {}
+    digests = [text_sha256(t) for t in texts]
+    hits = result_cache_get_many(model_name, version, digests) if version else {}
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, model_name=model_name, size=len(texts))
         rows = [
@@ -89,7 +90,7 @@ def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
                 version=version,
                 batch=batch,
                 position=i,
-                hit=hits.get(text_sha256(text)),
+                hit=hits.get(digests[i]),
             )
             for i, text in enumerate(texts)
         ]
