@@ -120,3 +120,13 @@ def test_a_bad_setting_value_stops_start_up_naming_the_variable():
     env = {**os.environ, "MAX_BATCH_SIZE": "lots"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "MAX_BATCH_SIZE='lots': expected an integer" in result.stderr
+
+
+def test_every_setting_read_from_the_environment_is_documented_in_the_readme():
+    import re
+
+    settings_source = (ROOT / "mlsite" / "settings.py").read_text()
+    names = set(re.findall(r'env_(?:str|int|bool|list|models)\(\s*"([A-Z0-9_]+)"', settings_source))
+    readme = (ROOT / "README.md").read_text()
+    assert len(names) > 20
+    assert sorted(name for name in names if f"`{name}`" not in readme) == []
