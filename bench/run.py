@@ -288,6 +288,15 @@ def report(results: dict, args) -> None:
     plot(results, args.plot.with_name(args.plot.stem + ("-int8" if args.int8 else "") + args.plot.suffix))
 
 
+def _relative(value) -> str:
+    if isinstance(value, Path):
+        try:
+            return os.path.relpath(value.resolve(), ROOT)
+        except ValueError:
+            return value.name
+    return str(value)
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
