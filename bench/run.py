@@ -280,7 +280,12 @@ def report(results: dict, args) -> None:
     path = args.out / f"{stamp}{'-int8' if args.int8 else ''}.json"
     path.write_text(
         json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "cores": os.cpu_count(), **results, "table": table},
+            {
+                "args": {k: _relative(v) for k, v in vars(args).items()},
+                "cores": os.cpu_count(),
+                **results,
+                "table": table,
+            },
             indent=2,
         )
     )
