@@ -21,30 +21,30 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from predictions.cache import result_cache_get, result_cache_get_many, result_cache_set_many
-from predictions.models import FINISHED_STATUSES, Batch, Prediction, PredictionStatus, model_output_fields, text_sha256
+from predictions.models import (
+    FINISHED_STATUSES,
+    Batch,
+    Prediction,
+    PredictionResult,
+    PredictionReview,
+    PredictionStatus,
+    ReprocessRun,
+    model_output_fields,
+    text_sha256,
+)
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
 
 logger = logging.getLogger(__name__)
 
 
-def _result_fields(result: dict) -> dict:
-    return {
-        "label": result["label"],
-        "score": result["score"],
-        "scores": result["scores"],
-        "labels": result.get("labels") or [],
-    }
-
-
-_LOOKUP = object()  # "look the text up in the cache yourself"
+CACHED_FIELDS = ("label", "score", "scores", "labels")  # what a cache entry holds
 
 
 def _prediction_build(
-    *, owner, text: str, model_name: str, version: str, batch=None, position: int = 0, hit=_LOOKUP
+    *, owner, text: str, digest: str, model_name: str, version: str, hit: dict | None, batch=None, position: int = 0
 ) -> Prediction:
-    """An unsaved row: succeeded from the cache when the same model version answered this text before."""
-    digest = text_sha256(text)
+    """An unsaved row: succeeded from the cache hit when the same model version answered this text before."""
     prediction = Prediction(
         owner=owner,
         batch=batch,
@@ -54,21 +54,24 @@ def _prediction_build(
         model_name=model_name,
         model_version=version,
     )
-    hit = result_cache_get(model_name, version, digest)
     if hit is not None:
         now = timezone.now()
         prediction.status = PredictionStatus.SUCCEEDED
         prediction.cached = True
         prediction.started_at = prediction.finished_at = now
-        for field, value in _result_fields(hit).items():
-            setattr(prediction, field, value)
+        for field in CACHED_FIELDS:
+            setattr(prediction, field, hit.get(field))
     return prediction
 
 
 def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     """Save one prediction; queue it for a worker after commit unless the cache answered it."""
     version = _version_or_blank(model_name)
-    prediction = _prediction_build(owner=owner, text=text, model_name=model_name, version=version)
+    digest = text_sha256(text)
+    hit = result_cache_get(model_name, version, digest) if version else None
+    prediction = _prediction_build(
+        owner=owner, text=text, digest=digest, model_name=model_name, version=version, hit=hit
+    )
     prediction.save()  # one INSERT; in autocommit, on_commit runs at once, inside a transaction after it
     if not prediction.cached:
         transaction.on_commit(lambda: predictions_publish([prediction.pk]))
@@ -86,6 +89,7 @@ def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
             _prediction_build(
                 owner=owner,
                 text=text,
+                digest=digests[i],
                 model_name=model_name,
                 version=version,
                 batch=batch,
@@ -162,7 +166,7 @@ def predictions_claim(
                 error=f"gave up after {settings.MAX_ATTEMPTS} attempts: the worker stopped each time it ran this text",
             )
             transaction.on_commit(lambda: predictions_finished_notify(given_up))
-        claimed = [pk for pk in claimed if pk not in set(given_up)]
+        claimed = [pk for pk in claimed if pk not in set(given_up)] if given_up else claimed
         Prediction.objects.filter(pk__in=claimed).update(
             status=PredictionStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, task_id=task_id
         )
@@ -227,7 +231,8 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
     try:
         classifier = classifier_get(model_name)
     except (ModelLoadError, KeyError) as exc:
-        return _rows_fail(rows, f"model {model_name!r} could not be loaded: {exc}")
+        results = [ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")] * len(rows)
+        return _results_write(model_name, "", rows, results, task_id=task_id)
     texts = [row.text for row in rows]
     try:
         results: list = classifier.predict(
@@ -245,6 +250,11 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
                 raise
             except Exception as exc:
                 results.append(exc)
+    return _results_write(model_name, classifier.version, rows, results, task_id=task_id)
+
+
+def _results_write(model_name: str, version: str, rows: list[Prediction], results: list, *, task_id: str) -> dict:
+    """Store each result (or exception) on its row, fill the cache and wake waiting requests."""
     finished = timezone.now()
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
     cache_entries = {}
@@ -258,7 +268,7 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
             if row.pk not in held_ids:
                 counts["skipped"] += 1
                 continue
-            row.model_version, row.finished_at = classifier.version, finished
+            row.model_version, row.finished_at = version, finished
             if isinstance(result, Exception):
                 row.status, row.error = PredictionStatus.FAILED, f"{type(result).__name__}: {result}"[:2000]
                 row.label, row.score, row.scores, row.labels = "", None, None, None
@@ -267,11 +277,8 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
                 row.status, row.error = PredictionStatus.SUCCEEDED, ""
                 row.label, row.score, row.scores, row.labels = result.label, result.score, result.scores, result.labels
                 counts["succeeded"] += 1
-                cache_entries[(model_name, classifier.version, row.text_sha256)] = {
-                    "label": result.label,
-                    "score": result.score,
-                    "scores": result.scores,
-                    "labels": result.labels,
+                cache_entries[(model_name, version, row.text_sha256)] = {
+                    field: getattr(row, field) for field in CACHED_FIELDS
                 }
             written.append(row)
         held.bulk_update(
@@ -280,15 +287,6 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
     result_cache_set_many(cache_entries)
     predictions_finished_notify([row.pk for row in rows])
     return counts
-
-
-def _rows_fail(rows: Sequence[Prediction], error: str) -> dict[str, int]:
-    updated = (
-        Prediction.objects.filter(pk__in=[r.pk for r in rows])
-        .exclude(status__in=FINISHED_STATUSES)
-        .update(status=PredictionStatus.FAILED, error=error[:2000], finished_at=timezone.now())
-    )
-    return {"succeeded": 0, "failed": updated, "skipped": len(rows) - updated}
 
 
 def predictions_sweep(*, queued_after: float, running_after: float) -> dict[str, int]:
@@ -386,8 +384,6 @@ def reprocess_run_open(
     A run is interrupted until it has dispatched every selected row; after that the same command
     starts a new run (e.g. the same selection again after a model upgrade).
     """
-    from predictions.models import ReprocessRun
-
     key = hashlib.sha256(
         json.dumps({"selectors": selectors, "to_model": to_model}, sort_keys=True, default=str).encode()
     ).hexdigest()
@@ -423,9 +419,6 @@ def reprocess_pending(run, selection) -> tuple[list[int], int]:
 
 def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
     """Archive the current result of each row into its history, reset it to queued, then run or queue it."""
-    from predictions.models import PredictionResult
-
-    now = timezone.now()
     with transaction.atomic():
         rows = list(
             Prediction.objects.select_for_update()
@@ -469,9 +462,7 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
             transaction.on_commit(lambda: predictions_publish(queued))
     if sync:
         predictions_run(ids, task_id=f"reprocess-run-{run.pk}", others=False)
-    logger.info(
-        "reprocess run %s: %d row(s) archived and %s at %s", run.pk, len(rows), "run" if sync else "queued", now
-    )
+    logger.info("reprocess run %s: %d row(s) archived and %s", run.pk, len(rows), "run" if sync else "queued")
 
 
 def _version_or_blank(model_name: str) -> str:
@@ -488,8 +479,6 @@ def _version_or_blank(model_name: str) -> str:
 
 def reprocess_summary(run) -> dict[str, int]:
     """Selected, re-run (finished), unchanged label, changed label, failed, and still pending."""
-    from predictions.models import PredictionResult
-
     finished = Q(prediction__status__in=FINISHED_STATUSES)
     succeeded = Q(prediction__status=PredictionStatus.SUCCEEDED)
     totals = PredictionResult.objects.filter(run=run).aggregate(
@@ -502,17 +491,18 @@ def reprocess_summary(run) -> dict[str, int]:
     return {"selected": run.selected, **totals}
 
 
-def reprocess_dispatched(run) -> None:
-    """Every selected row has been archived and queued or run: a re-invocation starts a new run."""
-    from predictions.models import ReprocessRun
-
+def reprocess_dispatch(run, pending: Sequence[int], *, chunk_size: int, sync: bool, on_chunk=lambda n: None) -> None:
+    """Archive and run (or queue) `pending` in chunks; then mark the run dispatched, so that the
+    same selection invoked again starts a new run rather than resuming this one."""
+    for start in range(0, len(pending), chunk_size):
+        chunk = pending[start : start + chunk_size]
+        reprocess_chunk(run, chunk, sync=sync)
+        on_chunk(len(chunk))
     ReprocessRun.objects.filter(pk=run.pk, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
 
 
 def reprocess_runs_close() -> int:
     """Mark finished the dispatched runs none of whose rows is still queued or running."""
-    from predictions.models import ReprocessRun
-
     open_runs = ReprocessRun.objects.filter(status=ReprocessRun.Status.RUNNING, dispatched_at__isnull=False)
     done = open_runs.exclude(
         archived_results__prediction__status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]
@@ -530,10 +520,8 @@ def predictions_rerun(*, queryset, user, to_model: str = "") -> tuple[Any, int]:
         resume=False,
     )
     pending, _ = reprocess_pending(run, queryset)
-    type(run).objects.filter(pk=run.pk).update(selected=len(pending))
-    for start in range(0, len(pending), settings.BATCH_CHUNK_SIZE):
-        reprocess_chunk(run, pending[start : start + settings.BATCH_CHUNK_SIZE], sync=False)
-    reprocess_dispatched(run)
+    ReprocessRun.objects.filter(pk=run.pk).update(selected=len(pending))
+    reprocess_dispatch(run, pending, chunk_size=settings.BATCH_CHUNK_SIZE, sync=False)
     return run, len(pending)
 
 
@@ -542,8 +530,6 @@ def predictions_rerun(*, queryset, user, to_model: str = "") -> tuple[Any, int]:
 
 def prediction_review(*, prediction: Prediction, reviewer, corrected_label: str, note: str) -> None:
     """Set the correction and note, stamp who and when, and append the review to the trail."""
-    from predictions.models import PredictionReview
-
     now = timezone.now()
     Prediction.objects.filter(pk=prediction.pk).update(
         corrected_label=corrected_label, review_note=note, reviewed_by=reviewer, reviewed_at=now
@@ -557,8 +543,6 @@ def prediction_review(*, prediction: Prediction, reviewer, corrected_label: str,
 
 def predictions_mark_reviewed(*, queryset, reviewer) -> int:
     """Mark rows reviewed as they stand (no correction), each recorded in the trail; in chunks."""
-    from predictions.models import PredictionReview
-
     ids = list(queryset.order_by("pk").values_list("pk", flat=True))
     now = timezone.now()
     for start in range(0, len(ids), 1000):

@@ -48,7 +48,7 @@ class PredictionListCreateView(generics.GenericAPIView):
     serializer_class = PredictionSerializer
 
     def get_queryset(self):
-        return predictions_visible_to(self.request.user).select_related("owner")
+        return predictions_visible_to(self.request.user)
 
     @extend_schema(
         operation_id="predictions_list",

@@ -110,7 +110,6 @@ class Command(BaseCommand):
             + ("; in this process" if options["sync"] else "; queued to workers")
         )
         self._run(run, pending, chunk_size=options["chunk_size"], sync=options["sync"])
-        services.reprocess_dispatched(run)
         services.reprocess_runs_close()  # this one too, if nothing of it is left running (sync, or workers done)
         summary = services.reprocess_summary(run)
         self.stdout.write(
@@ -133,8 +132,5 @@ class Command(BaseCommand):
     def _run(self, run, pending: list[int], *, chunk_size: int, sync: bool) -> None:
         from tqdm import tqdm
 
-        chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
         with tqdm(total=len(pending), unit="row", file=sys.stderr, disable=not pending) as bar:
-            for chunk in chunks:
-                services.reprocess_chunk(run, chunk, sync=sync)
-                bar.update(len(chunk))
+            services.reprocess_dispatch(run, pending, chunk_size=chunk_size, sync=sync, on_chunk=bar.update)
