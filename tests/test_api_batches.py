@@ -40,3 +40,13 @@ def test_another_users_batch_is_404(api, stranger_api):
     body = api.post("/api/v1/batches/", {"texts": ["x"]}).json()
     assert stranger_api.get(f"/api/v1/batches/{body['id']}/").status_code == 404
     assert Batch.objects.count() == 1
+
+
+def test_a_batch_looks_the_cache_up_in_one_round_trip(api, monkeypatch):
+    from predictions import services
+
+    def per_text_lookup(*args, **kwargs):
+        raise AssertionError("batch_create looked a text up on its own")
+
+    monkeypatch.setattr(services, "result_cache_get", per_text_lookup)
+    assert api.post("/api/v1/batches/", {"texts": ["a", "b", "c"]}).status_code == 202
