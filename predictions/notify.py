@@ -1,14 +1,20 @@
 """Telling a waiting request that its prediction finished, without holding a worker.
 
-With Redis (REDIS_URL), the worker publishes on a per-prediction channel and the request waits on
-it (pub/sub), so it wakes as soon as the row is written. Without Redis, the request polls the row.
-Any Redis error falls back to polling: a notification is a shortcut, never the source of truth.
+With Redis (REDIS_URL), the worker publishes the ids of the rows it just wrote on one channel, once
+per batch. Each web process keeps one subscriber thread on that channel, which wakes the requests
+waiting for those ids: a waiting request costs no Redis round trip of its own, and wakes as soon as
+its row is written. Without Redis, or while the subscriber is not connected, a waiting request polls
+the row. A notification is a shortcut, never the source of truth: the row is read again every
+second (or sooner when polling) in case a message is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import cache
 
@@ -16,7 +22,9 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "mlsite:prediction-finished:"
+CHANNEL = "mlsite:predictions-finished"
+RECENT_IDS = 10_000  # ids finished lately, so a request that registers just after its message still sees it
+RECHECK_SECONDS = 1.0  # a woken-or-not waiter reads its row at least this often
 
 
 @cache
@@ -31,44 +39,125 @@ def redis_client():
 
 
 def predictions_finished_notify(ids: Sequence[int]) -> None:
+    """One message for the whole batch: the ids, comma-separated."""
     client = redis_client()
     if client is None or not ids:
         return
     try:
-        pipe = client.pipeline(transaction=False)
-        for pk in ids:
-            pipe.publish(f"{CHANNEL_PREFIX}{pk}", b"1")
-        pipe.execute()
+        client.publish(CHANNEL, ",".join(str(pk) for pk in ids))
     except Exception as exc:
         logger.warning("could not notify waiting requests (%s): %s", type(exc).__name__, exc)
 
 
+class Listener:
+    """One subscriber thread per web process; waiters register the id they wait for."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        self.waiters: dict[int, list[threading.Event]] = {}
+        self.recent: OrderedDict[int, None] = OrderedDict()
+        self.subscribed = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mlsite-notify", daemon=True)
+        self.thread.start()
+
+    def register(self, pk: int) -> threading.Event:
+        event = threading.Event()
+        with self.lock:
+            if pk in self.recent:
+                event.set()
+            else:
+                self.waiters.setdefault(pk, []).append(event)
+        return event
+
+    def unregister(self, pk: int, event: threading.Event) -> None:
+        with self.lock:
+            events = self.waiters.get(pk, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self.waiters.pop(pk, None)
+
+    def _deliver(self, data: bytes) -> None:
+        ids = [int(part) for part in data.split(b",") if part.strip().isdigit()]
+        with self.lock:
+            for pk in ids:
+                self.recent[pk] = None
+                for event in self.waiters.pop(pk, ()):
+                    event.set()
+            while len(self.recent) > RECENT_IDS:
+                self.recent.popitem(last=False)
+
+    def _run(self) -> None:
+        import redis
+
+        delay = 0.1
+        while True:
+            pubsub = None
+            try:
+                client = redis.Redis.from_url(self.url, socket_connect_timeout=1, health_check_interval=10)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CHANNEL)
+                self.subscribed.set()
+                delay = 0.1
+                while True:
+                    message = pubsub.get_message(timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver(message["data"])
+            except Exception as exc:  # Redis gone: waiters poll until it is back
+                self.subscribed.clear()
+                logger.warning("notification listener lost Redis (%s): %s", type(exc).__name__, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # already failing; the loop reconnects
+                        pubsub.close()
+
+
+_listeners: dict[str, Listener] = {}
+_listeners_lock = threading.Lock()
+
+
+def listener() -> Listener | None:
+    """This process's listener for REDIS_URL, started on first use (after gunicorn's fork)."""
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    with _listeners_lock:
+        if url not in _listeners:
+            _listeners[url] = Listener(url)
+        return _listeners[url]
+
+
 def finished_wait(pk: int, *, timeout: float, is_finished: Callable[[], bool]) -> bool:
-    """Block up to `timeout` seconds until `is_finished()`; True if it finished in time."""
+    """Block up to `timeout` seconds until `is_finished()`; True if it finished in time.
+
+    `is_finished` reads the row: it is called when the notification arrives, at least every
+    RECHECK_SECONDS while none does, and more often while the listener is not subscribed.
+    """
     deadline = time.monotonic() + timeout
-    client = redis_client()
-    if client is not None:
-        try:
-            return _wait_pubsub(client, pk, deadline, is_finished)
-        except Exception as exc:
-            logger.warning("pub/sub wait failed, polling instead (%s): %s", type(exc).__name__, exc)
-    return _wait_poll(deadline, is_finished)
-
-
-def _wait_pubsub(client, pk: int, deadline: float, is_finished: Callable[[], bool]) -> bool:
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    current = listener()
+    if current is None:
+        return _wait_poll(deadline, is_finished)
+    event = current.register(pk)
     try:
-        pubsub.subscribe(f"{CHANNEL_PREFIX}{pk}")
-        if is_finished():  # finished before we subscribed
-            return True
-        while (remaining := deadline - time.monotonic()) > 0:
-            # Re-check the row at least every second in case a notification was lost.
-            message = pubsub.get_message(timeout=min(remaining, 1.0))
-            if message is not None or is_finished():
+        delay = 0.01
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return is_finished()
-        return is_finished()
+            if current.subscribed.is_set():
+                woken = event.wait(min(remaining, RECHECK_SECONDS))
+            else:  # not (yet) subscribed: a notification could be missed, so poll
+                woken = event.wait(min(remaining, delay))
+                delay = min(delay * 1.5, 0.1)
+            if is_finished():
+                return True
+            if woken:  # notified, yet the row says otherwise (a stale message): poll the rest of the time
+                return _wait_poll(deadline, is_finished)
     finally:
-        pubsub.close()
+        current.unregister(pk, event)
 
 
 def _wait_poll(deadline: float, is_finished: Callable[[], bool]) -> bool:

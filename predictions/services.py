@@ -10,13 +10,14 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -72,10 +73,25 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     prediction = _prediction_build(
         owner=owner, text=text, digest=digest, model_name=model_name, version=version, hit=hit
     )
+    if not prediction.cached:  # marked as published in the INSERT itself: no UPDATE after publishing
+        prediction.task_id, prediction.published_at = str(uuid.uuid4()), timezone.now()
     prediction.save()  # one INSERT; in autocommit, on_commit runs at once, inside a transaction after it
     if not prediction.cached:
-        transaction.on_commit(lambda: predictions_publish([prediction.pk]))
+        transaction.on_commit(lambda: _prediction_publish(prediction))
     return prediction
+
+
+def _prediction_publish(prediction: Prediction) -> None:
+    """Send the run task for one row under the task id its INSERT recorded; on a broker failure the
+    row is marked unpublished, for the sweeper."""
+    from predictions.tasks import predictions_run_task
+
+    try:
+        predictions_run_task.apply_async(args=[[prediction.pk]], task_id=prediction.task_id)
+    except Exception as exc:
+        logger.error("could not publish prediction %d (%s): %s", prediction.pk, type(exc).__name__, exc)
+        Prediction.objects.filter(pk=prediction.pk, status=PredictionStatus.QUEUED).update(published_at=None)
+        prediction.published_at = None
 
 
 def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
@@ -132,6 +148,14 @@ def predictions_publish(prediction_ids: Sequence[int]) -> None:
         )
 
 
+# In the model's field order, as Model.from_db expects them.
+CLAIMED_FIELDS = tuple(
+    f.attname
+    for f in Prediction._meta.concrete_fields
+    if f.attname in {"id", "text", "text_sha256", "model_name", "attempts"}
+)
+
+
 def predictions_claim(
     own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool = False
 ) -> list[Prediction]:
@@ -139,42 +163,63 @@ def predictions_claim(
 
     First come, with `reclaim`, rows this task already held (running under this task id: an earlier
     delivery of this message whose worker died), then its own queued rows, then, with `others`, queued rows of
-    any other request: that is how texts from many requests share one forward pass. Rows are taken
-    with SELECT … FOR UPDATE SKIP LOCKED (PostgreSQL), so two workers never claim the same row.
+    any other request: that is how texts from many requests share one forward pass. One statement
+    (UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …) picks, marks and returns the
+    rows, so two workers never claim the same row and a claim costs one round trip.
     Rows already started MAX_ATTEMPTS times are failed instead of being run again.
     """
+    table = connection.ops.quote_name(Prediction._meta.db_table)
+    held = "(status = %s AND task_id = %s)" if reclaim and task_id else "FALSE"
+    held_params = [PredictionStatus.RUNNING.value, task_id] if reclaim and task_id else []
+    own = list(own_ids)
+    mine = f"(status = %s AND id IN ({', '.join(['%s'] * len(own))}))" if own else "FALSE"
+    mine_params = [PredictionStatus.QUEUED.value, *own] if own else []
+    anyone = "status = %s" if others else "FALSE"
+    anyone_params = [PredictionStatus.QUEUED.value] if others else []
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    sql = (
+        f"UPDATE {table} SET status = %s, started_at = %s, attempts = attempts + 1, task_id = %s "
+        f"WHERE id IN (SELECT id FROM {table} WHERE {held} OR {mine} OR {anyone} "
+        f"ORDER BY CASE WHEN {held} THEN 0 WHEN {mine} THEN 1 ELSE 2 END, id LIMIT %s{lock}) "
+        f"RETURNING {', '.join(CLAIMED_FIELDS)}"
+    )
     now = timezone.now()
-    with transaction.atomic():
-        claimable = Prediction.objects.select_for_update(skip_locked=True).order_by("pk")
-        held = Q(status=PredictionStatus.RUNNING, task_id=task_id) if reclaim and task_id else Q(pk__in=[])
-        mine = Q(status=PredictionStatus.QUEUED, pk__in=list(own_ids)) if own_ids else Q(pk__in=[])
-        claimed = list(claimable.filter(held | mine).values_list("pk", flat=True)[:limit])
-        if others and len(claimed) < limit:
-            claimed += list(
-                claimable.filter(status=PredictionStatus.QUEUED)
-                .exclude(pk__in=claimed)
-                .values_list("pk", flat=True)[: limit - len(claimed)]
-            )
-        if not claimed:
-            return []
-        exhausted = Prediction.objects.filter(pk__in=claimed, attempts__gte=settings.MAX_ATTEMPTS)
-        given_up = list(exhausted.values_list("pk", flat=True))
-        if given_up:
-            exhausted.update(
-                status=PredictionStatus.FAILED,
-                finished_at=now,
-                error=f"gave up after {settings.MAX_ATTEMPTS} attempts: the worker stopped each time it ran this text",
-            )
-            transaction.on_commit(lambda: predictions_finished_notify(given_up))
-        claimed = [pk for pk in claimed if pk not in set(given_up)] if given_up else claimed
-        Prediction.objects.filter(pk__in=claimed).update(
-            status=PredictionStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, task_id=task_id
+    params = [
+        PredictionStatus.RUNNING.value,
+        now,
+        task_id,
+        *held_params,
+        *mine_params,
+        *anyone_params,
+        *held_params,
+        *mine_params,
+        limit,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = sorted(
+            (Prediction.from_db(connection.alias, CLAIMED_FIELDS, values) for values in cursor.fetchall()),
+            key=lambda row: row.pk,
         )
-        return list(
-            Prediction.objects.filter(pk__in=claimed)
-            .order_by("pk")
-            .only("pk", "text", "text_sha256", "model_name", "attempts")
+    given_up = [row.pk for row in rows if row.attempts > settings.MAX_ATTEMPTS]
+    if given_up:
+        Prediction.objects.filter(pk__in=given_up, status=PredictionStatus.RUNNING, task_id=task_id).update(
+            status=PredictionStatus.FAILED,
+            finished_at=now,
+            error=f"gave up after {settings.MAX_ATTEMPTS} attempts: the worker stopped each time it ran this text",
         )
+        predictions_finished_notify(given_up)
+        rows = [row for row in rows if row.pk not in set(given_up)]
+    return rows
+
+
+_last_pass = {"at": 0.0, "rows": 0}  # this process's previous claim
+
+
+def _company_expected(rows: list[Prediction]) -> bool:
+    """Whether waiting BATCH_MAX_WAIT_MS is likely to fill the batch: other rows came with this claim,
+    or with this process's previous one a moment ago. A lone request on an idle service does not wait."""
+    return len(rows) > 1 or (_last_pass["rows"] > 1 and time.monotonic() - _last_pass["at"] < 1.0)
 
 
 def predictions_run(
@@ -197,10 +242,11 @@ def predictions_run(
     while True:
         remaining = [pk for pk in own_ids if pk not in done]
         rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=others, reclaim=first)
-        if first and others and len(rows) < limit and settings.BATCH_MAX_WAIT_MS > 0:
+        if first and others and len(rows) < limit and settings.BATCH_MAX_WAIT_MS > 0 and _company_expected(rows):
             time.sleep(settings.BATCH_MAX_WAIT_MS / 1000)  # let concurrent requests join this forward pass
             rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
         first = False
+        _last_pass.update(at=time.monotonic(), rows=len(rows))
         if not rows:
             break
         done.update(r.pk for r in rows)

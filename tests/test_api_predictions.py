@@ -14,9 +14,11 @@ def test_a_posted_text_is_saved_queued_and_answered_202_with_its_location(api, m
 
     from predictions.tasks import predictions_run_task
 
-    sent_ids = []  # the task is only recorded, not run, so the row stays queued
+    sent = []  # the task is only recorded, not run, so the row stays queued
     monkeypatch.setattr(
-        predictions_run_task, "apply_async", lambda args, **_: sent_ids.append(args[0]) or SimpleNamespace(id="t-1")
+        predictions_run_task,
+        "apply_async",
+        lambda args, task_id=None, **_: sent.append((args[0], task_id)) or SimpleNamespace(id=task_id),
     )
     response = api.post("/api/v1/predictions/", {"text": "a gorgeous, witty film"})
     assert response.status_code == 202, response.json()
@@ -24,9 +26,10 @@ def test_a_posted_text_is_saved_queued_and_answered_202_with_its_location(api, m
     assert response["Location"] == f"/api/v1/predictions/{body['id']}/"
     assert body["status"] == "queued" and body["text"] == "a gorgeous, witty film"
     assert body["model"]["name"] == "sentiment" and len(body["model"]["version"]) == 12
-    assert sent_ids == [[body["id"]]]
-    row = Prediction.objects.get(pk=body["id"])
-    assert row.status == PredictionStatus.QUEUED and row.task_id == "t-1" and row.text_sha256
+    [(sent_ids, task_id)] = sent
+    assert sent_ids == [body["id"]]
+    row = Prediction.objects.get(pk=body["id"])  # the row records the task id it was published under
+    assert row.status == PredictionStatus.QUEUED and row.task_id == task_id and row.published_at and row.text_sha256
 
 
 def test_the_worker_fills_label_score_and_every_label_score(api):

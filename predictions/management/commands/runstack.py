@@ -39,8 +39,6 @@ def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str
             "worker",
             "--loglevel",
             "INFO",
-            "--concurrency",
-            str(settings.CELERY_WORKER_CONCURRENCY),
             "--queues",
             settings.CELERY_TASK_DEFAULT_QUEUE,
         ],

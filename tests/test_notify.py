@@ -1,0 +1,93 @@
+"""Waking a waiting request (?wait=N) through Redis pub/sub, and polling when Redis is not there."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from predictions import notify
+
+pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs a real Redis (make test sets REDIS_URL)")
+
+
+class Row:
+    """Stands for the prediction row: `finished` flips when the 'worker' writes it; reads are counted."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.reads = 0
+
+    def is_finished(self) -> bool:
+        self.reads += 1
+        return self.finished
+
+
+def finish_later(row: Row, pk: int, after: float) -> threading.Thread:
+    def run() -> None:
+        time.sleep(after)
+        row.finished = True
+        notify.predictions_finished_notify([pk - 1, pk, pk + 1])  # one message for the whole batch
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def listener(settings):
+    settings.REDIS_URL = os.environ["REDIS_URL"]
+    current = notify.listener()
+    assert current.subscribed.wait(5), "the listener did not subscribe to Redis"
+    return current
+
+
+def test_a_waiting_request_wakes_on_the_notification_not_by_polling(listener):
+    row = Row()
+    pk = 10_000_000 + os.getpid()
+    began = time.monotonic()
+    thread = finish_later(row, pk, after=0.3)
+    assert notify.finished_wait(pk, timeout=10, is_finished=row.is_finished)
+    elapsed = time.monotonic() - began
+    thread.join()
+    # Without the notification the row would only be read again after RECHECK_SECONDS.
+    assert elapsed < notify.RECHECK_SECONDS * 0.9, elapsed
+    assert row.reads == 1  # read once, when woken
+    assert pk not in listener.waiters  # nothing left behind
+
+
+def test_a_notification_that_came_before_the_request_waited_is_not_missed(listener):
+    row = Row()
+    pk = 20_000_000 + os.getpid()
+    finish_later(row, pk, after=0).join()
+    deadline = time.monotonic() + 5
+    while pk not in listener.recent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    began = time.monotonic()
+    assert notify.finished_wait(pk, timeout=10, is_finished=row.is_finished)
+    assert time.monotonic() - began < 0.5
+
+
+def test_a_wait_times_out_when_the_row_never_finishes(listener):
+    row = Row()
+    began = time.monotonic()
+    assert not notify.finished_wait(30_000_000 + os.getpid(), timeout=0.3, is_finished=row.is_finished)
+    assert 0.3 <= time.monotonic() - began < 2
+
+
+def test_without_a_reachable_redis_the_request_polls_the_row(settings):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    row = Row()
+    threading.Timer(0.3, lambda: setattr(row, "finished", True)).start()
+    began = time.monotonic()
+    assert notify.finished_wait(1, timeout=10, is_finished=row.is_finished)
+    assert time.monotonic() - began < 1.5
+    assert row.reads > 2  # it polled
+    assert not notify.listener().subscribed.is_set()
