@@ -145,6 +145,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("TASK_SOFT_TIME_LIMIT", 120, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("TASK_TIME_LIMIT", 150, minimum=1)
 CELERY_TASK_PUBLISH_RETRY = True
+# Seconds a publish may wait for the broker's confirm: a hung broker (connections accepted, nothing
+# answered) would otherwise hold the submitting request forever. The row is saved either way.
+BROKER_PUBLISH_TIMEOUT = env_int("BROKER_PUBLISH_TIMEOUT", 5, minimum=1)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -137,7 +137,7 @@ def predictions_publish(prediction_ids: Sequence[int]) -> None:
     for start in range(0, len(prediction_ids), chunk):
         ids = list(prediction_ids[start : start + chunk])
         try:
-            result = predictions_run_task.apply_async(args=[ids])
+            result = predictions_run_task.apply_async(args=[ids], timeout=settings.BROKER_PUBLISH_TIMEOUT)
         except Exception as exc:  # broker down: these and the remaining rows wait for the sweeper
             logger.error(
                 "could not publish %d prediction(s) (%s): %s", len(prediction_ids) - start, type(exc).__name__, exc

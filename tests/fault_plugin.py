@@ -1,0 +1,52 @@
+"""Loaded into the fault tests' Celery worker with `--include tests.fault_plugin`; the service never imports it.
+
+It wraps the forward pass of every served model so a test can see and steer it from outside the
+worker, through files named in the worker's environment:
+
+- FAULT_PASSES_FILE: each pass appends a JSON line {"pid", "event": "start" | "end", "texts"};
+- FAULT_HOLD_FILE: while this file exists, a pass that has started waits before it computes, so a
+  test can kill a worker, the broker or the database in the middle of a batch;
+- FAULT_POISON: a pass whose texts include one containing this string raises, as a model that
+  breaks on one input would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from celery.signals import worker_process_init
+
+
+def _record(event: str, texts: list[str]) -> None:
+    path = os.environ.get("FAULT_PASSES_FILE")
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "event": event, "texts": texts}) + "\n")
+
+
+@worker_process_init.connect
+def _forward_pass_wrap(**_) -> None:
+    """Patched in each pool process (torch is imported there, not in the worker's main process)."""
+    from predictions.inference.classifier import TextClassifier
+
+    if getattr(TextClassifier.predict, "fault_wrapped", False):
+        return
+    real_predict = TextClassifier.predict
+
+    def predict(self, texts, **kwargs):
+        texts = list(texts)
+        _record("start", texts)
+        hold = os.environ.get("FAULT_HOLD_FILE")
+        while hold and os.path.exists(hold):
+            time.sleep(0.02)
+        poison = os.environ.get("FAULT_POISON")
+        if poison and any(poison in text for text in texts):
+            raise RuntimeError("the model broke on this input")
+        results = real_predict(self, texts, **kwargs)
+        _record("end", texts)
+        return results
+
+    predict.fault_wrapped = True
+    TextClassifier.predict = predict
