@@ -87,7 +87,9 @@ def _prediction_publish(prediction: Prediction) -> None:
     from predictions.tasks import predictions_run_task
 
     try:
-        predictions_run_task.apply_async(args=[[prediction.pk]], task_id=prediction.task_id)
+        predictions_run_task.apply_async(
+            args=[[prediction.pk]], task_id=prediction.task_id, timeout=settings.BROKER_PUBLISH_TIMEOUT
+        )
     except Exception as exc:
         logger.error("could not publish prediction %d (%s): %s", prediction.pk, type(exc).__name__, exc)
         Prediction.objects.filter(pk=prediction.pk, status=PredictionStatus.QUEUED).update(published_at=None)
