@@ -36,6 +36,9 @@ test: install
 bench: install  ## the service under load against the raw model; BENCH_ARGS="--seconds 10 --clients 1,16 --int8"
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+soak: install  ## the real stack under mixed load while the worker child is killed; SOAK_ARGS="--minutes 2"
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
 audit: install  ## pip-audit on requirements.txt; a known vulnerability fails it (AUDIT_ARGS="--strict": so does an unaudited package)
 	$(PY) .ci/audit.py $(AUDIT_ARGS)
 
