@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint format migrate clean screenshots bench
+.PHONY: install run test lint format migrate clean screenshots bench audit soak
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ test: install
 
 bench: install  ## the service under load against the raw model; BENCH_ARGS="--seconds 10 --clients 1,16 --int8"
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+soak: install  ## the real stack under mixed load while the worker child is killed; SOAK_ARGS="--minutes 2"
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
+audit: install  ## pip-audit on requirements.txt; a known vulnerability fails it (AUDIT_ARGS="--strict": so does an unaudited package)
+	$(PY) .ci/audit.py $(AUDIT_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"

@@ -159,6 +159,7 @@ SWEEP_MAX_ROWS = env_int("SWEEP_MAX_ROWS", 10_000, minimum=1)
 # Task results (django-celery-results) older than this are deleted by celery.backend_cleanup on beat.
 TASK_RESULT_RETENTION_DAYS = env_int("TASK_RESULT_RETENTION_DAYS", 7, minimum=1)
 CELERY_RESULT_EXPIRES = timedelta(days=TASK_RESULT_RETENTION_DAYS)
+PURGE_BATCH_SIZE = env_int("PURGE_BATCH_SIZE", 1000, minimum=1)  # rows per transaction of purge_predictions
 CELERY_BEAT_SCHEDULE = {
     "sweep-lost-predictions": {"task": "predictions.sweep", "schedule": float(SWEEP_INTERVAL)},
     "task-results-cleanup": {

@@ -157,7 +157,18 @@ class PredictionAdmin(admin.ModelAdmin):
         ("Review", {"fields": ["corrected_label", "review_note", "reviewed_by", "reviewed_at", "review_trail"]}),
         (
             "Audit",
-            {"fields": ["owner", "batch", "created_at", "started_at", "finished_at", "duration", "history_table"]},
+            {
+                "fields": [
+                    "owner",
+                    "batch",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "duration",
+                    "redacted_at",
+                    "history_table",
+                ]
+            },
         ),
     ]
     readonly_fields = [
@@ -181,6 +192,7 @@ class PredictionAdmin(admin.ModelAdmin):
         "started_at",
         "finished_at",
         "duration",
+        "redacted_at",
         "history_table",
     ]
 

@@ -6,6 +6,7 @@ A cache outage must never fail a request: every error is logged and treated as a
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.cache import cache
@@ -47,6 +48,18 @@ def result_cache_set_many(entries: dict[tuple[str, str, str], dict]) -> None:
         )
     except Exception as exc:
         logger.warning("result cache unavailable on set (%s): %s", type(exc).__name__, exc)
+
+
+def result_cache_delete_many(entries: Iterable[tuple[str, str, str]]) -> int:
+    """Delete the entries of these (model name, version, sha256) keys; returns how many keys were named.
+
+    Unlike the other calls, an error is raised, not logged: a purge must not report a text gone
+    from the cache while its entry is still there.
+    """
+    keys = sorted({result_cache_key(*entry) for entry in entries})
+    if keys:
+        cache.delete_many(keys)
+    return len(keys)
 
 
 def cache_ping() -> None:

@@ -104,6 +104,11 @@ class Prediction(ModelOutput):
         help_text="Who last reviewed this prediction.",
     )
     reviewed_at = models.DateTimeField(null=True, blank=True, help_text="When it was last reviewed.")
+    redacted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When purge_predictions --redact replaced the text with a marker (the row is kept for audit).",
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import QuerySet
 
-from predictions.models import Batch, Prediction
+from predictions.models import FINISHED_STATUSES, Batch, Prediction
+
+
+def sees_everyones(user, model_name: str) -> bool:
+    """Whether the API shows this user every owner's rows of a model: only to those the admin shows them to,
+    staff with the view or change permission (the reviewers group, superusers). is_staff alone is not enough."""
+    if not (user.is_staff and user.is_active):
+        return False
+    return user.has_perm(f"predictions.view_{model_name}") or user.has_perm(f"predictions.change_{model_name}")
 
 
 def predictions_visible_to(user) -> QuerySet[Prediction]:
-    """Users see their own predictions; staff see everyone's."""
+    """Users see their own predictions; reviewers and superusers see everyone's."""
     queryset = Prediction.objects.all()
-    return queryset if user.is_staff else queryset.filter(owner=user)
+    return queryset if sees_everyones(user, "prediction") else queryset.filter(owner=user)
 
 
 def batches_visible_to(user) -> QuerySet[Batch]:
     queryset = Batch.objects.all()
-    return queryset if user.is_staff else queryset.filter(owner=user)
+    return queryset if sees_everyones(user, "batch") else queryset.filter(owner=user)
 
 
 def predictions_filter(queryset: QuerySet[Prediction], filters: dict) -> QuerySet[Prediction]:
@@ -29,3 +39,12 @@ def predictions_filter(queryset: QuerySet[Prediction], filters: dict) -> QuerySe
         "created_before": "created_at__lt",
     }
     return queryset.filter(**{lookups[key]: value for key, value in filters.items() if key in lookups})
+
+
+def predictions_purgeable(*, created_before: datetime, redact: bool) -> QuerySet[Prediction]:
+    """Finished predictions created before `created_before` (when redacting, those not redacted yet).
+
+    Queued and running rows are never purged: a worker may be about to read their text.
+    """
+    queryset = Prediction.objects.filter(created_at__lt=created_before, status__in=FINISHED_STATUSES)
+    return queryset.filter(redacted_at__isnull=True) if redact else queryset

@@ -406,7 +406,7 @@ def reprocess_selection(
     bad = [s for s in statuses if s not in PredictionStatus.values]
     if bad:
         raise SelectionError(f"unknown status {bad[0]!r}; one of {', '.join(PredictionStatus.values)}")
-    queryset = Prediction.objects.all()
+    queryset = Prediction.objects.filter(redacted_at__isnull=True)  # a redacted row's text is only a marker
     if statuses:
         queryset = queryset.filter(status__in=statuses)
     if model:
@@ -460,7 +460,11 @@ def reprocess_pending(run, selection) -> tuple[list[int], int]:
         Prediction.objects.filter(history__run=run).exclude(status__in=FINISHED_STATUSES).values_list("pk", flat=True)
     )
     untouched = selection.exclude(history__run=run)
-    fresh = list(untouched.filter(status__in=FINISHED_STATUSES).order_by("pk").values_list("pk", flat=True))
+    fresh = list(
+        untouched.filter(status__in=FINISHED_STATUSES, redacted_at__isnull=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
     in_flight = untouched.exclude(status__in=FINISHED_STATUSES).count()
     return sorted(set(unfinished) | set(fresh)), in_flight
 
@@ -470,7 +474,7 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
     with transaction.atomic():
         rows = list(
             Prediction.objects.select_for_update()
-            .filter(pk__in=list(ids), status__in=FINISHED_STATUSES)
+            .filter(pk__in=list(ids), status__in=FINISHED_STATUSES, redacted_at__isnull=True)
             .exclude(history__run=run)
             .only("pk", *ARCHIVED_FIELDS, *REVIEW_FIELDS)
         )
@@ -613,3 +617,100 @@ def predictions_mark_reviewed(*, queryset, reviewer) -> int:
                 ]
             )
     return len(ids)
+
+
+# --- Retention (manage.py purge_predictions) ------------------------------------------------------
+
+REDACTED_TEXT = "[redacted]"
+
+
+def predictions_purge(
+    *,
+    older_than_days: int,
+    redact: bool = False,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    now=None,
+    on_chunk=lambda n: None,
+) -> dict[str, int]:
+    """Delete (or, with `redact`, keep but redact) finished predictions created more than `older_than_days` ago.
+
+    Deleting takes each row's result history and review trail with it, then the batches left empty.
+    Redacting replaces the text with REDACTED_TEXT, clears its SHA-256 and the reviewers' free-text
+    notes (they may quote it) and stamps `redacted_at`; labels, scores and who reviewed stay for audit.
+    Either way the rows' result-cache entries (every model version they and their history were run
+    under) are deleted, so the text can no longer be confirmed through the cache. Rows go in chunks
+    of `batch_size`, each in its own short transaction, walked by primary key (bounded memory).
+    Queued and running rows are left alone. With `dry_run`, nothing changes: the counts say what would.
+    """
+    from predictions.cache import result_cache_delete_many
+    from predictions.selectors import predictions_purgeable
+
+    moment = now or timezone.now()
+    cutoff = moment - timedelta(days=older_than_days)
+    selection = predictions_purgeable(created_before=cutoff, redact=redact)
+    counts = {
+        "predictions": 0,
+        "history": 0,
+        "reviews": 0,
+        "batches": 0,
+        "cache_keys": 0,
+        "unfinished_left": Prediction.objects.filter(created_at__lt=cutoff)
+        .exclude(status__in=FINISHED_STATUSES)
+        .count(),
+    }
+    if dry_run:
+        history = PredictionResult.objects.filter(prediction__in=selection)
+        reviews = PredictionReview.objects.filter(prediction__in=selection)
+        if redact:  # what would change: the notes that have something in them
+            history, reviews = history.exclude(review_note=""), reviews.exclude(note="")
+        counts.update(predictions=selection.count(), history=history.count(), reviews=reviews.count())
+        if not redact:
+            kept = Prediction.objects.exclude(pk__in=selection.values("pk")).filter(batch__isnull=False)
+            counts["batches"] = (
+                Batch.objects.filter(created_at__lt=cutoff).exclude(pk__in=kept.values("batch_id")).count()
+            )
+        return counts
+
+    last_pk = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                selection.filter(pk__gt=last_pk)
+                .order_by("pk")
+                .select_for_update()
+                .values_list("pk", "model_name", "model_version", "text_sha256")[:batch_size]
+            )
+            if not rows:
+                break
+            last_pk = rows[-1][0]
+            ids = [pk for pk, *_ in rows]
+            digests = {pk: digest for pk, _, _, digest in rows}
+            cache_entries = {(name, version, digest) for _, name, version, digest in rows if digest}
+            history = PredictionResult.objects.filter(prediction_id__in=ids)
+            for pk, name, version in history.values_list("prediction_id", "model_name", "model_version").distinct():
+                if digests[pk]:
+                    cache_entries.add((name, version, digests[pk]))
+            reviews = PredictionReview.objects.filter(prediction_id__in=ids)
+            if redact:
+                counts["predictions"] += Prediction.objects.filter(pk__in=ids).update(
+                    text=REDACTED_TEXT, text_sha256="", redacted_at=moment
+                )
+                Prediction.objects.filter(pk__in=ids).exclude(review_note="").update(review_note=REDACTED_TEXT)
+                counts["history"] += history.exclude(review_note="").update(review_note=REDACTED_TEXT)
+                counts["reviews"] += reviews.exclude(note="").update(note=REDACTED_TEXT)
+            else:
+                counts["history"] += history.delete()[0]
+                counts["reviews"] += reviews.delete()[0]
+                counts["predictions"] += Prediction.objects.filter(pk__in=ids).only("pk").delete()[0]
+            # Inside the transaction: if the cache can't be cleared, this chunk is rolled back and the error raised.
+            counts["cache_keys"] += result_cache_delete_many(cache_entries)
+        on_chunk(len(ids))
+    if not redact:
+        emptied = Batch.objects.filter(created_at__lt=cutoff, predictions__isnull=True).order_by("pk")
+        last_pk = 0
+        while ids := list(emptied.filter(pk__gt=last_pk).values_list("pk", flat=True)[:batch_size]):
+            last_pk = ids[-1]
+            counts["batches"] += Batch.objects.filter(pk__in=ids, predictions__isnull=True).delete()[0]
+    logger.info("purge (%s, older than %d days): %s", "redact" if redact else "delete", older_than_days, counts)
+    return counts

@@ -65,7 +65,12 @@ def stranger(django_user_model):
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("staff", password="pw-staff-1234", is_staff=True)
+    """Staff who may view every prediction and batch (as the reviewers group may): the API shows them everyone's."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("staff", password="pw-staff-1234", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_prediction", "view_batch"]))
+    return user
 
 
 class Api:

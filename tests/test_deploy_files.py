@@ -58,10 +58,64 @@ def test_the_app_runs_on_postgres_rabbitmq_and_redis_from_three_variables():
         assert env["DEBUG"] == "0"
 
 
-def test_the_image_runs_as_a_non_root_user():
-    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
-    users = [line.split()[1] for line in lines if line.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0")
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    import re
+
+    joined = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def compose_resolved() -> dict:
+    """The services as `docker-compose config` resolves them (anchors merged); the YAML itself without it."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI_REQUIRE_COMPOSE"):
+            pytest.fail("docker-compose is not installed (.ci/run installs Debian's docker-compose)")
+        return SERVICES
+    result = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True, check=True
+    )
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def test_the_image_runs_as_a_non_root_user_that_owns_app_var():
+    steps = dockerfile_instructions()
+    assert [kind for kind, _ in steps].count("FROM") == 1  # one stage: its last USER is what runs
+    users = [(i, args) for i, (kind, args) in enumerate(steps) if kind == "USER"]
+    assert users, "the Dockerfile sets no USER: everything would run as root"
+    position, user = users[-1]
+    assert user not in ("root", "0") and not user.startswith(("root:", "0:"))
+    created = [args for kind, args in steps[:position] if kind == "RUN" and "useradd" in args]
+    assert created and f" {user}" in created[-1] and "--uid 0 " not in created[-1]
+    owned = [args for kind, args in steps[:position] if kind == "RUN" and f"chown -R {user}:{user} /app/var" in args]
+    assert owned, "/app/var must belong to the user the processes run as"
+    assert any("MLSITE_VAR_DIR=/app/var" in args for kind, args in steps if kind == "ENV")  # var/ is that directory
+
+
+@pytest.mark.parametrize("service", ["web", "worker", "beat", "migrate"])
+def test_web_worker_and_beat_run_from_that_image_as_that_user_writing_only_under_app_var(service):
+    spec = compose_resolved()[service]
+    assert "user" not in spec, f"{service} overrides the image's non-root USER"
+    context = spec["build"]["context"] if isinstance(spec["build"], dict) else spec["build"]
+    assert Path(ROOT, context).resolve() == ROOT  # the image built from this Dockerfile
+    assert any(str(volume).split(":")[1] == "/app/var" for volume in spec.get("volumes", [])), service
+    if service == "beat":
+        schedule = spec["command"][spec["command"].index("--schedule") + 1]
+        assert schedule.startswith("/app/var/")
+
+
+def test_every_requirement_is_pinned_exactly():
+    import re
+
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line]
+    assert len(requirements) > 20
+    loose = [
+        line for line in requirements if not re.fullmatch(r"[A-Za-z0-9._-]+(\[[A-Za-z0-9,._-]+\])?==[\w.+!-]+", line)
+    ]
+    assert loose == [], "pin every requirement with == (a range lets a build pull an unaudited release)"
 
 
 def _normalised(command: list[str]) -> list[str]:
