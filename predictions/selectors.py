@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from predictions.models import Batch, Prediction
 
@@ -29,3 +29,8 @@ def predictions_filter(queryset: QuerySet[Prediction], filters: dict) -> QuerySe
         "created_before": "created_at__lt",
     }
     return queryset.filter(**{lookups[key]: value for key, value in filters.items() if key in lookups})
+
+
+def prediction_counts_by_status_and_model() -> list[tuple[str, str, int]]:
+    """(status, model name, rows) for each pair present, in one GROUP BY over the table (for /metrics)."""
+    return list(Prediction.objects.order_by().values_list("status", "model_name").annotate(rows=Count("pk")))
