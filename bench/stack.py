@@ -18,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_SERVICE_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "CELERY_QUEUE", "MLSITE_MODELS")
+# Derived from MLSITE_VAR_DIR unless set; a parent's (settings export it) would be the wrong directory.
+PER_STACK_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR",)
 
 
 def free_port() -> int:
@@ -33,7 +35,7 @@ class Stack:
         self.web_workers = web_workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES}
+        self.env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES + PER_STACK_VARIABLES}
         self.env.update({"MLSITE_VAR_DIR": str(var_dir), "HF_HUB_OFFLINE": "1", "DEBUG": "0", **env})
         self.log = open(var_dir / "stack.log", "w+")  # noqa: SIM115 - closed in stop()
         self.process: subprocess.Popen | None = None
@@ -70,8 +72,8 @@ class Stack:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.logs()
             try:
-                status, _ = self.request("GET", "/readyz", auth=False)
-                if status == 200:
+                status, body = self.request("GET", "/readyz", auth=False)
+                if status == 200 and body.get("status") == "ok":  # "degraded" until a worker answers
                     return self
             except OSError:
                 pass

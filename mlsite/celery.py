@@ -2,10 +2,28 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
+
+from mlsite import logs
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlsite.settings")
 
 app = Celery("mlsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.setup_logging.connect
+def _logging_from_django_settings(**_) -> None:
+    """Workers and beat log as the web does (settings.LOGGING: JSON lines, LOG_LEVEL), not in Celery's format."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+# The request id travels in each task message and is the worker's log context while the task runs.
+signals.before_task_publish.connect(logs.task_message_stamp, weak=False)
+signals.task_prerun.connect(logs.task_context_enter, weak=False)
+signals.task_postrun.connect(logs.task_context_exit, weak=False)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from mlsite.env import env_bool, env_int, env_list, env_models, env_str
+from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_str
+from mlsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MLSITE_VAR_DIR", str(BASE_DIR / "var")))
@@ -27,7 +28,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "t
 # `DEBUG=0 … python manage.py check --deploy --fail-level WARNING` passes with them on.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SECURE_PROXY_SSL_HEADER", False) else None
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -52,6 +53,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "mlsite.middleware.RequestContextMiddleware",  # first: the request id and access line cover every answer
     "predictions.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -125,11 +127,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),
         "processed_folder": str(VAR_DIR / "broker-processed"),
+        "control_folder": str(VAR_DIR / "broker-control"),  # exchange bindings (fanout: worker pings)
         "store_processed": False,
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "predictions")
+# Remote control (the /readyz worker ping) per queue, so deployments sharing a broker don't answer for each other.
+CELERY_CONTROL_EXCHANGE = f"mlsite-{CELERY_TASK_DEFAULT_QUEUE}"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_RESULT_BACKEND = "django-db"
@@ -229,13 +234,21 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 LOGIN_URL = "admin:login"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-}
+# --- Logs, metrics, readiness (README: Logs, Metrics, Readiness) ------------------------------
+LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "plain"))
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+
+# prometheus_client's multiprocess mode: every process (gunicorn workers, Celery workers) writes its
+# samples to files here and /metrics sums them. The library reads the variable itself, so it is set
+# here, before any metric exists; child processes inherit it.
+PROMETHEUS_MULTIPROC_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics")))
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")  # empty: /metrics answers loopback clients only
+
+READYZ_WORKER_TIMEOUT_MS = env_int("READYZ_WORKER_TIMEOUT_MS", 1000, minimum=50)
+READYZ_WORKER_CACHE_SECONDS = env_int("READYZ_WORKER_CACHE_SECONDS", 5, minimum=0)
+READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)  # no worker: 503 rather than 200 degraded
 
 # Training and evaluation data (never copied into the repository).
 DATASETS_DIR = Path(env_str("DATASETS_DIR", str(BASE_DIR.parent / "shared" / "datasets")))

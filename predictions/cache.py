@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.core.cache import cache
 
+from predictions.monitoring import cache_lookups_observe
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "result:v1"
@@ -22,10 +24,13 @@ def result_cache_key(model_name: str, model_version: str, text_sha256: str) -> s
 
 def result_cache_get(model_name: str, model_version: str, text_sha256: str) -> dict | None:
     try:
-        return cache.get(result_cache_key(model_name, model_version, text_sha256))
+        found = cache.get(result_cache_key(model_name, model_version, text_sha256))
     except Exception as exc:  # any backend error is a miss, never a 500
         logger.warning("result cache unavailable on get (%s): %s", type(exc).__name__, exc)
+        cache_lookups_observe(model_name, errors=1)
         return None
+    cache_lookups_observe(model_name, hits=int(found is not None), misses=int(found is None))
+    return found
 
 
 def result_cache_get_many(model_name: str, model_version: str, digests: list[str]) -> dict[str, dict]:
@@ -35,7 +40,9 @@ def result_cache_get_many(model_name: str, model_version: str, digests: list[str
         found = cache.get_many(list(keys))
     except Exception as exc:
         logger.warning("result cache unavailable on get_many (%s): %s", type(exc).__name__, exc)
+        cache_lookups_observe(model_name, errors=len(keys))
         return {}
+    cache_lookups_observe(model_name, hits=len(found), misses=len(keys) - len(found))
     return {keys[key]: value for key, value in found.items()}
 
 

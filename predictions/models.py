@@ -88,6 +88,11 @@ class Prediction(ModelOutput):
     position = models.PositiveIntegerField(default=0, help_text="Index of the text within its batch.")
     text = models.TextField(help_text="The text as submitted.")
     text_sha256 = models.CharField(max_length=64, help_text="SHA-256 of the UTF-8 text; part of the cache key.")
+    request_id = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="Id of the request that submitted it (X-Request-ID; its log lines carry it).",
+    )
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started this row.")
     published_at = models.DateTimeField(
         null=True, blank=True, help_text="When a task for this row was last sent to the broker (the sweeper resends)."

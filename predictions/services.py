@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from mlsite.logs import current_request_id
 from predictions.cache import result_cache_get, result_cache_get_many, result_cache_set_many
 from predictions.models import (
     FINISHED_STATUSES,
@@ -33,6 +34,7 @@ from predictions.models import (
     model_output_fields,
     text_sha256,
 )
+from predictions.monitoring import forward_pass_observe, prediction_finished_observe
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
 
@@ -54,6 +56,7 @@ def _prediction_build(
         text_sha256=digest,
         model_name=model_name,
         model_version=version,
+        request_id=current_request_id() or "",
     )
     if hit is not None:
         now = timezone.now()
@@ -154,7 +157,7 @@ def predictions_publish(prediction_ids: Sequence[int]) -> None:
 CLAIMED_FIELDS = tuple(
     f.attname
     for f in Prediction._meta.concrete_fields
-    if f.attname in {"id", "text", "text_sha256", "model_name", "attempts"}
+    if f.attname in {"id", "text", "text_sha256", "model_name", "attempts", "created_at", "request_id"}
 )
 
 
@@ -282,14 +285,19 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
         results = [ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")] * len(rows)
         return _results_write(model_name, "", rows, results, task_id=task_id)
     texts = [row.text for row in rows]
+    started = time.perf_counter()
     try:
         results: list = classifier.predict(
             texts, batch_size=settings.INFERENCE_BATCH_SIZE, max_tokens=settings.BATCH_MAX_TOKENS
         )
     except SoftTimeLimitExceeded:
         raise  # out of time: the rows stay running and go back to the queue (sweeper), not one by one
-    except Exception:
-        logger.warning("batch of %d failed for %s; retrying texts one by one", len(rows), model_name, exc_info=True)
+    except Exception as exc:
+        # The exception's message may quote a text: the traceback goes to DEBUG only.
+        logger.warning(
+            "batch of %d failed for %s (%s); retrying texts one by one", len(rows), model_name, type(exc).__name__
+        )
+        logger.debug("batch of %d failed for %s", len(rows), model_name, exc_info=True)
         results = []
         for text in texts:
             try:
@@ -298,6 +306,23 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
                 raise
             except Exception as exc:
                 results.append(exc)
+    else:
+        seconds = time.perf_counter() - started
+        forward_pass_observe(model_name, len(rows), seconds)
+        logger.info(
+            "forward pass of %d text(s) for %s in %.3fs",
+            len(rows),
+            model_name,
+            seconds,
+            extra={
+                "model": model_name,
+                "size": len(rows),
+                "seconds": round(seconds, 4),
+                "prediction_ids": [row.pk for row in rows],
+                # The requests whose texts shared this pass; the task's own request is `request_id`.
+                "request_ids": sorted({row.request_id for row in rows if row.request_id}),
+            },
+        )
     return _results_write(model_name, classifier.version, rows, results, task_id=task_id)
 
 
@@ -332,6 +357,8 @@ def _results_write(model_name: str, version: str, rows: list[Prediction], result
         held.bulk_update(
             written, ["status", "error", "label", "score", "scores", "labels", "model_version", "finished_at"]
         )
+    for row in written:
+        prediction_finished_observe(model_name, row.status, (finished - row.created_at).total_seconds())
     result_cache_set_many(cache_entries)
     predictions_finished_notify([row.pk for row in rows])
     return counts

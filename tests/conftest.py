@@ -25,6 +25,15 @@ def tiny_emotions_dir(tmp_path_factory):
     return tiny_bert_save(tmp_path_factory.mktemp("tiny-emotions"), labels=TINY_EMOTION_LABELS, multi_label=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def metrics_dir(tmp_path_factory):
+    """Metric samples of this session, and of the worker processes it starts, in a directory of their own
+    (set before the first sample is written; the worker fixture's processes inherit it)."""
+    path = tmp_path_factory.mktemp("metrics")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir):
     """Every test serves tiny random models unless it registers others; the bundled ones have their own tests."""
@@ -42,6 +51,16 @@ def celery_eager():
     app.conf.task_eager_propagates = True
     yield app
     app.conf.task_always_eager = False
+
+
+@pytest.fixture(autouse=True)
+def worker_ping_forgotten():
+    """/readyz remembers its last worker ping for a few seconds; each test starts without one."""
+    from predictions.health import worker_ping_forget
+
+    worker_ping_forget()
+    yield
+    worker_ping_forget()
 
 
 @pytest.fixture(autouse=True)

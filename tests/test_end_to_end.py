@@ -54,6 +54,31 @@ def _exercise(stack: Stack) -> None:
     status, _ = stack.request("GET", "/api/v1/predictions/", auth=False)
     assert status == 401
 
+    _check_metrics_and_logs(stack)
+
+
+def _check_metrics_and_logs(stack: Stack) -> None:
+    """/metrics sums what the gunicorn and Celery processes observed; the stack logs JSON lines."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(stack.base + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("mlsite_inference_batch_size_count", (("model", "emotions"),))] >= 1  # the worker's
+    assert samples[("mlsite_result_cache_lookups_total", (("model", "sentiment"), ("result", "hit")))] >= 1  # web's
+    assert samples[("mlsite_http_requests_total", (("method", "POST"), ("status", "200")))] >= 4
+    assert samples[("mlsite_predictions", (("model", "sentiment"), ("status", "succeeded")))] >= 6
+    lines = stack.logs().splitlines()
+    access = [json.loads(line) for line in lines if line.startswith("{") and '"logger": "mlsite.access"' in line]
+    assert access and all(len(entry["request_id"]) == 32 for entry in access), stack.logs()
+
 
 def _stop_and_check_nothing_is_left(stack: Stack) -> None:
     if stack.process is None:

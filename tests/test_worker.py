@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+import uuid
 
 import pytest
 from django.conf import settings as django_settings
@@ -56,6 +58,7 @@ def worker_process(django_db_setup, django_db_blocker, tiny_sentiment_dir, tiny_
             break
         assert process.poll() is None, "worker exited early"
         time.sleep(0.2)
+    process.log_path = log.name
     yield process
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -100,3 +103,46 @@ def test_a_batch_is_run_by_the_worker_process(api, worker, settings):
         lambda: TaskResult.objects.filter(task_id__in=task_ids, status="SUCCESS").count() == len(task_ids)
     )
     assert not Prediction.objects.exclude(status=PredictionStatus.SUCCEEDED).exists()
+
+
+def test_readyz_is_ok_when_a_worker_answers_the_ping(client, worker):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "ok" and body["checks"]["worker"] == "ok", body
+
+
+def test_the_request_id_travels_with_the_task_into_the_worker_s_log_lines(api, worker):
+    request_id = f"trace-{uuid.uuid4().hex}"
+    response = api.post("/api/v1/predictions/?wait=20", {"text": "a witty film"}, HTTP_X_REQUEST_ID=request_id)
+    assert response.status_code == 200 and response["X-Request-ID"] == request_id
+    assert Prediction.objects.get(pk=response.json()["id"]).request_id == request_id
+
+    def logged_by_the_worker() -> list[dict]:
+        with open(worker.log_path) as log:
+            entries = [json.loads(line) for line in log if line.startswith("{")]
+        mine = [e for e in entries if e["request_id"] == request_id]
+        return mine if any(e["logger"] == "celery.app.trace" for e in mine) else []
+
+    mine = eventually(logged_by_the_worker)
+    [forward_pass] = [e for e in mine if e["message"].startswith("forward pass")]
+    assert forward_pass["request_ids"] == [request_id] and forward_pass["prediction_ids"] == [response.json()["id"]]
+    assert any("succeeded in" in e["message"] for e in mine)  # Celery's own line, in the task's context
+
+
+def test_metrics_include_what_the_worker_process_observed(api, worker, client):
+    from tests.test_observability import moved, scrape
+
+    before = scrape(client)
+    assert api.post("/api/v1/predictions/?wait=20", {"text": "love the plot"}).status_code == 200
+
+    def scraped_once_the_worker_wrote() -> dict | None:
+        current = scrape(client)
+        finished = moved(before, current, "mlsite_prediction_seconds_count", model="sentiment", status="succeeded")
+        return current if finished else None
+
+    after = eventually(scraped_once_the_worker_wrote)
+    assert after, "the worker's samples never showed up in /metrics"
+    assert moved(before, after, "mlsite_inference_batch_size_count", model="sentiment") == 1
+    assert moved(before, after, "mlsite_prediction_seconds_count", model="sentiment", status="succeeded") == 1
+    assert moved(before, after, "mlsite_inference_seconds_count", model="sentiment") == 1

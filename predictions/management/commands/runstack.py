@@ -14,7 +14,11 @@ from django.core.management.base import BaseCommand
 
 
 def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str, list[str]]:
-    """The three processes, as the README and docker-compose.yml run them."""
+    """The three processes, as the README and docker-compose.yml run them.
+
+    gunicorn keeps no access log: Django writes one JSON line per request, with its request id
+    (mlsite/middleware.py); gunicorn's own would repeat it in another format, query string included.
+    """
     python = sys.executable
     bin_dir = os.path.dirname(python)
     return {
@@ -29,8 +33,6 @@ def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str
             "gthread",
             "--threads",
             str(web_threads),
-            "--access-logfile",
-            "-",
         ],
         "worker": [
             os.path.join(bin_dir, "celery"),
@@ -64,7 +66,11 @@ class Command(BaseCommand):
         parser.add_argument("--web-threads", type=int, default=8)
 
     def handle(self, *args, bind: str, web_workers: int, web_threads: int, **options) -> None:
+        from predictions.monitoring import metrics_dir_reset
+
         commands = stack_commands(bind=bind, web_workers=web_workers, web_threads=web_threads)
+        # Every process that wrote metrics there is gone: start the counts afresh with this stack.
+        metrics_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
         processes: dict[str, subprocess.Popen] = {}
         stopping = threading.Event()
 
