@@ -13,3 +13,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
 ]
+
+handler404 = "predictions.api.errors.page_not_found"
+handler500 = "predictions.api.errors.server_error"
