@@ -2,9 +2,11 @@
 
 Starts the stack as `make run` does (PostgreSQL + RabbitMQ + Redis by default, a fresh database;
 `--embedded` for the embedded default), authenticates with the demo token, and lets schemathesis
-generate requests for every operation in /api/schema/. A run fails on any 5xx, on a status code
-the schema does not document, on a wrong content type or on a body that does not match the
-documented schema. The stack's log tail is printed when it fails, so a 500's traceback is at hand.
+generate requests for every operation in /api/schema/. A run fails on any 5xx, on a status code,
+content type, header or body the schema does not document, on schema-violating input that is
+accepted, on a request served without the token, and on an unsupported method not answered 405.
+The stack's log tail is printed when it fails, so a 500's traceback is at hand. Arguments this
+script does not know go to `schemathesis run`.
 """
 
 from __future__ import annotations
@@ -88,13 +90,15 @@ def schemathesis_command(stack: Stack, args, extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--max-examples", type=int, default=500, help="examples per operation and phase")
     parser.add_argument("--phases", default="examples,coverage,fuzzing,stateful", help="schemathesis phases")
     parser.add_argument("--workers", type=int, default=2, help="concurrent schemathesis workers")
     parser.add_argument("--seed", type=int, default=None, help="make the run reproducible")
     parser.add_argument("--embedded", action="store_true", help="the embedded default instead of the real services")
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)  # the rest goes to schemathesis
     with tempfile.TemporaryDirectory(prefix="mlsite-fuzz-") as tmp:
         stack, cleanup = stack_start(Path(tmp), embedded=args.embedded)
         try:
