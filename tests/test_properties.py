@@ -402,3 +402,18 @@ def test_an_id_beyond_bigint_is_404_not_a_database_error(api):
     for path in (f"/api/v1/predictions/{10**30}/", f"/api/v1/batches/{2**63}/"):
         response = api.get(path)
         assert response.status_code == 404 and response.json()["detail"].startswith("No ")
+
+
+def test_the_schema_limits_follow_the_settings(api, settings):
+    """What schemathesis (and a client) reads: the served models and the MAX_* limits of this deployment."""
+    import yaml
+
+    settings.MAX_TEXT_CHARS = 77
+    settings.MAX_BATCH_SIZE = 5
+    settings.MLSITE_MODELS = {"sentiment": settings.MLSITE_MODELS["sentiment"]}
+    schemas = yaml.safe_load(api.get("/api/schema/").content)["components"]["schemas"]
+    text = schemas["PredictionInputRequest"]["properties"]["text"]
+    assert text["maxLength"] == 77 and text["pattern"] == TEXT_PATTERN and "x-mlsite" not in text
+    texts = schemas["BatchInputRequest"]["properties"]["texts"]
+    assert texts["maxItems"] == 5 and texts["items"]["maxLength"] == 77
+    assert schemas["BatchInputRequest"]["properties"]["model"]["enum"] == ["sentiment"]
