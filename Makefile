@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint format migrate clean screenshots bench audit soak
+.PHONY: install run test lint format migrate clean screenshots bench audit soak fuzz
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ soak: install  ## the real stack under mixed load while the worker child is kill
 
 audit: install  ## pip-audit on requirements.txt; a known vulnerability fails it (AUDIT_ARGS="--strict": so does an unaudited package)
 	$(PY) .ci/audit.py $(AUDIT_ARGS)
+
+fuzz: install  ## schemathesis against the running stack's OpenAPI schema; FUZZ_ARGS="--max-examples 2000 --seed 1 --embedded"
+	$(PY) bench/fuzz.py $(FUZZ_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"

@@ -14,3 +14,6 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", monitoring.metrics, name="metrics"),
 ]
+
+handler404 = "predictions.api.errors.page_not_found"
+handler500 = "predictions.api.errors.server_error"

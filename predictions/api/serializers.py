@@ -5,12 +5,15 @@ from __future__ import annotations
 from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from predictions.api.schema import MODEL_SCHEMA, TEXT_SCHEMA, TEXTS_SCHEMA
 from predictions.models import Batch, Prediction, PredictionStatus
 from predictions.registry import UnknownModel, model_exists, model_names
 
 
+@extend_schema_field(TEXT_SCHEMA)
 class TextField(serializers.CharField):
     """A non-empty string: numbers, lists and objects are refused rather than coerced; NUL is refused."""
 
@@ -35,6 +38,27 @@ class TextField(serializers.CharField):
         return value
 
 
+@extend_schema_field(TEXTS_SCHEMA)
+class TextListField(serializers.ListField):
+    """A list of 1 to MAX_BATCH_SIZE texts; the length is checked before any text is, so a 2 MiB
+    body of 500,000 empty strings is one short error, not 500,000 of them."""
+
+    default_error_messages = {
+        "too_many": "At most {limit} texts per batch (got {length}); see MAX_BATCH_SIZE.",
+    }
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("child", TextField())
+        kwargs.setdefault("allow_empty", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, list) and len(data) > settings.MAX_BATCH_SIZE:
+            self.fail("too_many", limit=settings.MAX_BATCH_SIZE, length=len(data))
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(MODEL_SCHEMA)
 class ModelNameField(serializers.CharField):
     def to_internal_value(self, data):
         if not isinstance(data, str):
@@ -55,18 +79,24 @@ class PredictionInputSerializer(serializers.Serializer):
 
 
 class BatchInputSerializer(serializers.Serializer):
-    texts = serializers.ListField(child=TextField(), allow_empty=False, help_text="1 to MAX_BATCH_SIZE texts.")
+    texts = TextListField(help_text="1 to MAX_BATCH_SIZE texts.")
     model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
 
-    def validate_texts(self, value: list[str]) -> list[str]:
-        if len(value) > settings.MAX_BATCH_SIZE:
+
+class QuerySerializer(serializers.Serializer):
+    """Query parameters: `?wait=` or `?status=` is refused like any other bad value; DRF would take
+    an empty value of an optional field as absent and silently ignore it."""
+
+    def to_internal_value(self, data):
+        empty = [name for name in self.fields if name in data and data.get(name) == ""]
+        if empty:
             raise serializers.ValidationError(
-                f"At most {settings.MAX_BATCH_SIZE} texts per batch (got {len(value)}); see MAX_BATCH_SIZE."
+                {name: ["May not be empty; leave the parameter out instead."] for name in empty}
             )
-        return value
+        return super().to_internal_value(data)
 
 
-class WaitQuerySerializer(serializers.Serializer):
+class WaitQuerySerializer(QuerySerializer):
     wait = serializers.FloatField(
         required=False,
         default=0,
@@ -76,7 +106,7 @@ class WaitQuerySerializer(serializers.Serializer):
     )
 
 
-class PredictionListQuerySerializer(serializers.Serializer):
+class PredictionListQuerySerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=PredictionStatus.choices, required=False)
     model = serializers.CharField(required=False)
     label = serializers.CharField(required=False)

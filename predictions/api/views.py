@@ -27,20 +27,32 @@ from predictions.selectors import batches_visible_to, predictions_filter, predic
 
 logger = logging.getLogger(__name__)
 
-FieldErrors = inline_serializer(
-    "FieldErrors",
-    fields={"field": serializers.ListField(child=serializers.CharField(), help_text="Messages for the named field.")},
-)
+_MESSAGES = {"type": "array", "items": {"type": "string"}}
+FieldErrors = {  # {"text": ["…"]}, {"texts": {"3": ["…"]}}, {"body": ["JSON parse error - …"]}
+    "type": "object",
+    "description": "Each bad field (or body, page, non_field_errors) mapped to its messages; "
+    "a list field's messages are keyed by the index of the bad item.",
+    "additionalProperties": {"oneOf": [_MESSAGES, {"type": "object", "additionalProperties": _MESSAGES}]},
+    "minProperties": 1,
+}
 Detail = inline_serializer("Detail", fields={"detail": serializers.CharField()})
 AUTH_ERRORS = {401: OpenApiResponse(Detail, description="No or invalid credentials (Authorization: Token …).")}
 NOT_FOUND = {404: OpenApiResponse(Detail, description="No such object among those visible to you.")}
 WRITE_ERRORS = {
     400: OpenApiResponse(FieldErrors, description="Invalid input; the body maps each bad field to its messages."),
     413: OpenApiResponse(Detail, description="Request body larger than MAX_REQUEST_BYTES."),
+    415: OpenApiResponse(Detail, description="Body not JSON (Content-Type: application/json)."),
     **AUTH_ERRORS,
 }
+URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow gunicorn's limit
+    (414, "text/html"): OpenApiResponse(
+        OpenApiTypes.STR, description="Request line over 4094 bytes: refused by gunicorn (limit_request_line), in HTML."
+    )
+}
 WAIT_PARAMETER = OpenApiParameter(
-    "wait", OpenApiTypes.FLOAT, description="Wait up to this many seconds (0–30) for the result."
+    "wait",
+    {"type": "number", "minimum": 0, "maximum": settings.MAX_WAIT_SECONDS},
+    description="Wait up to this many seconds (0–30) for the result.",
 )
 
 
@@ -53,7 +65,12 @@ class PredictionListCreateView(generics.GenericAPIView):
     @extend_schema(
         operation_id="predictions_list",
         parameters=[PredictionListQuerySerializer],
-        responses={200: PredictionSerializer(many=True), 400: OpenApiResponse(FieldErrors), **AUTH_ERRORS},
+        responses={
+            200: PredictionSerializer(many=True),
+            400: OpenApiResponse(FieldErrors),
+            **AUTH_ERRORS,
+            **URI_TOO_LONG,
+        },
     )
     def get(self, request: Request) -> Response:
         query = PredictionListQuerySerializer(data=request.query_params)
@@ -70,6 +87,7 @@ class PredictionListCreateView(generics.GenericAPIView):
             200: OpenApiResponse(PredictionSerializer, description="Finished: from the cache, or within ?wait."),
             202: OpenApiResponse(PredictionSerializer, description="Queued; poll the Location URL."),
             **WRITE_ERRORS,
+            **URI_TOO_LONG,
         },
     )
     def post(self, request: Request) -> Response:

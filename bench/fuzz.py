@@ -1,0 +1,119 @@
+"""`make fuzz`: schemathesis against the project's own OpenAPI schema, on a running stack.
+
+Starts the stack as `make run` does (PostgreSQL + RabbitMQ + Redis by default, a fresh database;
+`--embedded` for the embedded default), authenticates with the demo token, and lets schemathesis
+generate requests for every operation in /api/schema/. A run fails on any 5xx, on a status code,
+content type, header or body the schema does not document, on schema-violating input that is
+accepted, on a request served without the token, and on an unsupported method not answered 405.
+The stack's log tail is printed when it fails, so a 500's traceback is at hand. Arguments this
+script does not know go to `schemathesis run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.stack import Stack, fresh_database_url  # noqa: E402
+
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "response_headers_conformance",
+        "negative_data_rejection",
+        "ignored_auth",
+        "unsupported_method",
+    ]
+)
+
+
+def stack_start(var_dir: Path, *, embedded: bool) -> tuple[Stack, callable]:
+    """The stack on the real services (a fresh database, a queue of its own) or on the embedded default."""
+    env = {"LOG_LEVEL": "WARNING"}
+    cleanup = lambda: None  # noqa: E731
+    if not embedded:
+        server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test").rsplit("/", 1)[0]
+        database_url, cleanup = fresh_database_url(f"{server}/postgres")  # a new database on DATABASE_URL's server
+        env.update(
+            DATABASE_URL=database_url,
+            CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+            REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/12"),
+            CELERY_QUEUE=f"fuzz-{uuid.uuid4().hex[:8]}",
+        )
+    stack = Stack(var_dir, web_workers=2, **env)
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        cleanup()
+        raise
+    return stack, cleanup
+
+
+def schemathesis_command(stack: Stack, args, extra: list[str]) -> list[str]:
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "schemathesis"),
+        "--config-file",
+        str(ROOT / "bench" / "schemathesis.toml"),
+        "run",
+        f"{stack.base}/api/schema/",
+        "--header",
+        f"Authorization: Token {stack.token}",
+        "--checks",
+        CHECKS,
+        "--max-examples",
+        str(args.max_examples),
+        "--phases",
+        args.phases,
+        "--workers",
+        str(args.workers),
+        "--request-timeout",
+        "60",
+        "--generation-database",
+        "none",
+        "--no-color",
+    ]
+    if args.seed is not None:
+        command += ["--seed", str(args.seed)]
+    return command + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--max-examples", type=int, default=500, help="examples per operation and phase")
+    parser.add_argument("--phases", default="examples,coverage,fuzzing,stateful", help="schemathesis phases")
+    parser.add_argument("--workers", type=int, default=2, help="concurrent schemathesis workers")
+    parser.add_argument("--seed", type=int, default=None, help="make the run reproducible")
+    parser.add_argument("--embedded", action="store_true", help="the embedded default instead of the real services")
+    args, extra = parser.parse_known_args(argv)  # the rest goes to schemathesis
+    with tempfile.TemporaryDirectory(prefix="mlsite-fuzz-") as tmp:
+        stack, cleanup = stack_start(Path(tmp), embedded=args.embedded)
+        try:
+            print(
+                f"stack ready on :{stack.port} ({'embedded default' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'})",
+                flush=True,
+            )
+            code = subprocess.run(schemathesis_command(stack, args, extra), cwd=tmp).returncode
+            if code != 0:
+                print(f"\nschemathesis exited with {code}; the stack's log ends with:\n{stack.logs()}", flush=True)
+        finally:
+            stack.stop()
+            cleanup()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
