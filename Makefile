@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint format migrate clean screenshots bench
+.PHONY: install run test lint format migrate clean screenshots bench profile
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ test: install
 
 bench: install  ## the service under load against the raw model; BENCH_ARGS="--seconds 10 --clients 1,16 --int8"
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+profile: install  ## what the model costs by thread count and arrival order, and one cache-hit POST in process
+	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"
