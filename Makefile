@@ -37,7 +37,7 @@ bench: install  ## the service under load against the raw model; BENCH_ARGS="--s
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 profile: install  ## what the model costs by thread count and arrival order, and one cache-hit POST in process
-	$(PY) bench/profile.py $(PROFILE_ARGS)
+	$(PY) bench/profiling.py $(PROFILE_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"
