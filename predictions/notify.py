@@ -105,8 +105,9 @@ class Listener:
                     if message is not None and message.get("type") == "message":
                         self._deliver(message["data"])
             except Exception as exc:  # Redis gone: waiters poll until it is back
+                if self.subscribed.is_set() or delay == 0.1:  # once per outage, not once per retry
+                    logger.warning("notification listener lost Redis (%s): %s", type(exc).__name__, exc)
                 self.subscribed.clear()
-                logger.warning("notification listener lost Redis (%s): %s", type(exc).__name__, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:

@@ -1,0 +1,136 @@
+"""`make profile`: the measurements behind the throughput settings (README, Throughput).
+
+1. The model alone, in this process, on the SST-2 dev sentences: torch threads × how texts reach
+   it (sorted over the whole set, as RAW; in arrival order, a few at a time, as a service sees
+   them). Shows what padding and thread count cost.
+2. One cache-hit POST through Django in this process (no HTTP server), on the database and cache
+   the environment names: CPU and wall time per request, and a cProfile of the top functions.
+
+Run it on a quiet machine; it prints ratios and per-text CPU, no pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import sst2_texts, unique_texts  # noqa: E402
+
+
+def model_grid(datasets_dir: Path) -> None:
+    import torch
+
+    from predictions.inference.loading import classifier_load
+
+    texts = unique_texts(sst2_texts(datasets_dir), 872, "p")
+    classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=False)
+    classifier.predict(texts[:64])
+    cases = [  # (threads, texts per call, batch size): one call sees `chunk` texts, sorts them, runs batches
+        (os.cpu_count() or 1, len(texts), 16),
+        (1, len(texts), 16),
+        (os.cpu_count() or 1, 100, 16),
+        (1, 100, 16),
+        (os.cpu_count() or 1, 16, 16),
+        (1, 8, 8),
+        (os.cpu_count() or 1, 1, 1),
+        (1, 1, 1),
+    ]
+    print("model alone: threads, texts per call (arrival order), batch size → texts/s, CPU ms per text")
+    reference = None
+    for threads, chunk, batch in cases:
+        torch.set_num_threads(threads)
+        began, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(texts), chunk):
+            classifier.predict(texts[start : start + chunk], batch_size=batch)
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        rate = len(texts) / wall
+        reference = reference or rate
+        label = "all (sorted, = RAW)" if chunk == len(texts) else str(chunk)
+        print(
+            f"  threads {threads}  per call {label:>20}  batch {batch:>2}  {rate:7.1f} texts/s "
+            f"({rate / reference:.2f} × RAW)  {1000 * cpu / len(texts):5.1f} ms CPU/text"
+        )
+
+
+def request_cost(requests: int) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlsite.settings")
+    os.environ.setdefault("ALLOWED_HOSTS", "testserver")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    from predictions import services
+
+    setup_test_environment()
+    from django.conf import settings
+    from django.test.utils import get_runner
+
+    runner = get_runner(settings)(verbosity=0)
+    old = runner.setup_databases()  # a throwaway test database, never the configured one
+    try:
+        call_command("bootstrap_demo", stdout=io.StringIO())
+        from django.contrib.auth import get_user_model
+        from rest_framework.authtoken.models import Token
+
+        user = get_user_model().objects.get(username="admin")
+        token = Token.objects.get_or_create(user=user)[0].key
+        text = f"a text for the request profile {os.getpid()}"
+        row = services.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
+        services.predictions_run([row.pk], others=False)  # fills the cache
+        client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+        body = f'{{"text": "{text}"}}'
+
+        def post() -> None:
+            response = client.post("/api/v1/predictions/", data=body, content_type="application/json")
+            assert response.status_code == 200 and response.json()["cached"], response.content
+
+        for _ in range(30):
+            post()
+        began, cpu = time.perf_counter(), time.process_time()
+        for _ in range(requests):
+            post()
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        print(
+            f"cache-hit POST in process: {1000 * wall / requests:.2f} ms wall, {1000 * cpu / requests:.2f} ms CPU each"
+        )
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(requests):
+            post()
+        profile.disable()
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
+        print(out.getvalue())
+    finally:
+        runner.teardown_databases(old)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--skip-request", action="store_true")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument(
+        "--datasets-dir", type=Path, default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets"))
+    )
+    args = parser.parse_args()
+    if not args.skip_model:
+        model_grid(args.datasets_dir)
+    if not args.skip_request:
+        request_cost(args.requests)
+
+
+if __name__ == "__main__":
+    main()
