@@ -36,7 +36,6 @@ test: install
 bench: install  ## the service under load against the raw model; BENCH_ARGS="--seconds 10 --clients 1,16 --int8"
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-<<<<<<< HEAD
 soak: install  ## the real stack under mixed load while the worker child is killed; SOAK_ARGS="--minutes 2"
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
@@ -45,10 +44,9 @@ audit: install  ## pip-audit on requirements.txt; a known vulnerability fails it
 
 fuzz: install  ## schemathesis against the running stack's OpenAPI schema; FUZZ_ARGS="--max-examples 2000 --seed 1 --embedded"
 	$(PY) bench/fuzz.py $(FUZZ_ARGS)
-=======
+
 profile: install  ## what the model costs by thread count and arrival order, and one cache-hit POST in process
 	$(PY) bench/profiling.py $(PROFILE_ARGS)
->>>>>>> main
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"
