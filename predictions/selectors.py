@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from predictions.models import Batch, Prediction
+from predictions.models import Batch, IdempotencyKey, Prediction, PredictionStatus
 
 
 def predictions_visible_to(user) -> QuerySet[Prediction]:
@@ -29,3 +29,13 @@ def predictions_filter(queryset: QuerySet[Prediction], filters: dict) -> QuerySe
         "created_before": "created_at__lt",
     }
     return queryset.filter(**{lookups[key]: value for key, value in filters.items() if key in lookups})
+
+
+def predictions_in_flight_count() -> int:
+    """Predictions accepted and not finished (queued or running): the depth MAX_QUEUED bounds."""
+    return Prediction.objects.filter(status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]).count()
+
+
+def idempotency_key_get(*, owner, key: str, endpoint: str) -> IdempotencyKey | None:
+    """The stored first response for this user's key on this endpoint, expired or not."""
+    return IdempotencyKey.objects.filter(owner=owner, key=key, endpoint=endpoint).first()

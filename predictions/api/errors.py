@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from predictions.services import IdempotencyKeyReused, QueueFull
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def exception_handler(exc, context):
@@ -13,4 +22,13 @@ def exception_handler(exc, context):
         return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, exceptions.ParseError):
         return Response({"body": [str(exc.detail)]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, QueueFull):
+        logger.info("submission of %d refused: %d in flight, MAX_QUEUED=%d", exc.adding, exc.in_flight, exc.limit)
+        return Response(
+            {"detail": str(exc)},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(settings.MAX_QUEUED_RETRY_AFTER)},
+        )
+    if isinstance(exc, IdempotencyKeyReused):
+        return Response({IDEMPOTENCY_HEADER: [str(exc)]}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
     return drf_exception_handler(exc, context)
