@@ -158,6 +158,7 @@ def raw(texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> d
 
 def stack_start(var_dir: Path, *, embedded: bool, int8: bool) -> tuple[Stack, callable]:
     env = {"INFERENCE_INT8": "1" if int8 else "0", "LOG_LEVEL": "WARNING", "BATCH_LOOP_SECONDS": "10"}
+    env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
     if not embedded:
         database_url, cleanup = fresh_database_url(

@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "SWEEP_INTERVAL": "5",  # the sweeper finds lost work within seconds, not minutes
         "SWEEP_QUEUED_AFTER": "15",
         "SWEEP_RUNNING_AFTER": "30",
+        "THROTTLE_SUBMIT": "",  # one user is the whole load here: rate limits off
+        "THROTTLE_READ": "",
     }
     load, faults, samples = Load(), [], []
     with tempfile.TemporaryDirectory(prefix="mlsite-soak-") as tmp:

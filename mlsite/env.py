@@ -48,6 +48,25 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+RATE_PERIODS = {"s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"}
+
+
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate such as '600/min' ('N/s', 'N/min', 'N/hour', 'N/day'); empty means no limit."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip()
+    if not value:
+        return ""
+    number, sep, period = value.partition("/")
+    if not sep or not number.strip().isdigit() or int(number) < 1 or period.strip().lower() not in RATE_PERIODS:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: expected a rate such as 600/min (N/s, N/min, N/hour, N/day) or empty"
+        )
+    return f"{int(number)}/{period.strip().lower()}"
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:

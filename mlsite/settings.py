@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_str
+from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_rate, env_str
 from mlsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -192,6 +192,13 @@ MAX_ATTEMPTS = env_int("MAX_ATTEMPTS", 3, minimum=1)  # a row whose worker died 
 BATCH_LOOP_SECONDS = env_int("BATCH_LOOP_SECONDS", 10, minimum=0)  # a task keeps claiming queued rows this long
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
+# --- Back-pressure, rate limits, idempotency (README: Limits and back-pressure) ---------------
+MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit
+MAX_QUEUED_RETRY_AFTER = env_int("MAX_QUEUED_RETRY_AFTER", 5, minimum=1)  # Retry-After of the 503, seconds
+THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "600/min")  # POSTs per user; empty: off
+THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
+IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
+
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -204,6 +211,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "predictions.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "predictions.api.throttles.SubmitRateThrottle",
+        "predictions.api.throttles.ReadRateThrottle",
+    ],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

@@ -1,28 +1,77 @@
-"""Refuse oversized request bodies before anything reads them."""
+"""Refuse oversized request bodies before anything reads them whole."""
 
 from __future__ import annotations
 
+import io
+
 from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.http import JsonResponse
+
+READ_PIECE = 64 * 1024
 
 
 class RequestSizeLimitMiddleware:
-    """413 when Content-Length exceeds MAX_REQUEST_BYTES; the body is never read."""
+    """413 when the body is over MAX_REQUEST_BYTES.
+
+    With a Content-Length the body is never read. A chunked body (Transfer-Encoding: chunked, no
+    Content-Length) from a server that ends the stream itself (gunicorn sets wsgi.input_terminated)
+    is read in pieces up to MAX_REQUEST_BYTES + 1 bytes: one byte more is a 413 (the rest is never
+    read); otherwise the body is handed on with its length, as if it had come with a Content-Length
+    (Django alone would see an empty body, since it reads no further than CONTENT_LENGTH).
+    """
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
         length = request.META.get("CONTENT_LENGTH") or "0"
+        if length == "0" and _is_chunked(request.META):
+            return self._chunked_body_read(request) or self.get_response(request)
         try:
             size = int(length)
         except ValueError:
-            return JsonResponse({"detail": "Content-Length must be an integer."}, status=400)
+            return _refusal({"detail": "Content-Length must be an integer."}, status=400)
         if size > settings.MAX_REQUEST_BYTES:
-            return JsonResponse(
+            return _refusal(
                 {
                     "detail": f"Request body of {size} bytes is over the limit of {settings.MAX_REQUEST_BYTES} bytes (MAX_REQUEST_BYTES)."
                 },
                 status=413,
             )
         return self.get_response(request)
+
+    def _chunked_body_read(self, request) -> JsonResponse | None:
+        """Read the chunked body up to the limit; a 413 if it goes past it, else None (body in place)."""
+        limit = settings.MAX_REQUEST_BYTES
+        stream = request.META["wsgi.input"]
+        body = io.BytesIO()
+        size = 0
+        while size <= limit:
+            piece = stream.read(min(READ_PIECE, limit + 1 - size))
+            if not piece:
+                break
+            body.write(piece)
+            size += len(piece)
+        if size > limit:
+            return _refusal(
+                {
+                    "detail": f"Request body (chunked) is over the limit of {limit} bytes (MAX_REQUEST_BYTES); "
+                    "it was refused without reading the rest."
+                },
+                status=413,
+            )
+        request.META["CONTENT_LENGTH"] = str(size)
+        request._stream = LimitedStream(io.BytesIO(body.getvalue()), size)  # what WSGIRequest builds from a length
+        return None
+
+
+def _refusal(body: dict, *, status: int) -> JsonResponse:
+    """A JSON error with its Content-Length (this middleware runs outside CommonMiddleware, which adds it)."""
+    response = JsonResponse(body, status=status)
+    response["Content-Length"] = str(len(response.content))
+    return response
+
+
+def _is_chunked(meta) -> bool:
+    return bool(meta.get("wsgi.input_terminated")) and "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()

@@ -227,3 +227,37 @@ class PredictionReview(models.Model):
 
     def __str__(self) -> str:
         return f"review of {self.prediction_id} by {self.reviewer_id}"
+
+
+class IdempotencyEndpoint(models.TextChoices):
+    PREDICTIONS = "predictions", "POST /api/v1/predictions/"
+    BATCHES = "batches", "POST /api/v1/batches/"
+
+
+class IdempotencyKey(models.Model):
+    """The first response to a POST sent with an Idempotency-Key header, replayed to any retry with
+    the same key (same user, same endpoint) for IDEMPOTENCY_TTL_HOURS."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", help_text="Who sent the key."
+    )
+    key = models.CharField(max_length=255, help_text="The Idempotency-Key header as sent.")
+    endpoint = models.CharField(max_length=20, choices=IdempotencyEndpoint.choices)
+    request_sha256 = models.CharField(
+        max_length=64, help_text="SHA-256 of the validated request; a retry with another body is refused."
+    )
+    status_code = models.PositiveSmallIntegerField(help_text="Status of the first response.")
+    response_body = models.TextField(help_text="JSON body of the first response, as it was then.")
+    location = models.CharField(max_length=255, blank=True, help_text="Location header of the first response.")
+    created_at = models.DateTimeField(
+        auto_now_add=True, db_index=True, help_text="Expires IDEMPOTENCY_TTL_HOURS later."
+    )
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "key", "endpoint"], name="idempotency_key_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} key {self.key!r} of user {self.owner_id}"

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import Count, QuerySet
 
-from predictions.models import FINISHED_STATUSES, Batch, Prediction
+from predictions.models import FINISHED_STATUSES, Batch, IdempotencyKey, Prediction, PredictionStatus
 
 
 def sees_everyones(user, model_name: str) -> bool:
@@ -53,3 +53,13 @@ def predictions_purgeable(*, created_before: datetime, redact: bool) -> QuerySet
 def prediction_counts_by_status_and_model() -> list[tuple[str, str, int]]:
     """(status, model name, rows) for each pair present, in one GROUP BY over the table (for /metrics)."""
     return list(Prediction.objects.order_by().values_list("status", "model_name").annotate(rows=Count("pk")))
+
+
+def predictions_in_flight_count() -> int:
+    """Predictions accepted and not finished (queued or running): the depth MAX_QUEUED bounds."""
+    return Prediction.objects.filter(status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]).count()
+
+
+def idempotency_key_get(*, owner, key: str, endpoint: str) -> IdempotencyKey | None:
+    """The stored first response for this user's key on this endpoint, expired or not."""
+    return IdempotencyKey.objects.filter(owner=owner, key=key, endpoint=endpoint).first()

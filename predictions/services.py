@@ -9,15 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -26,6 +29,7 @@ from predictions.cache import result_cache_get, result_cache_get_many, result_ca
 from predictions.models import (
     FINISHED_STATUSES,
     Batch,
+    IdempotencyKey,
     Prediction,
     PredictionResult,
     PredictionReview,
@@ -37,6 +41,7 @@ from predictions.models import (
 from predictions.monitoring import forward_pass_observe, prediction_finished_observe
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
+from predictions.selectors import idempotency_key_get, predictions_in_flight_count
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +74,9 @@ def _prediction_build(
 
 
 def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
-    """Save one prediction; queue it for a worker after commit unless the cache answered it."""
+    """Save one prediction; queue it for a worker after commit unless the cache answered it.
+    Raises QueueFull, storing nothing, when MAX_QUEUED predictions are already in flight."""
+    queue_admit(adding=1)
     version = _version_or_blank(model_name)
     digest = text_sha256(text)
     hit = result_cache_get(model_name, version, digest) if version else None
@@ -100,7 +107,9 @@ def _prediction_publish(prediction: Prediction) -> None:
 
 
 def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
-    """Save a batch and one prediction per text; uncached ones are queued in chunks after commit."""
+    """Save a batch and one prediction per text; uncached ones are queued in chunks after commit.
+    Raises QueueFull, storing nothing, when the batch would take the queue over MAX_QUEUED."""
+    queue_admit(adding=len(texts))
     version = _version_or_blank(model_name)
     digests = [text_sha256(t) for t in texts]
     hits = result_cache_get_many(model_name, version, digests) if version else {}
@@ -397,6 +406,154 @@ def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
     if not prediction.is_finished:
         finished_wait(prediction.pk, timeout=timeout, is_finished=is_finished)
     return prediction
+
+
+# --- Back-pressure: MAX_QUEUED -------------------------------------------------------------------
+
+QUEUE_DEPTH_REFRESH_SECONDS = 1.0
+
+
+class QueueFull(Exception):
+    """Accepting the submission would put more than MAX_QUEUED predictions in flight."""
+
+    def __init__(self, *, in_flight: int, adding: int, limit: int) -> None:
+        super().__init__(
+            f"The queue is full: {in_flight} predictions are queued or running and {adding} more would pass "
+            f"the limit of {limit} (MAX_QUEUED). Nothing was stored; retry later."
+        )
+        self.in_flight, self.adding, self.limit = in_flight, adding, limit
+
+
+class _QueueDepth:
+    """Predictions in flight as this process last counted them, plus what it admitted since.
+
+    The COUNT runs at most once per QUEUE_DEPTH_REFRESH_SECONDS per process, so a submission
+    costs a clock read, not a query. Other processes' submissions show at the next count.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value = 0
+        self.counted_at = float("-inf")
+
+    def admit(self, adding: int, limit: int) -> None:
+        with self.lock:
+            if time.monotonic() - self.counted_at >= QUEUE_DEPTH_REFRESH_SECONDS:
+                self.value = predictions_in_flight_count()
+                self.counted_at = time.monotonic()
+            if self.value + adding > limit:
+                raise QueueFull(in_flight=self.value, adding=adding, limit=limit)
+            self.value += adding
+
+    def forget(self) -> None:
+        """Count again at the next submission (tests, and after a bulk change)."""
+        with self.lock:
+            self.counted_at = float("-inf")
+
+
+queue_depth = _QueueDepth()
+
+
+def queue_admit(*, adding: int) -> None:
+    """Refuse (QueueFull) a submission of `adding` texts that would take the predictions queued or
+    running over MAX_QUEUED; 0 means no limit. A soft limit: see README, Limits and back-pressure."""
+    limit = settings.MAX_QUEUED
+    if limit:
+        queue_depth.admit(adding, limit)
+
+
+# --- Idempotency keys ------------------------------------------------------------------------------
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was used before, by this user on this endpoint, with a different request."""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response to a keyed POST: the first one (replayed=True when this request is a retry)."""
+
+    status_code: int
+    body: Any
+    location: str
+    replayed: bool
+    record: IdempotencyKey
+
+
+def request_fingerprint(data: dict) -> str:
+    """SHA-256 of the validated request: equal for requests that mean the same thing."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotent_submission(
+    *, owner, key: str, endpoint: str, request_data: dict, respond: Callable[[], tuple[int, Any, str]]
+) -> StoredResponse:
+    """Run `respond` (create the rows; return status, body, Location) once per (owner, key, endpoint)
+    within IDEMPOTENCY_TTL_HOURS; a retry gets the first response back and creates nothing.
+
+    The rows and the key commit in one transaction. A concurrent request with the same key blocks on
+    the key's unique index until the first commits, then rolls its own rows back and replays the
+    first response: duplicates never both create, and no request is ever left "in flight".
+    """
+    fingerprint = request_fingerprint(request_data)
+    record = _idempotency_key_live(owner=owner, key=key, endpoint=endpoint)
+    if record is not None:
+        return _idempotent_replay(record, fingerprint)
+    try:
+        with transaction.atomic():
+            status_code, body, location = respond()
+            record = IdempotencyKey.objects.create(
+                owner=owner,
+                key=key,
+                endpoint=endpoint,
+                request_sha256=fingerprint,
+                status_code=status_code,
+                response_body=json.dumps(body, cls=DjangoJSONEncoder),
+                location=location,
+            )
+    except IntegrityError:
+        record = _idempotency_key_live(owner=owner, key=key, endpoint=endpoint)
+        if record is None:
+            raise
+        return _idempotent_replay(record, fingerprint)
+    return StoredResponse(status_code, body, location, replayed=False, record=record)
+
+
+def idempotency_response_update(record: IdempotencyKey, *, status_code: int, body: Any) -> None:
+    """Replace the stored response (a ?wait that saw the row finish answers 200: retries get that)."""
+    IdempotencyKey.objects.filter(pk=record.pk).update(
+        status_code=status_code, response_body=json.dumps(body, cls=DjangoJSONEncoder)
+    )
+
+
+def idempotency_keys_expire(*, max_rows: int) -> int:
+    """Delete up to `max_rows` keys older than IDEMPOTENCY_TTL_HOURS (run by the sweeper)."""
+    cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
+    ids = list(IdempotencyKey.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:max_rows])
+    return IdempotencyKey.objects.filter(pk__in=ids).delete()[0] if ids else 0
+
+
+def _idempotency_key_live(*, owner, key: str, endpoint: str) -> IdempotencyKey | None:
+    """The unexpired key; an expired one is deleted here, so the key can be used afresh."""
+    record = idempotency_key_get(owner=owner, key=key, endpoint=endpoint)
+    if record is None:
+        return None
+    cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
+    if record.created_at < cutoff:
+        IdempotencyKey.objects.filter(pk=record.pk, created_at__lt=cutoff).delete()
+        return None
+    return record
+
+
+def _idempotent_replay(record: IdempotencyKey, fingerprint: str) -> StoredResponse:
+    if record.request_sha256 != fingerprint:
+        raise IdempotencyKeyReused(
+            "This key was already used for a different request to this endpoint; "
+            "send a new key for a new request (keys expire after IDEMPOTENCY_TTL_HOURS)."
+        )
+    return StoredResponse(
+        record.status_code, json.loads(record.response_body), record.location, replayed=True, record=record
+    )
 
 
 # --- Re-running predictions (manage.py reprocess and the admin's re-run action) -------------------

@@ -36,6 +36,7 @@ def predictions_sweep_task() -> dict[str, int]:
         queued_after=settings.SWEEP_QUEUED_AFTER, running_after=settings.SWEEP_RUNNING_AFTER
     )
     result["reprocess_runs_closed"] = services.reprocess_runs_close()
+    result["idempotency_keys_expired"] = services.idempotency_keys_expire(max_rows=settings.SWEEP_MAX_ROWS)
     return result
 
 

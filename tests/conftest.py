@@ -72,6 +72,16 @@ def empty_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def queue_depth_fresh():
+    """Each test's first submission counts the queue (MAX_QUEUED) in its own database, not a
+    depth a previous test left in this process (see services.queue_depth)."""
+    from predictions.services import queue_depth
+
+    queue_depth.forget()
+    yield
+
+
 @pytest.fixture
 def owner(django_user_model):
     return django_user_model.objects.create_user("owner", password="pw-owner-1234")

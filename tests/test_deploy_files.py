@@ -180,7 +180,7 @@ def test_every_setting_read_from_the_environment_is_documented_in_the_readme():
     import re
 
     settings_source = (ROOT / "mlsite" / "settings.py").read_text()
-    names = set(re.findall(r'env_(?:str|int|bool|list|models|choice)\(\s*"([A-Z0-9_]+)"', settings_source))
+    names = set(re.findall(r'env_(?:str|int|bool|list|models|choice|rate)\(\s*"([A-Z0-9_]+)"', settings_source))
     readme = (ROOT / "README.md").read_text()
     assert len(names) > 20
     assert sorted(name for name in names if f"`{name}`" not in readme) == []

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from predictions.services import IdempotencyKeyReused, QueueFull
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def exception_handler(exc, context):
@@ -17,6 +26,15 @@ def exception_handler(exc, context):
         return Response({"body": [str(exc.detail)]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):  # Django would answer an HTML 400
         return Response({"request": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, QueueFull):
+        logger.info("submission of %d refused: %d in flight, MAX_QUEUED=%d", exc.adding, exc.in_flight, exc.limit)
+        return Response(
+            {"detail": str(exc)},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(settings.MAX_QUEUED_RETRY_AFTER)},
+        )
+    if isinstance(exc, IdempotencyKeyReused):
+        return Response({IDEMPOTENCY_HEADER: [str(exc)]}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
     return drf_exception_handler(exc, context)
 
 

@@ -96,6 +96,23 @@ class QuerySerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+def idempotency_key_validate(raw: str) -> str:
+    """The Idempotency-Key header: 1 to 255 printable ASCII characters; else 400 naming the header."""
+    if not raw or len(raw) > IDEMPOTENCY_KEY_MAX_LENGTH or not all(" " <= char <= "~" for char in raw):
+        raise serializers.ValidationError(
+            {
+                "Idempotency-Key": [
+                    f"Must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters "
+                    f"(got {len(raw)} characters{'' if raw.isascii() else ', not all ASCII'})."
+                ]
+            }
+        )
+    return raw
+
+
 class WaitQuerySerializer(QuerySerializer):
     wait = serializers.FloatField(
         required=False,

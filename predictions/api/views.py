@@ -21,7 +21,9 @@ from predictions.api.serializers import (
     PredictionListQuerySerializer,
     PredictionSerializer,
     WaitQuerySerializer,
+    idempotency_key_validate,
 )
+from predictions.models import IdempotencyEndpoint
 from predictions.registry import model_info_get, model_names
 from predictions.selectors import batches_visible_to, predictions_filter, predictions_visible_to
 
@@ -39,11 +41,42 @@ Detail = inline_serializer("Detail", fields={"detail": serializers.CharField()})
 AUTH_ERRORS = {401: OpenApiResponse(Detail, description="No or invalid credentials (Authorization: Token …).")}
 NOT_FOUND = {404: OpenApiResponse(Detail, description="No such object among those visible to you.")}
 WRITE_ERRORS = {
-    400: OpenApiResponse(FieldErrors, description="Invalid input; the body maps each bad field to its messages."),
-    413: OpenApiResponse(Detail, description="Request body larger than MAX_REQUEST_BYTES."),
+    400: OpenApiResponse(
+        FieldErrors,
+        description="Invalid input or Idempotency-Key header; the body maps each bad field to its messages.",
+    ),
+    413: OpenApiResponse(Detail, description="Request body larger than MAX_REQUEST_BYTES (chunked bodies included)."),
+    422: OpenApiResponse(
+        FieldErrors,
+        description='The Idempotency-Key was already used for a different request: {"Idempotency-Key": ["…"]}.',
+    ),
+    429: OpenApiResponse(
+        Detail, description="Over your submission rate (THROTTLE_SUBMIT); retry after the Retry-After seconds."
+    ),
+    503: OpenApiResponse(
+        Detail,
+        description="MAX_QUEUED predictions already queued or running; nothing was stored. Retry after Retry-After seconds.",
+    ),
     415: OpenApiResponse(Detail, description="Body not JSON (Content-Type: application/json)."),
     **AUTH_ERRORS,
 }
+READ_ERRORS = {
+    429: OpenApiResponse(
+        Detail, description="Over your read rate (THROTTLE_READ); retry after the Retry-After seconds."
+    ),
+    **AUTH_ERRORS,
+}
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description=(
+        "1 to 255 printable ASCII characters, unique per request. A retry with the same key (same user, same "
+        "endpoint, within IDEMPOTENCY_TTL_HOURS) gets the first response again (status, body, Location; "
+        "header Idempotent-Replayed: true) and creates nothing; the same key with a different body is a 422."
+    ),
+)
 URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow gunicorn's limit
     (414, "text/html"): OpenApiResponse(
         OpenApiTypes.STR, description="Request line over 4094 bytes: refused by gunicorn (limit_request_line), in HTML."
@@ -54,6 +87,18 @@ WAIT_PARAMETER = OpenApiParameter(
     {"type": "number", "minimum": 0, "maximum": settings.MAX_WAIT_SECONDS},
     description="Wait up to this many seconds (0–30) for the result.",
 )
+
+
+def idempotency_key_from(request: Request) -> str | None:
+    """The validated Idempotency-Key header, or None when the request has none (then nothing extra runs)."""
+    raw = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    return None if raw is None else idempotency_key_validate(raw)
+
+
+def replay_response(stored: services.StoredResponse) -> Response:
+    """The stored response of a keyed POST; Idempotent-Replayed says whether this request created it."""
+    headers = {"Location": stored.location, "Idempotent-Replayed": "true" if stored.replayed else "false"}
+    return Response(stored.body, status=stored.status_code, headers=headers)
 
 
 class PredictionListCreateView(generics.GenericAPIView):
@@ -68,7 +113,7 @@ class PredictionListCreateView(generics.GenericAPIView):
         responses={
             200: PredictionSerializer(many=True),
             400: OpenApiResponse(FieldErrors),
-            **AUTH_ERRORS,
+            **READ_ERRORS,
             **URI_TOO_LONG,
         },
     )
@@ -82,7 +127,7 @@ class PredictionListCreateView(generics.GenericAPIView):
     @extend_schema(
         operation_id="predictions_create",
         request=PredictionInputSerializer,
-        parameters=[WAIT_PARAMETER],
+        parameters=[WAIT_PARAMETER, IDEMPOTENCY_PARAMETER],
         responses={
             200: OpenApiResponse(PredictionSerializer, description="Finished: from the cache, or within ?wait."),
             202: OpenApiResponse(PredictionSerializer, description="Queued; poll the Location URL."),
@@ -91,19 +136,46 @@ class PredictionListCreateView(generics.GenericAPIView):
         },
     )
     def post(self, request: Request) -> Response:
+        key = idempotency_key_from(request)
         query = WaitQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         payload = PredictionInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        wait = query.validated_data["wait"]
+        if key is not None:
+            return self._post_idempotent(request, key, payload.validated_data, wait)
         prediction = services.prediction_create(
             owner=request.user, text=payload.validated_data["text"], model_name=payload.validated_data["model"]
         )
-        wait = query.validated_data["wait"]
         if wait and not prediction.is_finished:
             prediction = services.prediction_wait(prediction, timeout=wait)
-        body = self.get_serializer(prediction).data
+        code, body, location = self._answer(prediction)
+        return Response(body, status=code, headers={"Location": location})
+
+    def _post_idempotent(self, request: Request, key: str, data: dict, wait: float) -> Response:
+        """The first response is stored as the row was when created; if ?wait then sees it finish,
+        the stored response becomes that 200, so later retries get what this request got."""
+        created = []
+
+        def create() -> tuple[int, dict, str]:
+            created.append(services.prediction_create(owner=request.user, text=data["text"], model_name=data["model"]))
+            return self._answer(created[0])
+
+        stored = services.idempotent_submission(
+            owner=request.user, key=key, endpoint=IdempotencyEndpoint.PREDICTIONS, request_data=data, respond=create
+        )
+        if stored.replayed or not wait or created[0].is_finished:
+            return replay_response(stored)
+        prediction = services.prediction_wait(created[0], timeout=wait)
+        if not prediction.is_finished:
+            return replay_response(stored)
+        code, body, location = self._answer(prediction)
+        services.idempotency_response_update(stored.record, status_code=code, body=body)
+        return Response(body, status=code, headers={"Location": location, "Idempotent-Replayed": "false"})
+
+    def _answer(self, prediction) -> tuple[int, dict, str]:
         code = status.HTTP_200_OK if prediction.is_finished else status.HTTP_202_ACCEPTED
-        return Response(body, status=code, headers={"Location": f"/api/v1/predictions/{prediction.pk}/"})
+        return code, self.get_serializer(prediction).data, f"/api/v1/predictions/{prediction.pk}/"
 
 
 class PredictionDetailView(generics.RetrieveAPIView):
@@ -112,7 +184,7 @@ class PredictionDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         return predictions_visible_to(self.request.user)
 
-    @extend_schema(responses={200: PredictionSerializer, **AUTH_ERRORS, **NOT_FOUND})
+    @extend_schema(responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -123,19 +195,31 @@ class BatchCreateView(generics.GenericAPIView):
     @extend_schema(
         operation_id="batches_create",
         request=BatchInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
         responses={202: OpenApiResponse(BatchSerializer, description="Saved; poll the Location URL."), **WRITE_ERRORS},
     )
     def post(self, request: Request) -> Response:
+        key = idempotency_key_from(request)
         payload = BatchInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        batch = services.batch_create(
-            owner=request.user, texts=payload.validated_data["texts"], model_name=payload.validated_data["model"]
+
+        def create() -> tuple[int, dict, str]:
+            batch = services.batch_create(
+                owner=request.user, texts=payload.validated_data["texts"], model_name=payload.validated_data["model"]
+            )
+            return status.HTTP_202_ACCEPTED, self.get_serializer(batch).data, f"/api/v1/batches/{batch.pk}/"
+
+        if key is None:
+            code, body, location = create()
+            return Response(body, status=code, headers={"Location": location})
+        stored = services.idempotent_submission(
+            owner=request.user,
+            key=key,
+            endpoint=IdempotencyEndpoint.BATCHES,
+            request_data=payload.validated_data,
+            respond=create,
         )
-        return Response(
-            self.get_serializer(batch).data,
-            status=status.HTTP_202_ACCEPTED,
-            headers={"Location": f"/api/v1/batches/{batch.pk}/"},
-        )
+        return replay_response(stored)
 
 
 class BatchDetailView(generics.RetrieveAPIView):
@@ -144,13 +228,13 @@ class BatchDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         return batches_visible_to(self.request.user)
 
-    @extend_schema(responses={200: BatchSerializer, **AUTH_ERRORS, **NOT_FOUND})
+    @extend_schema(responses={200: BatchSerializer, **READ_ERRORS, **NOT_FOUND})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
 
 class ModelListView(APIView):
-    @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **AUTH_ERRORS})
+    @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **READ_ERRORS})
     def get(self, request: Request) -> Response:
         from predictions.inference import ModelLoadError
 

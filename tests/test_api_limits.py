@@ -1,0 +1,335 @@
+"""Back-pressure and limits: MAX_QUEUED (503), per-user rate limits (429), chunked bodies (413)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from predictions import services
+from predictions.models import Batch, Prediction, PredictionStatus
+
+pytestmark = pytest.mark.django_db
+
+DEAD_REDIS = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+    }
+}
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Task publishes are recorded, not run: rows stay queued (in flight)."""
+    from predictions.tasks import predictions_run_task
+
+    sent: list[list[int]] = []
+    monkeypatch.setattr(
+        predictions_run_task, "apply_async", lambda args, **_: sent.append(list(args[0])) or SimpleNamespace(id="t")
+    )
+    return sent
+
+
+def rows(owner, count: int, status: str = PredictionStatus.QUEUED) -> None:
+    Prediction.objects.bulk_create(
+        Prediction(owner=owner, text=f"t{i}", text_sha256="0" * 64, model_name="sentiment", status=status)
+        for i in range(count)
+    )
+
+
+# --- MAX_QUEUED ------------------------------------------------------------------------------------
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_stores_nothing(api, owner, recorded, settings):
+    settings.MAX_QUEUED = 3
+    rows(owner, 2, PredictionStatus.QUEUED)
+    rows(owner, 1, PredictionStatus.RUNNING)
+    rows(owner, 5, PredictionStatus.SUCCEEDED)  # finished rows are not in flight
+    rows(owner, 5, PredictionStatus.FAILED)
+    before = Prediction.objects.count()
+    response = api.post("/api/v1/predictions/", {"text": "good film"})
+    assert response.status_code == 503
+    assert response["Retry-After"] == str(settings.MAX_QUEUED_RETRY_AFTER)
+    assert (
+        "MAX_QUEUED" in response.json()["detail"] and "3 predictions are queued or running" in response.json()["detail"]
+    )
+    assert Prediction.objects.count() == before and recorded == []
+
+
+def test_the_queue_admits_up_to_max_queued_counting_its_own_submissions(api, recorded, settings):
+    settings.MAX_QUEUED = 2
+    assert [api.post("/api/v1/predictions/", {"text": f"text {i}"}).status_code for i in range(3)] == [202, 202, 503]
+    assert Prediction.objects.count() == 2 and len(recorded) == 2
+
+
+def test_a_batch_that_would_pass_the_limit_is_refused_whole(api, owner, recorded, settings):
+    settings.MAX_QUEUED = 5
+    rows(owner, 1)
+    refused = api.post("/api/v1/batches/", {"texts": ["a", "b", "c", "d", "e"]})
+    assert refused.status_code == 503 and refused["Retry-After"]
+    assert Batch.objects.count() == 0 and Prediction.objects.count() == 1 and recorded == []
+    assert api.post("/api/v1/batches/", {"texts": ["a", "b", "c", "d"]}).status_code == 202
+    assert Prediction.objects.count() == 5
+
+
+def test_the_depth_is_counted_once_a_second_not_per_request(api, recorded, settings, monkeypatch):
+    def counts_during(posts: int) -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            for i in range(posts):
+                assert api.post("/api/v1/predictions/", {"text": f"text {i}"}).status_code == 202
+        return [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+
+    settings.MAX_QUEUED = 10_000
+    assert services.QUEUE_DEPTH_REFRESH_SECONDS == 1.0
+    monkeypatch.setattr(services, "QUEUE_DEPTH_REFRESH_SECONDS", 30.0)  # a slow machine can't make this flaky
+    counted = counts_during(5)
+    assert len(counted) == 1 and "predictions_prediction" in counted[0]
+    monkeypatch.setattr(services, "QUEUE_DEPTH_REFRESH_SECONDS", 0.0)
+    assert len(counts_during(3)) == 3
+
+
+def test_no_limit_counts_nothing(api, recorded, settings):
+    settings.MAX_QUEUED = 0
+    with CaptureQueriesContext(connection) as queries:
+        assert api.post("/api/v1/predictions/", {"text": "good film"}).status_code == 202
+    assert not [q for q in queries if "COUNT(" in q["sql"].upper()]
+
+
+def test_admission_costs_microseconds_between_counts(settings):
+    settings.MAX_QUEUED = 10**9
+    services.queue_admit(adding=1)  # counts once
+    began = time.perf_counter()
+    for _ in range(10_000):
+        services.queue_admit(adding=1)
+    assert (time.perf_counter() - began) / 10_000 < 0.0001  # well under the 1 ms budget
+
+
+# --- Rate limits -----------------------------------------------------------------------------------
+
+
+def test_submissions_over_the_rate_get_429_with_retry_after(api, stranger_api, recorded, settings):
+    settings.THROTTLE_SUBMIT = "2/min"
+    codes = [api.post("/api/v1/predictions/", {"text": f"text {i}"}).status_code for i in range(2)]
+    throttled = api.post("/api/v1/batches/", {"texts": ["x"]})
+    assert codes == [202, 202] and throttled.status_code == 429
+    assert 0 < int(throttled["Retry-After"]) <= 60 and "throttled" in throttled.json()["detail"]
+    assert Prediction.objects.count() == 2 and Batch.objects.count() == 0 and len(recorded) == 2
+    assert api.get("/api/v1/predictions/").status_code == 200  # reads have their own budget (off by default)
+    assert stranger_api.post("/api/v1/predictions/", {"text": "x"}).status_code == 202  # per user
+
+
+def test_reads_over_the_read_rate_get_429(api, settings):
+    settings.THROTTLE_READ = "2/min"
+    codes = [api.get(path).status_code for path in ("/api/v1/models/", "/api/v1/predictions/", "/api/v1/models/")]
+    assert codes == [200, 200, 429]
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (make test sets it)")
+def test_rate_limit_counts_live_in_redis(api, owner, recorded, settings):
+    import redis
+
+    settings.THROTTLE_SUBMIT = "5/min"
+    api.post("/api/v1/predictions/", {"text": "good film"})
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    assert 0 < client.ttl(f":1:throttle_submit_{owner.pk}") <= 60
+
+
+def test_rate_limits_fail_open_when_the_cache_is_down(api, recorded, settings, caplog):
+    settings.CACHES = DEAD_REDIS
+    settings.THROTTLE_SUBMIT = settings.THROTTLE_READ = "1/min"
+    codes = [api.post("/api/v1/predictions/", {"text": "good film"}).status_code for _ in range(3)]
+    assert codes == [202, 202, 202] and Prediction.objects.count() == 3
+    assert api.get("/api/v1/predictions/").status_code == 200
+    assert "rate limit submit not checked, cache unavailable" in caplog.text
+
+
+def test_empty_rates_mean_no_limit_and_touch_no_cache(api, recorded, settings, monkeypatch):
+    from django.core.cache import cache
+
+    settings.THROTTLE_SUBMIT = settings.THROTTLE_READ = ""
+    monkeypatch.setattr(settings, "RESULT_CACHE_TTL", 0)
+    touched = []
+    monkeypatch.setattr(cache, "set", lambda *a, **k: touched.append(a[0]))
+    for i in range(3):
+        assert api.post("/api/v1/predictions/", {"text": f"x{i}"}).status_code == 202
+    assert not [key for key in touched if "throttle" in key]
+
+
+@pytest.mark.parametrize("raw", ["lots", "10", "0/min", "10/fortnight", "-1/s"])
+def test_a_bad_rate_stops_start_up_naming_the_variable(monkeypatch, raw):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from mlsite.env import env_rate
+
+    monkeypatch.setenv("THROTTLE_SUBMIT", raw)
+    with pytest.raises(ImproperlyConfigured, match="THROTTLE_SUBMIT="):
+        env_rate("THROTTLE_SUBMIT", "600/min")
+
+
+def test_rates_are_read_in_drf_form(monkeypatch):
+    from mlsite.env import env_rate
+
+    for raw, expected in [("600/min", "600/min"), (" 5/Second ", "5/second"), ("", ""), ("100/day", "100/day")]:
+        monkeypatch.setenv("THROTTLE_READ", raw)
+        assert env_rate("THROTTLE_READ", "x") == expected
+
+
+# --- The schema --------------------------------------------------------------------------------------
+
+
+def test_the_schema_documents_the_limits_and_the_idempotency_key(client, tmp_path):
+    import yaml
+    from django.core.management import call_command
+
+    paths = yaml.safe_load(client.get("/api/schema/").content)["paths"]
+    for path in ("/api/v1/predictions/", "/api/v1/batches/"):
+        post = paths[path]["post"]
+        assert {"422", "429", "503"} <= set(post["responses"]), path
+        header = {p["name"]: p for p in post["parameters"]}["Idempotency-Key"]
+        assert header["in"] == "header" and not header.get("required")
+    for path in ("/api/v1/predictions/", "/api/v1/predictions/{id}/", "/api/v1/batches/{id}/", "/api/v1/models/"):
+        assert "429" in paths[path]["get"]["responses"], path
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
+
+
+# --- Chunked bodies (no Content-Length) ----------------------------------------------------------------
+
+
+class ChunkedBody:
+    """A large request body produced piece by piece, as a chunked upload arrives; counts what was read."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.read_bytes = size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.read_bytes
+        n = left if n is None or n < 0 else min(n, left)
+        self.read_bytes += n
+        return b"x" * n
+
+    def readline(self, n: int = -1) -> bytes:
+        raise AssertionError("a body is not read by lines")
+
+
+def chunked(body) -> dict:
+    return {
+        "CONTENT_LENGTH": "",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input": body,
+        "wsgi.input_terminated": True,
+    }
+
+
+def test_a_10_mb_chunked_body_is_413_after_reading_just_past_the_limit(api, recorded, settings):
+    body = ChunkedBody(10 * 1024 * 1024)
+    response = api.client.generic("POST", "/api/v1/predictions/", b"", content_type="application/json", **chunked(body))
+    assert response.status_code == 413 and response["Content-Type"] == "application/json"
+    assert "(chunked) is over the limit" in response.json()["detail"]
+    assert body.read_bytes == settings.MAX_REQUEST_BYTES + 1
+    assert Prediction.objects.count() == 0 and recorded == []
+
+
+def test_a_small_chunked_body_is_read_and_handled_as_usual(api, recorded):
+    body = io.BytesIO(json.dumps({"text": "good film"}).encode())
+    response = api.client.generic("POST", "/api/v1/predictions/", b"", content_type="application/json", **chunked(body))
+    assert response.status_code == 202, response.content
+    assert Prediction.objects.get().text == "good film"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_answers_a_chunked_10_mb_post_with_413_before_the_body_ends(owner, settings, tmp_path):
+    """The real server: the 413 comes back while the client is still sending (the terminating chunk
+    never sent), and a small chunked POST reaches the view and is stored."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from rest_framework.authtoken.models import Token
+
+    from bench.stack import ROOT, free_port
+
+    token = Token.objects.create(user=owner).key
+    database = settings.DATABASES["default"]
+    if "postgresql" not in database["ENGINE"]:
+        pytest.skip("needs PostgreSQL (make test sets DATABASE_URL)")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")},
+        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "MLSITE_VAR_DIR": str(tmp_path),
+        "CELERY_BROKER_URL": "memory://",  # the row is what this test checks; no files in the checkout
+        "MLSITE_MODELS": ",".join(f"{k}={v}" for k, v in settings.MLSITE_MODELS.items()),
+        "DEBUG": "0",
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    command = [str(gunicorn), "mlsite.wsgi:application", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()
+                time.sleep(0.2)
+
+        head = (
+            f"POST /api/v1/predictions/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        piece = b"x" * 65536
+        chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            for _ in range(48):  # 3 MB of a 10 MB body, then wait: the answer must not need the rest
+                sock.sendall(chunk)
+            began = time.monotonic()
+            reply = http_reply(sock)
+            elapsed = time.monotonic() - began
+            try:
+                for _ in range(160 - 48):
+                    sock.sendall(chunk)
+            except OSError:
+                pass  # the server closed the connection: it did not read the rest
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:300]
+        assert b"application/json" in reply and b"(chunked) is over the limit" in reply
+        assert elapsed < 5
+
+        small = json.dumps({"text": "good film"}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head + b"%x\r\n" % len(small) + small + b"\r\n0\r\n\r\n")
+            reply = http_reply(sock)
+        assert reply.startswith(b"HTTP/1.1 202"), reply[:500]
+        assert Prediction.objects.get().text == "good film"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def http_reply(sock) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        piece = sock.recv(65536)
+        assert piece, reply
+        reply += piece
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")).split(b":")[1]
+    )
+    while len(body) < length:
+        piece = sock.recv(65536)
+        assert piece, reply
+        body += piece
+    return head + b"\r\n\r\n" + body
