@@ -151,16 +151,13 @@ def test_rate_limits_fail_open_when_the_cache_is_down(api, recorded, settings, c
     assert "rate limit submit not checked, cache unavailable" in caplog.text
 
 
-def test_empty_rates_mean_no_limit_and_touch_no_cache(api, recorded, settings, monkeypatch):
-    from django.core.cache import cache
-
+def test_empty_rates_mean_no_limit_and_touch_no_cache(api, recorded, settings, caplog):
+    settings.CACHES = DEAD_REDIS  # a throttle that looked at the cache would log that it could not
     settings.THROTTLE_SUBMIT = settings.THROTTLE_READ = ""
-    monkeypatch.setattr(settings, "RESULT_CACHE_TTL", 0)
-    touched = []
-    monkeypatch.setattr(cache, "set", lambda *a, **k: touched.append(a[0]))
     for i in range(3):
         assert api.post("/api/v1/predictions/", {"text": f"x{i}"}).status_code == 202
-    assert not [key for key in touched if "throttle" in key]
+    assert api.get("/api/v1/predictions/").status_code == 200
+    assert "result cache unavailable" in caplog.text and "rate limit" not in caplog.text
 
 
 @pytest.mark.parametrize("raw", ["lots", "10", "0/min", "10/fortnight", "-1/s"])
