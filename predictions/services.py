@@ -336,10 +336,20 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
 
 
 def _results_write(model_name: str, version: str, rows: list[Prediction], results: list, *, task_id: str) -> dict:
-    """Store each result (or exception) on its row, fill the cache and wake waiting requests."""
+    """Fill the cache, store each result (or exception) on its row, then wake waiting requests.
+
+    The cache is filled first, so once a row reads as finished, the same text is a cache hit (a
+    result is the model's answer to the text whichever row it was computed for).
+    """
     finished = timezone.now()
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
-    cache_entries = {}
+    result_cache_set_many(
+        {
+            (model_name, version, row.text_sha256): {field: getattr(result, field) for field in CACHED_FIELDS}
+            for row, result in zip(rows, results, strict=True)
+            if not isinstance(result, Exception) and row.text_sha256
+        }
+    )
     written: list[Prediction] = []
     with transaction.atomic():
         # Only the task holding a row writes it: a slow worker whose row was requeued and taken by
@@ -359,16 +369,12 @@ def _results_write(model_name: str, version: str, rows: list[Prediction], result
                 row.status, row.error = PredictionStatus.SUCCEEDED, ""
                 row.label, row.score, row.scores, row.labels = result.label, result.score, result.scores, result.labels
                 counts["succeeded"] += 1
-                cache_entries[(model_name, version, row.text_sha256)] = {
-                    field: getattr(row, field) for field in CACHED_FIELDS
-                }
             written.append(row)
         held.bulk_update(
             written, ["status", "error", "label", "score", "scores", "labels", "model_version", "finished_at"]
         )
     for row in written:
         prediction_finished_observe(model_name, row.status, (finished - row.created_at).total_seconds())
-    result_cache_set_many(cache_entries)
     predictions_finished_notify([row.pk for row in rows])
     return counts
 

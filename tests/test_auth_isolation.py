@@ -25,6 +25,7 @@ PUBLIC_API = {"api/schema/", "api/docs/"}
 # Every route outside /admin/ and /api/ must be named here with what it is, so a new one forces a decision.
 OTHER_ROUTES = {"healthz": "open: liveness", "readyz": "open: readiness", "api-auth/login/": "login page"}
 OTHER_ROUTES["api-auth/logout/"] = "logout"
+OTHER_ROUTES["metrics"] = "counts only, no user data: loopback or METRICS_TOKEN (tests/test_observability.py)"
 
 
 def routes(resolver=None, prefix: str = ""):
