@@ -14,16 +14,9 @@ from django.test.utils import CaptureQueriesContext
 
 from predictions import services
 from predictions.models import Batch, Prediction, PredictionStatus
+from tests.factories import DEAD_REDIS
 
 pytestmark = pytest.mark.django_db
-
-DEAD_REDIS = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
-        "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
-    }
-}
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def test_readyz_pings_the_workers_at_most_once_per_cache_period(client, settings
 
 
 def test_readyz_is_200_degraded_naming_the_cache_when_it_is_down(client, settings):
-    from tests.test_cache import DEAD_REDIS
+    from tests.factories import DEAD_REDIS
 
     settings.READYZ_WORKER_TIMEOUT_MS = 100
     settings.CACHES = DEAD_REDIS

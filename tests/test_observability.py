@@ -218,7 +218,7 @@ def test_the_batch_cache_lookup_counts_every_text(api, client):
 
 @pytest.mark.django_db
 def test_a_cache_outage_is_counted_as_errors(api, client, settings):
-    from tests.test_cache import DEAD_REDIS
+    from tests.factories import DEAD_REDIS
 
     before = scrape(client)
     settings.CACHES = DEAD_REDIS

@@ -14,16 +14,9 @@ from django.utils import timezone
 from predictions import services
 from predictions.cache import result_cache_get, result_cache_set_many
 from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, text_sha256
+from tests.factories import DEAD_REDIS
 
 pytestmark = pytest.mark.django_db
-
-DEAD_REDIS = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
-        "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
-    }
-}
 
 
 def purge(*args: str) -> tuple[str, dict]:
