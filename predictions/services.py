@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -212,7 +212,10 @@ def predictions_claim(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = sorted(
-            (Prediction.from_db(connection.alias, CLAIMED_FIELDS, values) for values in cursor.fetchall()),
+            (
+                Prediction.from_db(connection.alias, CLAIMED_FIELDS, [_db_value(v) for v in values])
+                for values in cursor.fetchall()
+            ),
             key=lambda row: row.pk,
         )
     given_up = [row.pk for row in rows if row.attempts > settings.MAX_ATTEMPTS]
@@ -225,6 +228,13 @@ def predictions_claim(
         predictions_finished_notify(given_up)
         rows = [row for row in rows if row.pk not in set(given_up)]
     return rows
+
+
+def _db_value(value):
+    """A raw cursor skips Django's converters: SQLite returns naive UTC datetimes (PostgreSQL, aware ones)."""
+    if isinstance(value, datetime) and timezone.is_naive(value):
+        return timezone.make_aware(value, UTC)
+    return value
 
 
 _last_pass = {"at": 0.0, "rows": 0}  # this process's previous claim

@@ -224,3 +224,35 @@ def test_own_rows_beyond_batch_max_size_are_all_run(owner, settings):
     rows = queued(owner, *[f"t{i}" for i in range(5)])
     counts = services.predictions_run([r.pk for r in rows], task_id="t", others=False)
     assert counts["succeeded"] == 5 and counts["batches"] == 3
+
+
+def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_path):
+    """The claim is raw SQL (UPDATE … RETURNING); SQLite hands back naive datetimes, PostgreSQL aware ones.
+    The run must cope with both (it once failed every task on SQLite, subtracting the two)."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.stack import REAL_SERVICE_VARIABLES, ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES}
+    env.update(MLSITE_VAR_DIR=str(tmp_path), HF_HUB_OFFLINE="1", LOG_LEVEL="WARNING")
+    script = (
+        "from django.contrib.auth.models import User\n"
+        "from predictions import services\n"
+        "from predictions.models import Prediction\n"
+        "owner = User.objects.create(username='sqlite')\n"
+        "row = Prediction.objects.create(owner=owner, text='good fun', text_sha256='x', model_name='sentiment')\n"
+        "print(services.predictions_run([row.pk], task_id='t', others=False))\n"
+        "row.refresh_from_db()\n"
+        "print(row.status, row.label, row.finished_at > row.created_at)\n"
+    )
+    for args in (["migrate", "--noinput", "-v0"], ["shell", "-c", script]):
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "db.sqlite3").is_file()
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == "{'succeeded': 1, 'failed': 0, 'skipped': 0, 'batches': 1}", result.stdout
+    assert lines[-1].startswith("succeeded ") and lines[-1].endswith(" True"), result.stdout
