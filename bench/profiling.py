@@ -64,6 +64,8 @@ def model_grid(datasets_dir: Path) -> None:
 def request_cost(requests: int) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlsite.settings")
     os.environ.setdefault("ALLOWED_HOSTS", "testserver")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")  # no access line per request on the terminal
+    os.environ.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user sends every request here
     import django
 
     django.setup()
@@ -77,7 +79,10 @@ def request_cost(requests: int) -> None:
     from django.conf import settings
     from django.test.utils import get_runner
 
-    runner = get_runner(settings)(verbosity=0)
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql"):  # its own throwaway database, apart from the test suite's
+        database.setdefault("TEST", {})["NAME"] = "test_mlsite_profile"
+    runner = get_runner(settings)(verbosity=0, interactive=False)
     old = runner.setup_databases()  # a throwaway test database, never the configured one
     try:
         call_command("bootstrap_demo", stdout=io.StringIO())
