@@ -16,13 +16,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import Stack, fresh_database_url  # noqa: E402
+from bench.stack import Stack, real_services_env  # noqa: E402
 
 CHECKS = ",".join(
     [
@@ -44,14 +43,8 @@ def stack_start(var_dir: Path, *, embedded: bool) -> tuple[Stack, callable]:
     env = {"LOG_LEVEL": "WARNING", "THROTTLE_SUBMIT": "", "THROTTLE_READ": ""}
     cleanup = lambda: None  # noqa: E731
     if not embedded:
-        server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test").rsplit("/", 1)[0]
-        database_url, cleanup = fresh_database_url(f"{server}/postgres")  # a new database on DATABASE_URL's server
-        env.update(
-            DATABASE_URL=database_url,
-            CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-            REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/12"),
-            CELERY_QUEUE=f"fuzz-{uuid.uuid4().hex[:8]}",
-        )
+        services, cleanup = real_services_env(queue_prefix="fuzz", redis_db=12)
+        env.update(services)
     stack = Stack(var_dir, web_workers=2, **env)
     try:
         stack.start()

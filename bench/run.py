@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import Stack, fresh_database_url  # noqa: E402
+from bench.stack import Stack, real_services_env  # noqa: E402
 
 
 def sst2_texts(datasets_dir: Path) -> list[str]:
@@ -161,15 +161,8 @@ def stack_start(var_dir: Path, *, embedded: bool, int8: bool) -> tuple[Stack, ca
     env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
     if not embedded:
-        database_url, cleanup = fresh_database_url(
-            os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
-        )
-        env.update(
-            DATABASE_URL=database_url,
-            CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-            REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13"),
-            CELERY_QUEUE=f"bench-{os.getpid()}",
-        )
+        services, cleanup = real_services_env(queue_prefix="bench", redis_db=13)
+        env.update(services)
     stack = Stack(var_dir, web_workers=2, **env)
     if "REDIS_URL" in env:  # start from an empty cache: only W3 should be served from it
         import redis

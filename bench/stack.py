@@ -127,3 +127,17 @@ def fresh_database_url(admin_url: str) -> tuple[str, callable]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return f"{base}/{name}", drop
+
+
+def real_services_env(*, queue_prefix: str, redis_db: int) -> tuple[dict[str, str], callable]:
+    """The variables that put a Stack on the real services: a fresh database on DATABASE_URL's server,
+    the broker and a Redis db from the environment (this machine's services by default), a queue of
+    its own. Returns them and a function that drops the database."""
+    database_url, drop = fresh_database_url(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
+    env = {
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        "REDIS_URL": os.environ.get("REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}"),
+        "CELERY_QUEUE": f"{queue_prefix}-{os.getpid()}",
+    }
+    return env, drop

@@ -171,29 +171,12 @@ class PredictionAdmin(admin.ModelAdmin):
             },
         ),
     ]
+    # Everything shown is read-only but the reviewer's two fields (model output is never edited here).
     readonly_fields = [
-        "text_display",
-        "label",
-        "score_bars",
-        "labels",
-        "status",
-        "error",
-        "model_name",
-        "model_version",
-        "cached",
-        "task_link",
-        "attempts",
-        "reviewed_by",
-        "reviewed_at",
-        "review_trail",
-        "owner",
-        "batch",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "duration",
-        "redacted_at",
-        "history_table",
+        field
+        for _, options in fieldsets
+        for field in options["fields"]
+        if field not in ("corrected_label", "review_note")
     ]
 
     # --- permissions: model output is read-only; deletes are for superusers ---------------------
