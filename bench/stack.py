@@ -22,6 +22,24 @@ REAL_SERVICE_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "CEL
 PER_STACK_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR",)
 
 
+def json_request(method: str, url: str, body=None, *, token: str = "", timeout: float = 60) -> tuple[int, dict]:
+    """One API call: (status, JSON body); a body that is not JSON comes back as {"raw": its start}."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"raw": raw[:500].decode(errors="replace")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,16 +99,7 @@ class Stack:
         raise AssertionError(f"stack not ready in time:\n{self.logs()}")
 
     def request(self, method: str, path: str, body=None, *, auth: bool = True) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=90) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+        return json_request(method, self.base + path, body, token=self.token if auth else "", timeout=90)
 
     def logs(self) -> str:
         self.log.flush()

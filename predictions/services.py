@@ -226,7 +226,7 @@ def predictions_claim(
             error=f"gave up after {settings.MAX_ATTEMPTS} attempts: the worker stopped each time it ran this text",
         )
         predictions_finished_notify(given_up)
-        rows = [row for row in rows if row.pk not in set(given_up)]
+        rows = [row for row in rows if row.attempts <= settings.MAX_ATTEMPTS]
     return rows
 
 

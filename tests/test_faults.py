@@ -23,8 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import psutil
 import pytest
 from django.conf import settings as django_settings
 
-from bench.stack import ROOT, free_port
+from bench.stack import ROOT, free_port, json_request
 from predictions.management.commands.runstack import stack_commands
 from tests.private_services import Postgres, Rabbit, Redis, missing_tools, wait_until
 
@@ -174,20 +172,7 @@ class Site:
     # --- HTTP and the database ------------------------------------------------------------------
 
     def request(self, method: str, path: str, body=None, *, auth: bool = True, timeout: float = 60):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
-        try:
-            return status, json.loads(raw or b"{}")
-        except ValueError:
-            return status, {"raw": raw[:500].decode(errors="replace")}
+        return json_request(method, self.base + path, body, token=self.token if auth else "", timeout=timeout)
 
     def sql(self, query: str, params=()) -> list[tuple]:
         import psycopg

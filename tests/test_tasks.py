@@ -256,3 +256,28 @@ def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_pa
     lines = result.stdout.strip().splitlines()
     assert lines[-2] == "{'succeeded': 1, 'failed': 0, 'skipped': 0, 'batches': 1}", result.stdout
     assert lines[-1].startswith("succeeded ") and lines[-1].endswith(" True"), result.stdout
+
+
+def test_a_claim_is_one_statement(owner, django_assert_num_queries):
+    rows = queued(owner, "good film", "bad plot", "fine acting")
+    with django_assert_num_queries(1):
+        claimed = services.predictions_claim([rows[0].pk], task_id="t", limit=2, others=True)
+    assert [r.pk for r in claimed] == [rows[0].pk, rows[1].pk]  # own row first, then the oldest other
+    assert all(
+        r.status == "running" and r.task_id == "t" and r.attempts == 1
+        for r in Prediction.objects.filter(pk__in=[rows[0].pk, rows[1].pk])
+    )
+    assert Prediction.objects.get(pk=rows[2].pk).status == PredictionStatus.QUEUED
+
+
+def test_a_lone_request_does_not_wait_for_company_but_a_busy_worker_does(owner, settings, monkeypatch):
+    settings.BATCH_MAX_WAIT_MS = 1000
+    slept = []
+    monkeypatch.setattr(services.time, "sleep", slept.append)
+    monkeypatch.setitem(services._last_pass, "rows", 0)
+    [alone] = queued(owner, "good film")
+    services.predictions_run([alone.pk], task_id="a")
+    assert slept == []  # nobody else queued, nothing a moment ago: no BATCH_MAX_WAIT_MS
+    pair = queued(owner, "bad plot", "fine acting")
+    services.predictions_run([pair[0].pk], task_id="b")
+    assert slept == [1.0]  # its claim had company: it waited once for more
