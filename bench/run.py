@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu import CpuMeter, shares  # noqa: E402
 from bench.stack import Stack, real_services_env  # noqa: E402
 
 
@@ -86,6 +87,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
                 else:
                     errors += 1
 
+    meter = CpuMeter().start()
     began = time.monotonic()
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for thread in threads:
@@ -94,6 +96,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
         thread.join()
     wall = time.monotonic() - began
     return {
+        "cpu_seconds": meter.stop(),
         "clients": clients,
         "requests": len(latencies) + errors,
         "per_second": len(latencies) / wall,
@@ -129,6 +132,7 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
                 done += detail["counts"]["succeeded"]
                 errors += detail["counts"]["failed"]
 
+    meter = CpuMeter().start()
     began = time.monotonic()
     threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
     for thread in threads:
@@ -136,7 +140,7 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
     for thread in threads:
         thread.join()
     wall = time.monotonic() - began
-    return {"clients": clients, "batch_size": size, "texts": done, "per_second": done / wall, "errors": errors}
+    return {"cpu_seconds": meter.stop(), "clients": clients, "batch_size": size, "texts": done, "per_second": done / wall, "errors": errors}
 
 
 def raw(texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> dict:
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="1,4,16", help="client counts for W1")
     parser.add_argument("--batches", type=int, default=6, help="batches per W2 client (2 clients)")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--workloads", default="w1,w2,w3", help="which workloads to run (RAW always runs)")
+    parser.add_argument("--w2-clients", type=int, default=2, help="clients posting batches at once in W2")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
     parser.add_argument(
         "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's INFERENCE_BATCH_SIZE)"
@@ -221,8 +227,9 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
     raw_texts = unique_texts(base, len(base), "r")
     results: dict = {"raw": raw(raw_texts, int8=args.int8, batch_size=args.raw_batch_size)}
     print(f"RAW: {results['raw']['per_second']:.1f} texts/s", flush=True)
+    workloads = set(args.workloads.split(","))
     w1 = []
-    for clients in client_counts:
+    for clients in client_counts if "w1" in workloads else []:
         texts = unique_texts(base, 20000, f"w1c{clients}-")
         closed_loop(
             stack,
@@ -238,11 +245,18 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         print(f"W1 {clients:>2} clients: {row['per_second']:.1f} texts/s p50 {row['p50_ms']:.0f} ms", flush=True)
         w1.append(row)
     results["w1"] = w1
-    total = 2 * args.batches * args.batch_size
-    results["w2"] = batches(
-        stack, clients=2, per_client=args.batches, size=args.batch_size, texts=unique_texts(base, total, "w2-")
-    )
-    print(f"W2: {results['w2']['per_second']:.1f} texts/s", flush=True)
+    if "w2" in workloads:
+        total = args.w2_clients * args.batches * args.batch_size
+        results["w2"] = batches(
+            stack,
+            clients=args.w2_clients,
+            per_client=args.batches,
+            size=args.batch_size,
+            texts=unique_texts(base, total, "w2-"),
+        )
+        print(f"W2: {results['w2']['per_second']:.1f} texts/s", flush=True)
+    if "w3" not in workloads:
+        return results
     hot = unique_texts(base, 50, "hot-")
     closed_loop(stack, clients=4, seconds=3, texts=hot, path="/api/v1/predictions/?wait=30", ok={200})
     results["w3"] = closed_loop(
@@ -267,15 +281,16 @@ def report(results: dict, args) -> None:
             f"| W1 POST ?wait=30 | {row['clients']} | {row['per_second']:.1f} texts/s | {row['per_second'] / raw_rate:.2f} | "
             f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} |"
         )
-    w2 = results["w2"]
-    lines.append(
-        f"| W2 batches of {w2['batch_size']} | {w2['clients']} | {w2['per_second']:.1f} texts/s | {w2['per_second'] / raw_rate:.2f} | | | | {w2['errors']} |"
-    )
-    w3 = results["w3"]
-    lines.append(
-        f"| W3 cache hits | {w3['clients']} | {w3['per_second']:.1f} requests/s | {w3['per_second'] / raw_rate:.2f} | "
-        f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
-    )
+    if w2 := results.get("w2"):
+        lines.append(
+            f"| W2 batches of {w2['batch_size']} | {w2['clients']} | {w2['per_second']:.1f} texts/s | {w2['per_second'] / raw_rate:.2f} | | | | {w2['errors']} |"
+        )
+    if w3 := results.get("w3"):
+        lines.append(
+            f"| W3 cache hits | {w3['clients']} | {w3['per_second']:.1f} requests/s | {w3['per_second'] / raw_rate:.2f} | "
+            f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
+        )
+    lines += ["", cpu_table(results)]
     table = "\n".join(lines)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -296,6 +311,24 @@ def report(results: dict, args) -> None:
     plot(results, args.plot.with_name(args.plot.stem + ("-int8" if args.int8 else "") + args.plot.suffix))
 
 
+def cpu_table(results: dict) -> str:
+    """Each workload's CPU time by part of the stack, in percent of both cores over its run."""
+    from bench.cpu import PARTS
+
+    rows = [(f"W1, {row['clients']} client(s)", row) for row in results["w1"]]
+    rows += [(name, results[key]) for key, name in (("w2", "W2"), ("w3", "W3")) if key in results]
+    lines = [
+        "CPU by part of the stack, % of all cores during the workload:",
+        "",
+        "| workload | " + " | ".join(PARTS) + " |",
+        "|---" * (len(PARTS) + 1) + "|",
+    ]
+    for name, row in rows:
+        share = shares(row["cpu_seconds"])
+        lines.append(f"| {name} | " + " | ".join(f"{share[part]:.0f}" for part in PARTS) + " |")
+    return "\n".join(lines)
+
+
 def _relative(value) -> str:
     if isinstance(value, Path):
         try:
@@ -312,6 +345,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     clients = [row["clients"] for row in results["w1"]]
+    if not clients:
+        return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(clients, [row["per_second"] for row in results["w1"]], marker="o", label="W1 service")
     left.axhline(results["raw"]["per_second"], color="grey", linestyle="--", label="RAW model")

@@ -23,6 +23,7 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 CHANNEL = "mlsite:predictions-finished"
+AUTH_CHANNEL = "mlsite:auth-changed"  # a token or user changed: web processes forget remembered tokens
 RECENT_IDS = 10_000  # ids finished lately, so a request that registers just after its message still sees it
 RECHECK_SECONDS = 1.0  # a woken-or-not waiter reads its row at least this often
 
@@ -49,6 +50,23 @@ def predictions_finished_notify(ids: Sequence[int]) -> None:
         logger.warning("could not notify waiting requests (%s): %s", type(exc).__name__, exc)
 
 
+def auth_changed_notify() -> None:
+    """Tell every web process to forget the tokens it remembers (predictions.api.authentication)."""
+    client = redis_client()
+    if client is None:
+        return
+    try:
+        client.publish(AUTH_CHANNEL, b"1")
+    except Exception as exc:  # the others follow within AUTH_TOKEN_CACHE_SECONDS
+        logger.warning("could not tell web processes that a token changed (%s): %s", type(exc).__name__, exc)
+
+
+def _tokens_forget() -> None:
+    from predictions.api.authentication import tokens_forget
+
+    tokens_forget()
+
+
 class Listener:
     """One subscriber thread per web process; waiters register the id they wait for."""
 
@@ -58,6 +76,7 @@ class Listener:
         self.waiters: dict[int, list[threading.Event]] = {}
         self.recent: OrderedDict[int, None] = OrderedDict()
         self.subscribed = threading.Event()
+        self.lost = False  # the subscription was lost at least once
         self.thread = threading.Thread(target=self._run, name="mlsite-notify", daemon=True)
         self.thread.start()
 
@@ -97,17 +116,24 @@ class Listener:
             try:
                 client = redis.Redis.from_url(self.url, socket_connect_timeout=1, health_check_interval=10)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
+                pubsub.subscribe(CHANNEL, AUTH_CHANNEL)
+                if self.lost:  # token changes made while it was not subscribed were missed
+                    _tokens_forget()
                 self.subscribed.set()
                 delay = 0.1
                 while True:
                     message = pubsub.get_message(timeout=5.0)
-                    if message is not None and message.get("type") == "message":
+                    if message is None or message.get("type") != "message":
+                        continue
+                    if message["channel"] == AUTH_CHANNEL.encode():
+                        _tokens_forget()
+                    else:
                         self._deliver(message["data"])
             except Exception as exc:  # Redis gone: waiters poll until it is back
                 if self.subscribed.is_set() or delay == 0.1:  # once per outage, not once per retry
                     logger.warning("notification listener lost Redis (%s): %s", type(exc).__name__, exc)
                 self.subscribed.clear()
+                self.lost = True
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:

@@ -73,6 +73,15 @@ def empty_cache():
 
 
 @pytest.fixture(autouse=True)
+def tokens_forgotten():
+    """Each test starts with no token remembered by this process (predictions.api.authentication)."""
+    from predictions.api.authentication import tokens_forget
+
+    tokens_forget()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def queue_depth_fresh():
     """Each test's first submission counts the queue (MAX_QUEUED) in its own database, not a
     depth a previous test left in this process (see services.queue_depth)."""
