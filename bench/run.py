@@ -140,7 +140,14 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
     for thread in threads:
         thread.join()
     wall = time.monotonic() - began
-    return {"cpu_seconds": meter.stop(), "clients": clients, "batch_size": size, "texts": done, "per_second": done / wall, "errors": errors}
+    return {
+        "cpu_seconds": meter.stop(),
+        "clients": clients,
+        "batch_size": size,
+        "texts": done,
+        "per_second": done / wall,
+        "errors": errors,
+    }
 
 
 def raw(texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> dict:
