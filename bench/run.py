@@ -108,7 +108,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
 
 
 def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: list[str]) -> dict:
-    """Each client posts batches of `size` texts and polls each to completion."""
+    """Each client posts batches of `size` texts and polls each to completion (GET ?wait=30)."""
     done = 0
     errors = 0
     lock = threading.Lock()
@@ -123,11 +123,10 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
                 with lock:
                     errors += 1
                 continue
-            while True:
-                status, detail = client.call("GET", f"/api/v1/batches/{body['id']}/")
+            while True:  # long polls: each GET returns as soon as the batch finishes, or after 30 s
+                status, detail = client.call("GET", f"/api/v1/batches/{body['id']}/?wait=30")
                 if detail.get("finished"):
                     break
-                time.sleep(0.1)
             with lock:
                 done += detail["counts"]["succeeded"]
                 errors += detail["counts"]["failed"]

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 from django.conf import settings
@@ -39,13 +39,14 @@ def redis_client():
     return _client(settings.REDIS_URL) if settings.REDIS_URL else None
 
 
-def predictions_finished_notify(ids: Sequence[int]) -> None:
-    """One message for the whole batch: the ids, comma-separated."""
+def predictions_finished_notify(ids: Sequence[int], batch_ids: Iterable[int] = ()) -> None:
+    """One message for the whole forward pass: the row ids, then `b<id>` for each API batch
+    (POST /batches/) the rows belong to, comma-separated."""
     client = redis_client()
     if client is None or not ids:
         return
     try:
-        client.publish(CHANNEL, ",".join(str(pk) for pk in ids))
+        client.publish(CHANNEL, ",".join([*(str(pk) for pk in ids), *(f"b{pk}" for pk in sorted(set(batch_ids)))]))
     except Exception as exc:
         logger.warning("could not notify waiting requests (%s): %s", type(exc).__name__, exc)
 
@@ -80,7 +81,7 @@ class Listener:
         self.thread = threading.Thread(target=self._run, name="mlsite-notify", daemon=True)
         self.thread.start()
 
-    def register(self, pk: int) -> threading.Event:
+    def register(self, pk: int | tuple[str, int]) -> threading.Event:
         event = threading.Event()
         with self.lock:
             if pk in self.recent:
@@ -89,7 +90,7 @@ class Listener:
                 self.waiters.setdefault(pk, []).append(event)
         return event
 
-    def unregister(self, pk: int, event: threading.Event) -> None:
+    def unregister(self, pk: int | tuple[str, int], event: threading.Event) -> None:
         with self.lock:
             events = self.waiters.get(pk, [])
             if event in events:
@@ -98,8 +99,13 @@ class Listener:
                 self.waiters.pop(pk, None)
 
     def _deliver(self, data: bytes) -> None:
-        ids = [int(part) for part in data.split(b",") if part.strip().isdigit()]
+        parts = [part.strip() for part in data.split(b",")]
+        ids = [int(part) for part in parts if part.isdigit()]
+        batches = [("batch", int(part[1:])) for part in parts if part[:1] == b"b" and part[1:].isdigit()]
         with self.lock:
+            for key in batches:  # a batch has one message per forward pass: never "recent", always re-checked
+                for event in self.waiters.pop(key, ()):
+                    event.set()
             for pk in ids:
                 self.recent[pk] = None
                 for event in self.waiters.pop(pk, ()):
@@ -185,6 +191,31 @@ def finished_wait(pk: int, *, timeout: float, is_finished: Callable[[], bool]) -
                 return _wait_poll(deadline, is_finished)
     finally:
         current.unregister(pk, event)
+
+
+def batch_finished_wait(batch_id: int, *, timeout: float, is_finished: Callable[[], bool]) -> bool:
+    """Block up to `timeout` seconds until every row of an API batch is finished; True if it did.
+
+    The batch has a message per forward pass that wrote some of its rows: each one (or
+    RECHECK_SECONDS without one) makes `is_finished()` run again; registered before each check,
+    so a message that comes in between is not missed.
+    """
+    deadline = time.monotonic() + timeout
+    current = listener()
+    if current is None:
+        return _wait_poll(deadline, is_finished)
+    key = ("batch", batch_id)
+    while True:
+        event = current.register(key)
+        try:
+            if is_finished():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event.wait(min(remaining, RECHECK_SECONDS if current.subscribed.is_set() else 0.1))
+        finally:
+            current.unregister(key, event)
 
 
 def _wait_poll(deadline: float, is_finished: Callable[[], bool]) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from predictions.models import Batch, Prediction
@@ -50,3 +52,36 @@ def test_a_batch_looks_the_cache_up_in_one_round_trip(api, monkeypatch):
 
     monkeypatch.setattr(services, "result_cache_get", per_text_lookup)
     assert api.post("/api/v1/batches/", {"texts": ["a", "b", "c"]}).status_code == 202
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "31", ""])
+def test_a_bad_wait_on_a_batch_is_400_naming_the_field(api, value):
+    body = api.post("/api/v1/batches/", {"texts": ["x"]}).json()
+    response = api.get(f"/api/v1/batches/{body['id']}/?wait={value}")
+    assert response.status_code == 400
+    assert "wait" in response.json(), response.json()
+
+
+def test_waiting_on_a_batch_that_does_not_finish_answers_its_state_after_the_wait(api, monkeypatch):
+    """No worker runs here (the task is not sent): the wait ends at its timeout, 200 with finished false."""
+    import time
+
+    from predictions.tasks import predictions_run_task
+
+    monkeypatch.setattr(predictions_run_task, "apply_async", lambda *args, **kwargs: SimpleNamespace(id="not-sent"))
+    body = api.post("/api/v1/batches/", {"texts": ["never run"]}).json()
+    began = time.monotonic()
+    response = api.get(f"/api/v1/batches/{body['id']}/?wait=0.5")
+    assert 0.5 <= time.monotonic() - began < 5
+    assert response.status_code == 200
+    assert response.json()["finished"] is False and response.json()["counts"]["queued"] == 1
+
+
+def test_waiting_on_a_finished_batch_answers_at_once(api):
+    import time
+
+    body = api.post("/api/v1/batches/", {"texts": ["good", "bad"]}).json()  # eager tasks: already run
+    began = time.monotonic()
+    detail = api.get(f"/api/v1/batches/{body['id']}/?wait=30").json()
+    assert time.monotonic() - began < 2
+    assert detail["finished"] is True and detail["counts"]["succeeded"] == 2

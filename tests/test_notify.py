@@ -91,3 +91,37 @@ def test_without_a_reachable_redis_the_request_polls_the_row(settings):
     assert time.monotonic() - began < 1.5
     assert row.reads > 2  # it polled
     assert not notify.listener().subscribed.is_set()
+
+
+def test_a_batch_waiter_wakes_on_each_forward_pass_of_its_batch(listener):
+    """A batch is finished by several forward passes: the waiter re-checks on each message naming
+    the batch, and returns on the one that finishes it, not after RECHECK_SECONDS."""
+    batch_id = 40_000_000 + os.getpid()
+    passes_left = [2]
+    checks = []
+
+    def is_finished() -> bool:
+        checks.append(time.monotonic())
+        return passes_left[0] == 0
+
+    def worker() -> None:
+        for pk in (1, 2):
+            time.sleep(0.2)
+            passes_left[0] -= 1
+            notify.predictions_finished_notify([pk], batch_ids=[batch_id, batch_id])
+
+    thread = threading.Thread(target=worker)
+    began = time.monotonic()
+    thread.start()
+    assert notify.batch_finished_wait(batch_id, timeout=10, is_finished=is_finished)
+    elapsed = time.monotonic() - began
+    thread.join()
+    assert elapsed < notify.RECHECK_SECONDS * 0.9, elapsed
+    assert len(checks) == 3  # before waiting, then once per message
+    assert ("batch", batch_id) not in listener.waiters and ("batch", batch_id) not in listener.recent
+
+
+def test_a_batch_wait_times_out_when_the_batch_never_finishes(listener):
+    began = time.monotonic()
+    assert not notify.batch_finished_wait(50_000_000 + os.getpid(), timeout=0.3, is_finished=lambda: False)
+    assert 0.3 <= time.monotonic() - began < 2

@@ -281,3 +281,79 @@ def test_a_lone_request_does_not_wait_for_company_but_a_busy_worker_does(owner, 
     pair = queued(owner, "bad plot", "fine acting")
     services.predictions_run([pair[0].pk], task_id="b")
     assert slept == [1.0]  # its claim had company: it waited once for more
+
+
+def test_results_are_stored_in_one_statement_with_their_types(owner, django_assert_max_num_queries):
+    """The result write is one UPDATE for the whole pass; scores and labels are stored as JSON
+    values (not strings), a failed row has no score, and every field reads back as written."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from predictions.inference import LabelScores
+
+    rows = queued(owner, "good film", "bad film", "so-so film")
+    claimed = services.predictions_claim([r.pk for r in rows], task_id="t-store", limit=10, others=False)
+    results = [
+        LabelScores(label="positive", score=0.75, scores={"negative": 0.25, "positive": 0.75}, labels=["positive"]),
+        ValueError("broken text"),
+        LabelScores(label="negative", score=0.5, scores={"negative": 0.5, "positive": 0.5}, labels=None),
+    ]
+    finished = timezone.now().replace(microsecond=0)
+    for row, result in zip(claimed, results, strict=True):
+        services._row_fill(row, result, version="v1", finished=finished)
+    with django_assert_max_num_queries(1 if connection.vendor == "postgresql" else 4):
+        held = services._results_store(claimed, task_id="t-store")
+    assert held == {r.pk for r in rows}
+    good, bad, middling = (Prediction.objects.get(pk=r.pk) for r in rows)
+    assert (good.status, good.label, good.score, good.scores, good.labels, good.model_version) == (
+        PredictionStatus.SUCCEEDED,
+        "positive",
+        0.75,
+        {"negative": 0.25, "positive": 0.75},
+        ["positive"],
+        "v1",
+    )
+    assert (bad.status, bad.score, bad.scores, bad.labels, bad.error) == (
+        PredictionStatus.FAILED,
+        None,
+        None,
+        None,
+        "ValueError: broken text",
+    )
+    assert middling.labels is None and middling.finished_at == good.finished_at == finished
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT jsonb_typeof(scores), jsonb_typeof(labels) FROM predictions_prediction WHERE id = %s", [good.pk]
+            )
+            assert cursor.fetchone() == ("object", "array")
+
+
+def test_a_task_takes_queued_single_texts_along_but_leaves_batch_rows_to_their_own_task(owner):
+    from predictions.models import Batch
+
+    lone, other = queued(owner, "a lone text", "another lone text")
+    batch = Batch.objects.create(owner=owner, model_name="sentiment", size=2)
+    chunk = [
+        Prediction.objects.create(
+            owner=owner, batch=batch, position=i, text=f"batch text {i}", text_sha256="x", model_name="sentiment"
+        )
+        for i in range(2)
+    ]
+    counts = services.predictions_run([lone.pk], task_id="single-task")
+    assert counts == {"succeeded": 2, "failed": 0, "skipped": 0, "batches": 1}  # both singles, one pass
+    assert set(Prediction.objects.filter(batch=batch).values_list("status", flat=True)) == {PredictionStatus.QUEUED}
+    assert services.predictions_run([r.pk for r in chunk], task_id="chunk-task")["succeeded"] == 2
+
+
+def test_a_chunk_that_fills_a_pass_runs_alone_first_then_takes_what_is_queued(owner, settings, monkeypatch):
+    settings.INFERENCE_BATCH_SIZE = 2
+    own = queued(owner, "first of the chunk", "second of the chunk")
+    [single] = queued(owner, "a single text queued meanwhile")
+    passes = []
+    run = services._rows_run
+    monkeypatch.setattr(
+        services, "_rows_run", lambda name, rows, **kw: passes.append([r.pk for r in rows]) or run(name, rows, **kw)
+    )
+    services.predictions_run([r.pk for r in own], task_id="chunk")
+    assert passes == [[own[0].pk, own[1].pk], [single.pk]]

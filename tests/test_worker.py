@@ -105,6 +105,18 @@ def test_a_batch_is_run_by_the_worker_process(api, worker, settings):
     assert not Prediction.objects.exclude(status=PredictionStatus.SUCCEEDED).exists()
 
 
+def test_waiting_on_a_batch_returns_when_the_worker_finishes_it(api, worker, settings):
+    """GET /batches/N/?wait=20 holds no worker and answers once the worker process wrote the last row."""
+    settings.BATCH_CHUNK_SIZE = 2
+    texts = [f"a waited-for text number {i}" for i in range(5)]
+    body = api.post("/api/v1/batches/", {"texts": texts}).json()
+    began = time.monotonic()
+    detail = api.get(f"/api/v1/batches/{body['id']}/?wait=20").json()
+    assert time.monotonic() - began < 15
+    assert detail["finished"] is True and detail["counts"]["succeeded"] == 5
+    assert [r["text"] for r in detail["results"]] == texts
+
+
 def test_readyz_is_ok_when_a_worker_answers_the_ping(client, worker):
     response = client.get("/readyz")
     assert response.status_code == 200, response.json()

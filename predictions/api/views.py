@@ -88,6 +88,12 @@ WAIT_PARAMETER = OpenApiParameter(
     description="Wait up to this many seconds (0–30) for the result.",
 )
 
+BATCH_WAIT_PARAMETER = OpenApiParameter(
+    "wait",
+    {"type": "number", "minimum": 0, "maximum": settings.MAX_WAIT_SECONDS},
+    description="Wait up to this many seconds (0–30) for every text of the batch to finish, then answer as without it.",
+)
+
 
 def idempotency_key_from(request: Request) -> str | None:
     """The validated Idempotency-Key header, or None when the request has none (then nothing extra runs)."""
@@ -228,9 +234,17 @@ class BatchDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         return batches_visible_to(self.request.user)
 
-    @extend_schema(responses={200: BatchSerializer, **READ_ERRORS, **NOT_FOUND})
+    @extend_schema(
+        parameters=[BATCH_WAIT_PARAMETER],
+        responses={200: BatchSerializer, 400: OpenApiResponse(FieldErrors), **READ_ERRORS, **NOT_FOUND},
+    )
     def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
+        query = WaitQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        batch = self.get_object()
+        if query.validated_data["wait"]:
+            services.batch_wait(batch, timeout=query.validated_data["wait"])
+        return Response(self.get_serializer(batch).data)
 
 
 class ModelListView(APIView):
