@@ -108,7 +108,12 @@ def _prediction_publish(prediction: Prediction) -> None:
 
 def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
     """Save a batch and one prediction per text; uncached ones are queued in chunks after commit.
-    Raises QueueFull, storing nothing, when the batch would take the queue over MAX_QUEUED."""
+    Raises QueueFull, storing nothing, when the batch would take the queue over MAX_QUEUED.
+
+    Each chunk's task id is chosen before the INSERT, which marks the rows as published: nothing is
+    written after publishing, so a worker never finds its rows locked by that write (it skips
+    locked rows) and a batch costs one INSERT whatever its number of chunks.
+    """
     queue_admit(adding=len(texts))
     version = _version_or_blank(model_name)
     digests = [text_sha256(t) for t in texts]
@@ -128,38 +133,56 @@ def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
             )
             for i, text in enumerate(texts)
         ]
+        queued = [row for row in rows if not row.cached]
+        now = timezone.now()
+        chunk = settings.BATCH_CHUNK_SIZE
+        chunks = [(str(uuid.uuid4()), queued[start : start + chunk]) for start in range(0, len(queued), chunk)]
+        for task_id, members in chunks:
+            for row in members:
+                row.task_id, row.published_at = task_id, now
         Prediction.objects.bulk_create(rows, batch_size=500)
-        queued = list(
-            Prediction.objects.filter(batch=batch, status=PredictionStatus.QUEUED)
-            .order_by("position")
-            .values_list("pk", flat=True)
-        )
-        if queued:
-            transaction.on_commit(lambda: predictions_publish(queued))
+        if chunks:
+            sends = [(task_id, [row.pk for row in members]) for task_id, members in chunks]
+            transaction.on_commit(lambda: _chunks_send(sends))
     return batch
 
 
 def predictions_publish(prediction_ids: Sequence[int]) -> None:
-    """Send the run task for these rows in chunks of BATCH_CHUNK_SIZE.
+    """Send the run task for these queued rows in chunks of BATCH_CHUNK_SIZE (the sweeper, reprocess).
 
-    A broker failure is logged, not raised: the rows stay queued in the database, which is the
-    source of truth, and are published again by the sweeper.
+    Each chunk's rows are marked with its task id and publish time first (committed), then the
+    message is sent. A broker failure is logged, not raised: the rows stay queued in the database,
+    which is the source of truth, and are published again by the sweeper.
     """
+    chunk = settings.BATCH_CHUNK_SIZE
+    sends = []
+    for start in range(0, len(prediction_ids), chunk):
+        task_id, ids = str(uuid.uuid4()), list(prediction_ids[start : start + chunk])
+        Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
+            task_id=task_id, published_at=timezone.now()
+        )
+        sends.append((task_id, ids))
+    _chunks_send(sends)
+
+
+def _chunks_send(sends: Sequence[tuple[str, list[int]]]) -> None:
+    """Publish one run task per (task id, row ids). On a broker failure, that chunk's and the later
+    chunks' rows are marked unpublished, for the sweeper."""
     from predictions.tasks import predictions_run_task
 
-    chunk = settings.BATCH_CHUNK_SIZE
-    for start in range(0, len(prediction_ids), chunk):
-        ids = list(prediction_ids[start : start + chunk])
+    for i, (task_id, ids) in enumerate(sends):
         try:
-            result = predictions_run_task.apply_async(args=[ids], timeout=settings.BROKER_PUBLISH_TIMEOUT)
+            predictions_run_task.apply_async(args=[ids], task_id=task_id, timeout=settings.BROKER_PUBLISH_TIMEOUT)
         except Exception as exc:  # broker down: these and the remaining rows wait for the sweeper
+            unsent = [tid for tid, _ in sends[i:]]
             logger.error(
-                "could not publish %d prediction(s) (%s): %s", len(prediction_ids) - start, type(exc).__name__, exc
+                "could not publish %d prediction(s) (%s): %s",
+                sum(len(ids) for _, ids in sends[i:]),
+                type(exc).__name__,
+                exc,
             )
+            Prediction.objects.filter(task_id__in=unsent, status=PredictionStatus.QUEUED).update(published_at=None)
             return
-        Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
-            task_id=result.id, published_at=timezone.now()
-        )
 
 
 # In the model's field order, as Model.from_db expects them.

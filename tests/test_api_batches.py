@@ -85,3 +85,61 @@ def test_waiting_on_a_finished_batch_answers_at_once(api):
     detail = api.get(f"/api/v1/batches/{body['id']}/?wait=30").json()
     assert time.monotonic() - began < 2
     assert detail["finished"] is True and detail["counts"]["succeeded"] == 2
+
+
+def _batch_with_callbacks(owner, capture, n: int):
+    from predictions import services
+
+    with capture() as callbacks:
+        batch = services.batch_create(owner=owner, texts=[f"batch text {i}" for i in range(n)], model_name="sentiment")
+    return batch, callbacks
+
+
+def test_a_batch_is_marked_published_in_its_insert_and_nothing_is_written_after_sending(
+    owner, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A worker skips locked rows: a write to the rows after the message is sent would make the
+    worker that got it find none of them (and leave them to the sweeper)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from predictions.tasks import predictions_run_task
+
+    settings.BATCH_CHUNK_SIZE = 3
+    sent = []
+    monkeypatch.setattr(
+        predictions_run_task, "apply_async", lambda *a, **kw: sent.append((kw["task_id"], kw["args"][0]))
+    )
+    batch, callbacks = _batch_with_callbacks(owner, django_capture_on_commit_callbacks, 5)
+    with CaptureQueriesContext(connection) as queries:
+        for callback in callbacks:
+            callback()
+    assert queries.captured_queries == []
+    rows = list(Prediction.objects.filter(batch=batch).order_by("position"))
+    assert [(task_id, ids) for task_id, ids in sent] == [
+        (rows[0].task_id, [r.pk for r in rows[:3]]),
+        (rows[3].task_id, [r.pk for r in rows[3:]]),
+    ]
+    assert all(r.published_at is not None for r in rows)
+
+
+def test_a_batch_chunk_the_broker_refused_is_left_unpublished_for_the_sweeper(
+    owner, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    from predictions.tasks import predictions_run_task
+
+    settings.BATCH_CHUNK_SIZE = 2
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["task_id"])
+        if len(calls) == 2:
+            raise ConnectionError("broker down")
+
+    monkeypatch.setattr(predictions_run_task, "apply_async", flaky)
+    batch, callbacks = _batch_with_callbacks(owner, django_capture_on_commit_callbacks, 5)
+    for callback in callbacks:
+        callback()
+    assert len(calls) == 2  # the third chunk is not tried once the broker failed
+    published = list(Prediction.objects.filter(batch=batch).order_by("position").values_list("published_at", flat=True))
+    assert [p is not None for p in published] == [True, True, False, False, False]
