@@ -166,14 +166,14 @@ def raw(texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> d
     return {"texts": len(texts), "per_second": best, "batch_size": batch_size}
 
 
-def stack_start(var_dir: Path, *, embedded: bool, int8: bool) -> tuple[Stack, callable]:
+def stack_start(var_dir: Path, *, embedded: bool, int8: bool, web_workers: int = 2, web_threads: int = 8):
     env = {"INFERENCE_INT8": "1" if int8 else "0", "LOG_LEVEL": "WARNING", "BATCH_LOOP_SECONDS": "10"}
     env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
     if not embedded:
         services, cleanup = real_services_env(queue_prefix="bench", redis_db=13)
         env.update(services)
-    stack = Stack(var_dir, web_workers=2, **env)
+    stack = Stack(var_dir, web_workers=web_workers, web_threads=web_threads, **env)
     if "REDIS_URL" in env:  # start from an empty cache: only W3 should be served from it
         import redis
 
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workloads", default="w1,w2,w3", help="which workloads to run (RAW always runs)")
     parser.add_argument("--w2-clients", type=int, default=2, help="clients posting batches at once in W2")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (as make run: 2)")
+    parser.add_argument("--web-threads", type=int, default=8, help="threads per gunicorn worker (as make run: 8)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
     parser.add_argument(
         "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's INFERENCE_BATCH_SIZE)"
@@ -207,7 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     base = sst2_texts(args.datasets_dir)
     client_counts = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="mlsite-bench-") as tmp:
-        stack, cleanup = stack_start(Path(tmp), embedded=args.embedded, int8=args.int8)
+        stack, cleanup = stack_start(
+            Path(tmp),
+            embedded=args.embedded,
+            int8=args.int8,
+            web_workers=args.web_workers,
+            web_threads=args.web_threads,
+        )
         try:
             results = run_workloads(stack, base, client_counts, args)
         finally:

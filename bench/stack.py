@@ -49,8 +49,8 @@ def free_port() -> int:
 class Stack:
     """web + worker + beat under `manage.py runstack`, with its own var/ directory and port."""
 
-    def __init__(self, var_dir: Path, *, web_workers: int = 1, **env: str) -> None:
-        self.web_workers = web_workers
+    def __init__(self, var_dir: Path, *, web_workers: int = 1, web_threads: int = 8, **env: str) -> None:
+        self.web_workers, self.web_threads = web_workers, web_threads
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES + PER_STACK_VARIABLES}
@@ -79,6 +79,8 @@ class Stack:
                 f"127.0.0.1:{self.port}",
                 "--web-workers",
                 str(self.web_workers),
+                "--web-threads",
+                str(self.web_threads),
             ],
             cwd=ROOT,
             env=self.env,
