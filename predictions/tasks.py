@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 from celery.signals import worker_process_init
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from predictions import services
 
@@ -24,7 +24,13 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutEr
 )
 def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
     """Classify the unfinished rows among `prediction_ids`; a finished row is never run again."""
-    return services.predictions_run(prediction_ids, task_id=self.request.id or "")
+    try:
+        return services.predictions_run(prediction_ids, task_id=self.request.id or "")
+    except TRANSIENT_ERRORS:
+        # A connection the server dropped (a restart) must not stay open: Celery writes the retry's
+        # state to the database next, on this process's connection (autoretry then raises Retry).
+        close_old_connections()
+        raise
 
 
 @shared_task(name="predictions.sweep", acks_late=True)
