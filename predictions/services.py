@@ -200,9 +200,8 @@ def predictions_claim(
 
     First come, with `reclaim`, rows this task already held (running under this task id: an earlier
     delivery of this message whose worker died), then its own queued rows, then, with `others`, queued
-    single-text rows of any other request: that is how texts from many requests share one forward
-    pass. Rows of an API batch are left to their own chunk's task, which an idle worker process
-    runs, rather than being queued behind this one. One statement
+    rows of any other request: that is how texts from many requests share one forward pass, and how
+    rows whose message waits behind others in the broker get run. One statement
     (UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …) picks, marks and returns the
     rows, so two workers never claim the same row and a claim costs one round trip.
     Rows already started MAX_ATTEMPTS times are failed instead of being run again.
@@ -213,7 +212,7 @@ def predictions_claim(
     own = list(own_ids)
     mine = f"(status = %s AND id IN ({', '.join(['%s'] * len(own))}))" if own else "FALSE"
     mine_params = [PredictionStatus.QUEUED.value, *own] if own else []
-    anyone = "(status = %s AND batch_id IS NULL)" if others else "FALSE"
+    anyone = "status = %s" if others else "FALSE"
     anyone_params = [PredictionStatus.QUEUED.value] if others else []
     lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     sql = (

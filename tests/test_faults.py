@@ -535,7 +535,8 @@ def test_web_and_worker_reconnect_after_postgresql_restarts_and_no_prediction_is
     assert all(r["attempts"] <= 2 for r in rows.values()), rows  # a chunk not yet started ran once
     stack.assert_each_written_once(ids)
     worker_log = stack.worker_log.read_text(errors="replace")[len(log_before) :]
-    assert "retry: Retry in" in worker_log and "OperationalError" in worker_log, "\n".join(l[:400] for l in worker_log.splitlines() if "rror" in l or "etry" in l)
+    errors_and_retries = [line[:400] for line in worker_log.splitlines() if "rror" in line or "etry" in line]
+    assert "retry: Retry in" in worker_log and "OperationalError" in worker_log, "\n".join(errors_and_retries)
 
     more = texts_for("pg-after", 3)
     answers = [stack.request("POST", "/api/v1/predictions/?wait=20", {"text": t}) for t in more]
