@@ -395,11 +395,11 @@ def _results_write(model_name: str, version: str, rows: list[Prediction], result
     # Only the task holding a row writes it: a slow worker whose row was requeued and taken by
     # another one must not overwrite that newer run.
     held_ids = _results_store(rows, task_id=task_id)
-    written = [row for row in rows if row.pk in held_ids]
-    for row in written:
+    for row in rows:
+        if row.pk not in held_ids:
+            counts["skipped"] += 1
+            continue
         counts["succeeded" if row.status == PredictionStatus.SUCCEEDED else "failed"] += 1
-    counts["skipped"] = len(rows) - len(written)
-    for row in written:
         prediction_finished_observe(model_name, row.status, (finished - row.created_at).total_seconds())
     predictions_finished_notify([row.pk for row in rows], [row.batch_id for row in rows if row.batch_id])
     return counts
