@@ -23,6 +23,17 @@ def _logging_from_django_settings(**_) -> None:
     logging.config.dictConfig(settings.LOGGING)
 
 
+@signals.task_prerun.connect
+def _database_connection_check(sender=None, **_) -> None:
+    """Before each task in a worker, as before each web request: drop a connection that is broken
+    (a PostgreSQL restart) or older than CONN_MAX_AGE, and keep the others (CELERY_DB_REUSE_MAX).
+    Not for a task run eagerly, inside the caller's own transaction."""
+    from django.db import close_old_connections
+
+    if not getattr(getattr(sender, "request", None), "is_eager", False):
+        close_old_connections()
+
+
 # The request id travels in each task message and is the worker's log context while the task runs.
 signals.before_task_publish.connect(logs.task_message_stamp, weak=False)
 signals.task_prerun.connect(logs.task_context_enter, weak=False)

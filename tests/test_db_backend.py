@@ -54,7 +54,8 @@ def test_quiet_connection_is_reused_without_a_round_trip(postgresql, usable_call
     assert postgresql.connection.info.backend_pid == pid
 
 
-def test_connection_closed_by_the_server_is_replaced(postgresql, usable_calls):
+def _server_closes(postgresql) -> int:
+    """Terminate this process's connection from another one; returns the terminated backend's pid."""
     pid = postgresql.connection.info.backend_pid
     settings = postgresql.settings_dict
     with psycopg.connect(
@@ -64,8 +65,56 @@ def test_connection_closed_by_the_server_is_replaced(postgresql, usable_calls):
     deadline = time.monotonic() + 5  # the server's FATAL message and the close reach the socket
     while not select.select([postgresql.connection.fileno()], [], [], 0.05)[0]:
         assert time.monotonic() < deadline, "the terminated connection never became readable"
+    return pid
 
+
+def test_connection_closed_by_the_server_is_replaced(postgresql, usable_calls):
+    pid = _server_closes(postgresql)
     _next_request()
     assert User.objects.filter(username="nobody").count() == 0  # no error: the check ran and reconnected
     assert usable_calls == [pid]
+    assert postgresql.connection.info.backend_pid != pid
+
+
+@pytest.fixture
+def worker_task_signals():
+    """What a prefork worker process runs around each task: Celery's Django fixup (installed as in
+    `celery worker`) and mlsite.celery's handlers, through the real task_prerun/postrun signals."""
+    from celery import signals
+    from celery.fixups.django import DjangoWorkerFixup
+
+    from mlsite.celery import app
+    from predictions.tasks import predictions_run_task
+
+    fixup = DjangoWorkerFixup(app)
+    fixup.install()
+    task = app.tasks[predictions_run_task.name]
+
+    def run_one_task() -> None:
+        signals.task_prerun.send(sender=task, task_id="t", task=task, args=(), kwargs={})
+        assert User.objects.filter(username="nobody").count() == 0  # the task's queries
+        signals.task_postrun.send(sender=task, task_id="t", task=task, args=(), kwargs={}, retval=None, state="SUCCESS")
+
+    yield run_one_task
+    signals.beat_embedded_init.disconnect(fixup.close_database)
+    signals.task_prerun.disconnect(fixup.on_task_prerun)
+    signals.task_postrun.disconnect(fixup.on_task_postrun)
+    signals.worker_process_init.disconnect(fixup.on_worker_process_init)
+
+
+def test_a_worker_process_keeps_its_connection_from_task_to_task(postgresql, worker_task_signals):
+    """Celery's Django fixup would close it before and after every task (a new connection, about
+    10 ms, per task); settings.CELERY_DB_REUSE_MAX turns that off."""
+    pid = postgresql.connection.info.backend_pid
+    for _ in range(3):
+        worker_task_signals()
+    assert postgresql.connection is not None
+    assert postgresql.connection.info.backend_pid == pid
+
+
+def test_a_worker_process_replaces_a_connection_the_server_closed_before_its_next_task(
+    postgresql, worker_task_signals, usable_calls
+):
+    pid = _server_closes(postgresql)
+    worker_task_signals()  # no error: mlsite.celery's check before the task reconnected
     assert postgresql.connection.info.backend_pid != pid
