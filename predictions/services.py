@@ -300,9 +300,9 @@ def predictions_run(
             time.sleep(settings.BATCH_MAX_WAIT_MS / 1000)  # let concurrent requests join this forward pass
             rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
         first = False
-        _last_pass.update(at=time.monotonic(), rows=len(rows))
         if not rows:
             break
+        _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
         done.update(r.pk for r in rows)
         by_model: dict[str, list[Prediction]] = defaultdict(list)
         for prediction in rows:

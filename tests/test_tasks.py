@@ -281,6 +281,11 @@ def test_a_lone_request_does_not_wait_for_company_but_a_busy_worker_does(owner, 
     pair = queued(owner, "bad plot", "fine acting")
     services.predictions_run([pair[0].pk], task_id="b")
     assert slept == [1.0]  # its claim had company: it waited once for more
+    # A lone request a moment after that pass of two waits too: the worker is busy. (The task's last,
+    # empty claim must not make the process forget the pass it ran.)
+    [next_one] = queued(owner, "dull story")
+    services.predictions_run([next_one.pk], task_id="c")
+    assert slept == [1.0, 1.0]
 
 
 def test_results_are_stored_in_one_statement_with_their_types(owner, django_assert_max_num_queries):
