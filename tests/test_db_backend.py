@@ -96,6 +96,7 @@ def worker_task_signals():
         signals.task_postrun.send(sender=task, task_id="t", task=task, args=(), kwargs={}, retval=None, state="SUCCESS")
 
     yield run_one_task
+    # Undo install(): other tests run tasks eagerly and must not have their connection closed.
     signals.beat_embedded_init.disconnect(fixup.close_database)
     signals.task_prerun.disconnect(fixup.on_task_prerun)
     signals.task_postrun.disconnect(fixup.on_task_postrun)
@@ -117,4 +118,5 @@ def test_a_worker_process_replaces_a_connection_the_server_closed_before_its_nex
 ):
     pid = _server_closes(postgresql)
     worker_task_signals()  # no error: mlsite.celery's check before the task reconnected
+    assert usable_calls == [pid]  # through the backend's health check, as before a web request
     assert postgresql.connection.info.backend_pid != pid
