@@ -8,7 +8,7 @@ from pathlib import Path
 # A cache that is down: the Redis backend pointed at a port nothing listens on, with short timeouts.
 DEAD_REDIS = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "mlsite.redis_cache.RedisCache",
         "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
         "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
     }

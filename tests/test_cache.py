@@ -43,3 +43,17 @@ def test_a_cache_ttl_of_zero_disables_caching(api, settings, published):
     api.post("/api/v1/predictions/", {"text": "good film"})
     assert api.post("/api/v1/predictions/", {"text": "good film"}).status_code == 202
     assert len(published) == 2
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (make test sets it)")
+def test_the_cache_keeps_one_redis_client_per_server_and_it_answers():
+    from django.core.cache import cache
+
+    inner = cache._cache  # mlsite.redis_cache.RedisCacheClient
+    assert inner.get_client() is inner.get_client() is inner.get_client(write=True)
+    cache.set("test:kept-client", {"a": 1}, timeout=10)
+    assert cache.get("test:kept-client") == {"a": 1}
+    assert cache.get_many(["test:kept-client", "test:absent"]) == {"test:kept-client": {"a": 1}}
+    cache.delete("test:kept-client")
+    assert cache.get("test:kept-client") is None
+    assert len(inner._clients) == 1

@@ -289,7 +289,7 @@ def test_readyz_stays_200_and_says_degraded_when_redis_goes_away(client, setting
     settings.READYZ_WORKER_TIMEOUT_MS = 100
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "mlsite.redis_cache.RedisCache",
             "LOCATION": url,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
