@@ -6,6 +6,7 @@ Writes go through these functions only. Each state change is a conditional updat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
@@ -73,6 +75,36 @@ def _prediction_build(
     return prediction
 
 
+@functools.cache
+def _insert_statement() -> tuple[str, tuple]:
+    """The INSERT Model.save() sends for a new Prediction, and the fields it takes, built once."""
+    meta = Prediction._meta
+    fields = tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field)
+    assert not any(f.generated or f.has_db_default() for f in fields), "save() would send these differently"
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders}) RETURNING {quote(meta.pk.column)}"
+    return sql, fields
+
+
+def _prediction_insert(prediction: Prediction) -> None:
+    """prediction.save() of a new row: the same statement and values, built once instead of for each
+    row, and sent with its values apart (server-side binding) so psycopg prepares it on a connection
+    after a few uses instead of quoting every value into the SQL text. Under cache hits this was a
+    sixth of the web's CPU (README, Throughput). No pre_save/post_save signal is sent: no receiver
+    listens for Prediction (a test checks). Django's cursor wrapper stays around it (query logging,
+    execute wrappers)."""
+    sql, fields = _insert_statement()
+    values = [f.get_db_prep_save(f.pre_save(prediction, True), connection) for f in fields]
+    connection.ensure_connection()
+    raw = psycopg.Cursor(connection.connection)
+    with connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw) as cursor:
+        cursor.execute(sql, values)
+        prediction.pk = cursor.fetchone()[0]
+    prediction._state.adding, prediction._state.db = False, connection.alias
+
+
 def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     """Save one prediction; queue it for a worker after commit unless the cache answered it.
     Raises QueueFull, storing nothing, when MAX_QUEUED predictions are already in flight."""
@@ -85,7 +117,7 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     )
     if not prediction.cached:  # marked as published in the INSERT itself: no UPDATE after publishing
         prediction.task_id, prediction.published_at = str(uuid.uuid4()), timezone.now()
-    prediction.save()  # one INSERT; in autocommit, on_commit runs at once, inside a transaction after it
+    _prediction_insert(prediction)  # in autocommit, on_commit runs at once, inside a transaction after it
     if not prediction.cached:
         transaction.on_commit(lambda: _prediction_publish(prediction))
     return prediction

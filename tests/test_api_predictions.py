@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from predictions.models import Prediction, PredictionStatus
 
@@ -160,3 +161,29 @@ def test_the_fast_prediction_json_equals_what_the_declared_fields_produce(api, o
         serializer = PredictionSerializer(prediction, context={"request": request})
         by_fields = serializers.ModelSerializer.to_representation(serializer, prediction)
         assert serializer.data == by_fields
+
+
+def test_the_prebuilt_insert_stores_what_save_would_store(api, owner):
+    """services._prediction_insert replaces Model.save() for a new single prediction: same columns,
+    same values, and no save signal it would skip."""
+    from django.db.models.signals import post_save, pre_save
+    from django.forms.models import model_to_dict
+
+    from predictions.services import _prediction_build, _prediction_insert
+
+    assert not pre_save.has_listeners(Prediction) and not post_save.has_listeners(Prediction)
+    api.post("/api/v1/predictions/", {"text": "good film"})  # fills the cache: the next builds are hits
+    for hit in (None, {"label": "positive", "score": 0.9, "scores": {"positive": 0.9, "negative": 0.1}}):
+        built = [
+            _prediction_build(
+                owner=owner, text="a film", digest="d" * 64, model_name="sentiment", version="v1", hit=hit
+            )
+            for _ in range(2)
+        ]
+        built[0].save()
+        _prediction_insert(built[1])
+        assert built[1].pk and not built[1]._state.adding and built[1]._state.db == "default"
+        for row in built:  # each row reads back exactly as built, through either path
+            assert model_to_dict(Prediction.objects.get(pk=row.pk)) == model_to_dict(row)
+        created = Prediction.objects.filter(pk__in=[row.pk for row in built]).values_list("created_at", flat=True)
+        assert all(abs((moment - timezone.now()).total_seconds()) < 60 for moment in created)
