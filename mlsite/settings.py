@@ -219,6 +219,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["predictions.api.parsers.BoundedJSONParser"],  # JSON bodies only; others are 415
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "predictions.api.negotiation.RememberedContentNegotiation",
     "DEFAULT_PAGINATION_CLASS": "predictions.api.pagination.PageNumberFieldPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -123,3 +123,45 @@ def test_another_users_prediction_is_404(api, stranger_api):
 def test_a_huge_batch_filter_is_400_not_a_500(api):
     response = api.get("/api/v1/predictions/?batch=100000000000000000000")
     assert response.status_code == 400 and "batch" in response.json()
+
+
+def test_the_remembered_negotiation_chooses_as_drf_does_and_never_keeps_a_406():
+    from django.http import Http404
+    from rest_framework.exceptions import NotAcceptable
+    from rest_framework.negotiation import DefaultContentNegotiation
+    from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from predictions.api.negotiation import RememberedContentNegotiation
+
+    factory = APIRequestFactory()
+    cases = [
+        ("", {}),
+        ("*/*", {}),
+        ("application/json", {}),
+        ("application/json; indent=4", {}),
+        ("text/html", {}),
+        ("text/html;q=0.5, application/json", {}),
+        ("*/*", {"format": "api"}),
+        ("*/*", {"format": "json"}),
+        ("image/png", {}),
+        ("application/json", {"format": "xml"}),
+    ]
+    RememberedContentNegotiation._chosen.clear()
+    for _ in range(2):  # the second round answers from what the first kept
+        for accept, query in cases:
+            answers = []
+            for negotiation in (DefaultContentNegotiation(), RememberedContentNegotiation()):
+                extra = {"HTTP_ACCEPT": accept} if accept else {}
+                request = Request(factory.get("/api/v1/models/", query, **extra))
+                renderers = [JSONRenderer(), BrowsableAPIRenderer()]
+                try:
+                    renderer, media_type = negotiation.select_renderer(request, renderers)
+                    assert renderer in renderers
+                    answers.append((type(renderer), media_type))
+                except (NotAcceptable, Http404) as exc:  # no renderer for it; an unknown ?format=
+                    answers.append(type(exc))
+            assert answers[0] == answers[1], (accept, query, answers)
+    kept = RememberedContentNegotiation._chosen
+    assert len(kept) == 8 and ("image/png", None, None, (JSONRenderer, BrowsableAPIRenderer)) not in kept
