@@ -199,6 +199,9 @@ BATCH_MAX_WAIT_MS = env_int("BATCH_MAX_WAIT_MS", 5, minimum=0)  # wait this long
 BATCH_MAX_TOKENS = env_int("BATCH_MAX_TOKENS", 8192, minimum=64)  # padded tokens per forward pass
 MAX_ATTEMPTS = env_int("MAX_ATTEMPTS", 3, minimum=1)  # a row whose worker died this often fails
 BATCH_LOOP_SECONDS = env_int("BATCH_LOOP_SECONDS", 10, minimum=0)  # a task keeps claiming queued rows this long
+# How long a published wake-up counts as pending: single predictions submitted meanwhile send no
+# message of their own (predictions/wakeup.py); 0: one message per prediction.
+WAKEUP_COALESCE_MS = env_int("WAKEUP_COALESCE_MS", 1000, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
 # --- Back-pressure, rate limits, idempotency (README: Limits and back-pressure) ---------------

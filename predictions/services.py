@@ -44,6 +44,7 @@ from predictions.monitoring import forward_pass_observe, prediction_finished_obs
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, model_version
 from predictions.selectors import idempotency_key_get, predictions_in_flight_count
+from predictions.wakeup import wakeup_needed, wakeup_taken
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,10 @@ def _prediction_insert(prediction: Prediction) -> None:
     after a few uses instead of quoting every value into the SQL text. Under cache hits this was a
     sixth of the web's CPU (README, Throughput). No pre_save/post_save signal is sent: no receiver
     listens for Prediction (a test checks). Django's cursor wrapper stays around it (query logging,
-    execute wrappers)."""
+    execute wrappers). On the embedded default (SQLite), save() itself."""
+    if connection.vendor != "postgresql":
+        prediction.save()
+        return
     sql, fields = _insert_statement()
     values = [f.get_db_prep_save(f.pre_save(prediction, True), connection) for f in fields]
     connection.ensure_connection()
@@ -124,16 +128,20 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
 
 
 def _prediction_publish(prediction: Prediction) -> None:
-    """Send the run task for one row under the task id its INSERT recorded; on a broker failure the
+    """Send the run task for one row under the task id its INSERT recorded, unless a wake-up is
+    already pending whose claim will take the row (predictions/wakeup.py); on a broker failure the
     row is marked unpublished, for the sweeper."""
     from predictions.tasks import predictions_run_task
 
+    if not wakeup_needed():
+        return
     try:
         predictions_run_task.apply_async(
             args=[[prediction.pk]], task_id=prediction.task_id, timeout=settings.BROKER_PUBLISH_TIMEOUT
         )
     except Exception as exc:
         logger.error("could not publish prediction %d (%s): %s", prediction.pk, type(exc).__name__, exc)
+        wakeup_taken()  # nothing is pending after all: the next submission publishes
         Prediction.objects.filter(pk=prediction.pk, status=PredictionStatus.QUEUED).update(published_at=None)
         prediction.published_at = None
 
@@ -323,6 +331,8 @@ def predictions_run(
     # to their own tasks on its first claim, so that idle worker processes run them instead of
     # waiting while this one holds them; once its own rows are done, it takes other queued rows.
     fill = others and len(own_ids) < settings.INFERENCE_BATCH_SIZE
+    if fill:  # before the first claim, which takes other rows: submissions from now on publish again
+        wakeup_taken()
     while True:
         remaining = [pk for pk in own_ids if pk not in done]
         rows = predictions_claim(
@@ -350,9 +360,22 @@ def predictions_run(
         # claimable here (finished, given up, or held by another worker).
         own_left = any(r.pk in own_set for r in rows) and any(pk not in done for pk in own_ids)
         if not own_left and (not others or time.monotonic() > deadline):
+            if others:  # rows may still be queued whose submissions counted on this task
+                _wakeup_send()
             break
     counts["skipped"] += len(set(own_ids) - done)
     return counts
+
+
+def _wakeup_send() -> None:
+    """A run task with no rows of its own: it claims whatever is queued (a task that stops at
+    BATCH_LOOP_SECONDS while rows are still queued sends one)."""
+    from predictions.tasks import predictions_run_task
+
+    try:
+        predictions_run_task.apply_async(args=[[]], timeout=settings.BROKER_PUBLISH_TIMEOUT)
+    except Exception as exc:  # the sweeper sends the rows left queued
+        logger.error("could not publish a wake-up (%s): %s", type(exc).__name__, exc)
 
 
 def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[str, int]:

@@ -105,6 +105,28 @@ def test_a_batch_is_run_by_the_worker_process(api, worker, settings):
     assert not Prediction.objects.exclude(status=PredictionStatus.SUCCEEDED).exists()
 
 
+def test_a_burst_of_single_predictions_is_all_run_by_the_worker_process(api, worker):
+    """Submissions that find a wake-up pending send no message (predictions/wakeup.py): the pending
+    task's claims must still run every one of them, through the real broker and worker."""
+    from predictions.tasks import predictions_run_task
+
+    sent = []
+    real = predictions_run_task.apply_async
+
+    def counted(*args, **kwargs):
+        sent.append(kwargs.get("args"))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predictions_run_task, "apply_async", counted)
+        ids = [api.post("/api/v1/predictions/", {"text": f"a burst, text {i}"}).json()["id"] for i in range(30)]
+    rows = Prediction.objects.filter(pk__in=ids)
+    assert eventually(lambda: not rows.exclude(status=PredictionStatus.SUCCEEDED).exists(), timeout=30)
+    # How many messages went depends on how fast the worker takes them (tests/test_wakeup.py pins the
+    # rule); what must hold is that every row ran, with no sweeper running here.
+    assert 1 <= len(sent) <= len(ids)
+
+
 def test_waiting_on_a_batch_returns_when_the_worker_finishes_it(api, worker, settings):
     """GET /batches/N/?wait=20 holds no worker and answers once the worker process wrote the last row."""
     settings.BATCH_CHUNK_SIZE = 2

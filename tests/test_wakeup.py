@@ -1,0 +1,128 @@
+"""One wake-up message per burst of single predictions (predictions/wakeup.py), on the real Redis.
+
+The API publishes a run task only when no wake-up is pending; a run task that claims other rows
+clears the pending mark before its first claim. Whatever path breaks that errs towards publishing.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from predictions import services
+from predictions.models import Prediction
+from predictions.tasks import predictions_run_task
+from predictions.wakeup import _key
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (make test sets it)"),
+]
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """Every publish is recorded and not run: its message waits, as while the workers are busy."""
+    sent: list[list[int]] = []
+    monkeypatch.setattr(
+        predictions_run_task,
+        "apply_async",
+        lambda args=(), task_id=None, **_: sent.append(list(args[0])) or SimpleNamespace(id=task_id),
+    )
+    return sent
+
+
+def redis():
+    from predictions.notify import redis_client
+
+    return redis_client()
+
+
+def post(api, n: int, prefix: str = "text") -> list[int]:
+    ids = []
+    for i in range(n):
+        response = api.post("/api/v1/predictions/", {"text": f"{prefix} {i}"})
+        assert response.status_code == 202, response.json()
+        ids.append(response.json()["id"])
+    return ids
+
+
+def test_submissions_while_a_wake_up_is_pending_send_nothing_and_its_task_runs_them_all(api, held):
+    ids = post(api, 6)
+    assert held == [[ids[0]]]  # one message for six requests
+    assert 0 < redis().pttl(_key()) <= 1000
+    counts = services.predictions_run(held[0], task_id="the-pending-one")  # the worker takes the message
+    assert counts["succeeded"] == 6
+    assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
+    assert not redis().exists(_key())  # the task cleared it before claiming
+    later = post(api, 2, prefix="later")
+    assert held[1:] == [[later[0]]]  # the next burst publishes again, once
+
+
+def test_the_mark_is_cleared_before_the_first_claim_so_a_row_committed_after_it_publishes(api, held, monkeypatch):
+    """The order the guarantee rests on: clear, then claim. A submission that lands between the two
+    finds no mark and publishes, even though the claim then takes its row too."""
+    post(api, 1)
+    real_claim = services.predictions_claim
+    between = []
+
+    def claim(*args, **kwargs):
+        if not between:
+            assert not redis().exists(_key())
+            between.extend(post(api, 1, prefix="between"))
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(services, "predictions_claim", claim)
+    services.predictions_run(held[0], task_id="t")
+    assert held[1] == between
+
+
+def test_a_failed_publish_clears_the_mark_and_leaves_the_row_to_the_sweeper(api, monkeypatch):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(predictions_run_task, "apply_async", broker_down)
+    [first] = post(api, 1)
+    assert Prediction.objects.get(pk=first).published_at is None
+    assert not redis().exists(_key())
+
+
+def test_with_redis_down_or_coalescing_off_every_submission_publishes(api, held, settings):
+    settings.WAKEUP_COALESCE_MS = 0
+    assert len(post(api, 3)) == len(held) == 3
+    settings.WAKEUP_COALESCE_MS = 1000
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    assert len(post(api, 3, prefix="down")) == 3 and len(held) == 6
+
+
+def test_a_mark_whose_task_never_came_expires(api, held, settings):
+    import time
+
+    settings.WAKEUP_COALESCE_MS = 100
+    post(api, 2)
+    assert len(held) == 1
+    time.sleep(0.2)
+    post(api, 1, prefix="after")
+    assert len(held) == 2
+
+
+def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(owner, settings, monkeypatch):
+    settings.BATCH_LOOP_SECONDS = 0
+    settings.BATCH_MAX_SIZE = 2
+    rows = [
+        Prediction.objects.create(owner=owner, text=f"queued {i}", text_sha256="x", model_name="sentiment")
+        for i in range(5)
+    ]
+    sent = []
+    real = predictions_run_task.apply_async
+
+    def spy(*args, **kwargs):  # recorded, and run (eagerly), as a worker would take it
+        sent.append(kwargs["args"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictions_run_task, "apply_async", spy)
+    services.predictions_run([rows[0].pk], task_id="first")
+    assert sent and all(args == [[]] for args in sent)
+    assert all(row.status == "succeeded" for row in Prediction.objects.filter(pk__in=[r.pk for r in rows]))
