@@ -101,7 +101,8 @@ def _prediction_insert(prediction: Prediction) -> None:
         return
     sql, fields = _insert_statement()
     values = [f.get_db_prep_save(f.pre_save(prediction, True), connection) for f in fields]
-    connection.ensure_connection()
+    connection.close_if_health_check_failed()  # as connection.cursor() does: replaces a connection the
+    connection.ensure_connection()  # server closed (a restart) before this request's first statement
     raw = psycopg.Cursor(connection.connection)
     with connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw) as cursor:
         cursor.execute(sql, values)

@@ -20,9 +20,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    """Task publishes are recorded, not run: rows stay queued (in flight)."""
+def recorded(monkeypatch, settings):
+    """Task publishes are recorded, not run: rows stay queued (in flight). One per submission: no
+    wake-up coalescing (predictions/wakeup.py), which would count on a task that never runs here."""
     from predictions.tasks import predictions_run_task
+
+    settings.WAKEUP_COALESCE_MS = 0
 
     sent: list[list[int]] = []
     monkeypatch.setattr(
