@@ -104,7 +104,8 @@ def _prediction_insert(prediction: Prediction) -> None:
     connection.close_if_health_check_failed()  # as connection.cursor() does: replaces a connection the
     connection.ensure_connection()  # server closed (a restart) before this request's first statement
     raw = psycopg.Cursor(connection.connection)
-    with connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw) as cursor:
+    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with transaction.mark_for_rollback_on_error(connection.alias), wrapped as cursor:  # as save() does
         cursor.execute(sql, values)
         prediction.pk = cursor.fetchone()[0]
     prediction._state.adding, prediction._state.db = False, connection.alias
@@ -332,18 +333,19 @@ def predictions_run(
     # to their own tasks on its first claim, so that idle worker processes run them instead of
     # waiting while this one holds them; once its own rows are done, it takes other queued rows.
     fill = others and len(own_ids) < settings.INFERENCE_BATCH_SIZE
-    if fill:  # before the first claim, which takes other rows: submissions from now on publish again
+    if others:  # before any claim: submissions from now on publish again (predictions/wakeup.py)
         wakeup_taken()
     while True:
         remaining = [pk for pk in own_ids if pk not in done]
-        rows = predictions_claim(
-            remaining, task_id=task_id, limit=limit, others=others and (fill or not first), reclaim=first
-        )
+        with_others = others and (fill or not first)
+        rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=with_others, reclaim=first)
         if first and fill and len(rows) < limit and settings.BATCH_MAX_WAIT_MS > 0 and _company_expected(rows):
             time.sleep(settings.BATCH_MAX_WAIT_MS / 1000)  # let concurrent requests join this forward pass
             rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
         first = False
         if not rows:
+            if others and not with_others:
+                continue  # own rows all gone: one claim of other rows before returning, which the wake-up needs
             break
         _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
         done.update(r.pk for r in rows)

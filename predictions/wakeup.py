@@ -8,14 +8,17 @@ pending; a Redis key marks one as pending:
 
 - the web, after its INSERT committed, sets the key if it is absent (SET NX, expiring after
   WAKEUP_COALESCE_MS) and publishes only if it set it;
-- a run task that will claim other rows deletes the key *before* its first claim.
+- a run task that claims other rows deletes the key *before* its first claim, and claims other
+  rows at least once before it returns.
 
 So a submission that finds the key set committed its row before the pending task's claim, which
-will take it; one that finds it gone publishes. Every path that could break this errs towards
-publishing: Redis down (publish), a publish that fails (the key is deleted, the row is left to the
-sweeper as before), a task that reaches BATCH_LOOP_SECONDS with rows still queued (it sends a
-wake-up before it returns), a key whose task never came (it expires). The sweeper stays the
-backstop for any row queued too long, as for a lost message.
+will take it; one that finds it gone publishes. Redis down at submit: the web publishes. A task
+that reaches BATCH_LOOP_SECONDS with rows still queued sends a wake-up before it returns. Web and
+worker must share REDIS_URL and the queue (the key is per queue). Two fault paths leave rows to
+the sweeper (SWEEP_QUEUED_AFTER), as a lost message does: a worker that cannot delete the key
+(Redis failing between the web's SET and the worker's DELETE: rows submitted until the key
+expires), and a publish that fails after setting it (the key is deleted then; rows submitted
+while the publish was being tried).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def wakeup_taken() -> None:
     """A run task is about to claim other queued rows: submissions from now on publish again.
     Also called when the publish that set the key failed."""
     client = redis_client()
-    if client is None or settings.WAKEUP_COALESCE_MS == 0:
+    if client is None:  # cleared whatever this process's WAKEUP_COALESCE_MS: the web's may differ
         return
     try:
         client.delete(_key())

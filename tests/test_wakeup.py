@@ -22,6 +22,12 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def long_mark(settings):
+    """A mark that outlives any test's submissions, however slow the machine: expiry is simulated."""
+    settings.WAKEUP_COALESCE_MS = 60_000
+
+
 @pytest.fixture
 def held(monkeypatch):
     """Every publish is recorded and not run: its message waits, as while the workers are busy."""
@@ -52,7 +58,7 @@ def post(api, n: int, prefix: str = "text") -> list[int]:
 def test_submissions_while_a_wake_up_is_pending_send_nothing_and_its_task_runs_them_all(api, held):
     ids = post(api, 6)
     assert held == [[ids[0]]]  # one message for six requests
-    assert 0 < redis().pttl(_key()) <= 1000
+    assert 0 < redis().pttl(_key()) <= 60_000
     counts = services.predictions_run(held[0], task_id="the-pending-one")  # the worker takes the message
     assert counts["succeeded"] == 6
     assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
@@ -100,12 +106,38 @@ def test_with_redis_down_or_coalescing_off_every_submission_publishes(api, held,
 def test_a_mark_whose_task_never_came_expires(api, held, settings):
     import time
 
-    settings.WAKEUP_COALESCE_MS = 100
     post(api, 2)
     assert len(held) == 1
-    time.sleep(0.2)
+    redis().pexpire(_key(), 1)  # as WAKEUP_COALESCE_MS would, later
+    time.sleep(0.05)
     post(api, 1, prefix="after")
     assert len(held) == 2
+
+
+def test_a_worker_clears_the_mark_whatever_its_own_coalescing_setting(api, held, settings):
+    post(api, 1)
+    settings.WAKEUP_COALESCE_MS = 0  # the worker's setting may differ from the web's
+    services.predictions_run(held[0], task_id="t")
+    assert not redis().exists(_key())
+
+
+def test_with_one_text_per_pass_the_pending_task_still_clears_the_mark_and_takes_the_burst(api, held, settings):
+    """INFERENCE_BATCH_SIZE=1: a single-text task's first claim takes only its own row, so the
+    task must still clear the mark first and claim other rows before it returns."""
+    settings.INFERENCE_BATCH_SIZE = 1
+    ids = post(api, 4)
+    assert held == [[ids[0]]]
+    services.predictions_run(held[0], task_id="t")
+    assert not redis().exists(_key())
+    assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
+
+
+def test_a_task_whose_own_rows_are_gone_still_claims_the_coalesced_ones(api, held, settings):
+    settings.INFERENCE_BATCH_SIZE = 1  # the first claim is for own rows only
+    ids = post(api, 3)
+    Prediction.objects.filter(pk=ids[0]).update(status="succeeded")  # another task ran it meanwhile
+    counts = services.predictions_run(held[0], task_id="t")
+    assert counts["skipped"] == 1 and counts["succeeded"] == 2
 
 
 def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(owner, settings, monkeypatch):
