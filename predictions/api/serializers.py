@@ -107,7 +107,7 @@ def prediction_input_fast(data) -> dict | None:
     if "model" not in data:
         return {"text": text, "model": settings.DEFAULT_MODEL}
     model = data["model"]
-    if type(model) is not str or model != model.strip() or not model or not model_exists(model):
+    if type(model) is not str or model != model.strip() or not model_exists(model):
         return None
     return {"text": text, "model": model}
 
