@@ -19,7 +19,7 @@ def _part(pid: int, cmdline: str) -> str:
         return "loadgen"
     if "celery" in cmdline and " worker" in cmdline:
         return "worker"
-    if "gunicorn" in cmdline or "runserver" in cmdline:
+    if "granian" in cmdline or "runserver" in cmdline:
         return "web"
     if "postgres" in cmdline.split(" ", 1)[0]:
         return "postgres"

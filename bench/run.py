@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workloads", default="w1,w2,w3", help="which workloads to run (RAW always runs)")
     parser.add_argument("--w2-clients", type=int, default=2, help="clients posting batches at once in W2")
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (as make run: 2)")
-    parser.add_argument("--web-threads", type=int, default=8, help="threads per gunicorn worker (as make run: 8)")
+    parser.add_argument("--web-workers", type=int, default=2, help="web server (granian) processes (as make run: 2)")
+    parser.add_argument("--web-threads", type=int, default=8, help="threads per web server process (as make run: 8)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
     parser.add_argument(
         "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's INFERENCE_BATCH_SIZE)"

@@ -158,7 +158,7 @@ def client_loop(stack: Stack, load: Load, *, number: int, stop_at: float, seed: 
 
 
 def stack_processes(stack: Stack) -> dict[str, list[psutil.Process]]:
-    """web (gunicorn master and workers), worker (celery's main process), worker child (its pool), beat."""
+    """web (granian main process and workers), worker (celery's main process), worker child (its pool), beat."""
     roles: dict[str, list[psutil.Process]] = {"web": [], "worker": [], "worker child": [], "beat": []}
     try:
         top = psutil.Process(stack.process.pid).children()
@@ -170,7 +170,7 @@ def stack_processes(stack: Stack) -> dict[str, list[psutil.Process]]:
             children = process.children(recursive=True)
         except psutil.NoSuchProcess:
             continue
-        if "gunicorn" in line:
+        if "granian" in line:
             roles["web"] += [process, *children]
         elif " worker" in line:
             roles["worker"].append(process)

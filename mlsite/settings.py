@@ -270,7 +270,7 @@ LOGIN_URL = "admin:login"
 LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "plain"))
 LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
 
-# prometheus_client's multiprocess mode: every process (gunicorn workers, Celery workers) writes its
+# prometheus_client's multiprocess mode: every process (granian workers, Celery workers) writes its
 # samples to files here and /metrics sums them. The library reads the variable itself, so it is set
 # here, before any metric exists; child processes inherit it.
 PROMETHEUS_MULTIPROC_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics")))

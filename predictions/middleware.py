@@ -1,4 +1,4 @@
-"""Refuse oversized request bodies before anything reads them whole."""
+"""Refuse oversized requests: a URL over MAX_URL_BYTES, a body before anything reads it whole."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from django.core.handlers.wsgi import LimitedStream
 from django.http import JsonResponse
 
 READ_PIECE = 64 * 1024
+MAX_URL_BYTES = 4094  # path and query string, as received (percent-encoded); a request line of about that
 
 
 class RequestSizeLimitMiddleware:
-    """413 when the body is over MAX_REQUEST_BYTES.
+    """414 when the URL is over MAX_URL_BYTES; 413 when the body is over MAX_REQUEST_BYTES.
 
     With a Content-Length the body is never read. A chunked body (Transfer-Encoding: chunked, no
-    Content-Length) from a server that ends the stream itself (gunicorn sets wsgi.input_terminated)
+    Content-Length) from a server that ends the stream itself (granian sets wsgi.input_terminated)
     is read in pieces up to MAX_REQUEST_BYTES + 1 bytes: one byte more is a 413 (the rest is never
     read); otherwise the body is handed on with its length, as if it had come with a Content-Length
     (Django alone would see an empty body, since it reads no further than CONTENT_LENGTH).
@@ -25,6 +26,14 @@ class RequestSizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        url_bytes = _url_bytes(request.META)
+        if url_bytes is not None:
+            return _refusal(
+                {
+                    "detail": f"URL of {url_bytes} bytes (path and query string) is over the limit of {MAX_URL_BYTES} bytes."
+                },
+                status=414,
+            )
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length == "0" and _is_chunked(request.META):
             return self._chunked_body_read(request) or self.get_response(request)
@@ -71,6 +80,22 @@ def _refusal(body: dict, *, status: int) -> JsonResponse:
     response = JsonResponse(body, status=status)
     response["Content-Length"] = str(len(response.content))
     return response
+
+
+def _url_bytes(meta) -> int | None:
+    """The URL's length as sent when it is over MAX_URL_BYTES, else None.
+
+    Django has put the path in META decoded (UTF-8): it is percent-encoded again only when it could
+    be over the limit (a character is at most 12 bytes encoded); the query string is still as sent."""
+    path = meta.get("SCRIPT_NAME", "") + meta.get("PATH_INFO", "")
+    query = meta.get("QUERY_STRING", "")
+    extra = len(query) + 1 if query else 0
+    if 12 * len(path) + extra <= MAX_URL_BYTES:
+        return None
+    from urllib.parse import quote
+
+    size = len(quote(path.encode("utf-8", "surrogateescape"), safe="/;:@&=+$,-_.!~*'()")) + extra
+    return size if size > MAX_URL_BYTES else None
 
 
 def _is_chunked(meta) -> bool:

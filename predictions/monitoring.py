@@ -1,6 +1,6 @@
 """Prometheus metrics: what the web and worker processes observe, and /metrics that sums them.
 
-prometheus_client runs in multiprocess mode: each process (every gunicorn worker, every Celery pool
+prometheus_client runs in multiprocess mode: each process (every granian worker, every Celery pool
 process) writes its samples to files of its own in PROMETHEUS_MULTIPROC_DIR, and /metrics reads
 them all. The counts by status are not samples but read from the database when /metrics is scraped.
 An observation costs a dictionary lookup and a write to a memory-mapped file: about a microsecond

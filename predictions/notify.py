@@ -153,7 +153,7 @@ _listeners_lock = threading.Lock()
 
 
 def listener() -> Listener | None:
-    """This process's listener for REDIS_URL, started on first use (after gunicorn's fork)."""
+    """This process's listener for REDIS_URL, started on first use (after the web server's fork)."""
     url = settings.REDIS_URL
     if not url:
         return None

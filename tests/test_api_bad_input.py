@@ -113,6 +113,20 @@ def test_a_body_over_max_request_bytes_is_413_before_it_is_read(api, nothing_cha
     assert "over the limit of 2048 bytes" in response.json()["detail"]
 
 
+def test_a_url_over_max_url_bytes_is_414_and_a_long_one_under_it_is_served(api, nothing_changes):
+    from predictions.middleware import MAX_URL_BYTES
+
+    query = "&".join(["model=sentiment"] * ((MAX_URL_BYTES - 40) // 16))  # just under the limit
+    assert api.get(f"/api/v1/predictions/?{query}").status_code == 200
+    response = api.get(f"/api/v1/predictions/?{query}&{query}")
+    assert response.status_code == 414
+    assert response.json()["detail"].endswith(f"is over the limit of {MAX_URL_BYTES} bytes.")
+    # The path counts as sent: 1,400 "é" are 8,400 bytes percent-encoded (UTF-8); 600 are 3,600.
+    response = api.get("/api/v1/predictions/" + "%C3%A9" * 1400 + "/")
+    assert response.status_code == 414 and "URL of 8421 bytes" in response.json()["detail"]
+    assert api.get("/api/v1/predictions/" + "%C3%A9" * 600 + "/").status_code == 404
+
+
 def test_another_users_prediction_is_404(api, stranger_api):
     body = api.post("/api/v1/predictions/", {"text": "mine"}).json()
     response = stranger_api.get(f"/api/v1/predictions/{body['id']}/")

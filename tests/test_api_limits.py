@@ -238,18 +238,18 @@ def test_a_small_chunked_body_is_read_and_handled_as_usual(api, recorded):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_gunicorn_answers_a_chunked_10_mb_post_with_413_before_the_body_ends(owner, settings, tmp_path):
-    """The real server: the 413 comes back while the client is still sending (the terminating chunk
-    never sent), and a small chunked POST reaches the view and is stored."""
+def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_ends(owner, settings, tmp_path):
+    """The real server, run as `make run` runs it: the 413 comes back while the client is still
+    sending (the terminating chunk never sent), a small chunked POST reaches the view and is stored,
+    and a URL over MAX_URL_BYTES is a JSON 414."""
     import socket
     import subprocess
-    import sys
     import urllib.request
-    from pathlib import Path
 
     from rest_framework.authtoken.models import Token
 
     from bench.stack import ROOT, free_port
+    from predictions.management.commands.runstack import web_command
 
     token = Token.objects.create(user=owner).key
     database = settings.DATABASES["default"]
@@ -264,8 +264,7 @@ def test_gunicorn_answers_a_chunked_10_mb_post_with_413_before_the_body_ends(own
         "MLSITE_MODELS": ",".join(f"{k}={v}" for k, v in settings.MLSITE_MODELS.items()),
         "DEBUG": "0",
     }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    command = [str(gunicorn), "mlsite.wsgi:application", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread"]
+    command = web_command(bind=f"127.0.0.1:{port}", web_workers=1, web_threads=2)
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -305,6 +304,21 @@ def test_gunicorn_answers_a_chunked_10_mb_post_with_413_before_the_body_ends(own
             reply = http_reply(sock)
         assert reply.startswith(b"HTTP/1.1 202"), reply[:500]
         assert Prediction.objects.get().text == "good film"
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            url = "/api/v1/predictions/?" + "&".join(["model=sentiment"] * 400)
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            reply = http_reply(sock)
+        assert reply.startswith(b"HTTP/1.1 414 "), reply[:300]
+        assert b"application/json" in reply and f"URL of {len(url)} bytes".encode() in reply
+        replies = {}
+        for count in (1400, 600):  # the path counts as sent, percent-encoded: 8,421 and 3,621 bytes
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                url = "/api/v1/predictions/" + "%C3%A9" * count + "/"
+                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n\r\n".encode())
+                replies[count] = http_reply(sock)
+        assert replies[1400].startswith(b"HTTP/1.1 414 ") and b"URL of 8421 bytes" in replies[1400], replies[1400][:300]
+        assert replies[600].startswith(b"HTTP/1.1 404 "), replies[600][:300]
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -119,9 +119,9 @@ def test_every_requirement_is_pinned_exactly():
 
 
 def _normalised(command: list[str]) -> list[str]:
-    """Program names without their venv path; the bind address and schedule path vary by deployment."""
+    """Program names without their venv path; the host address and schedule path vary by deployment."""
     out = [os.path.basename(command[0]), *command[1:]]
-    for flag in ("--bind", "--schedule"):
+    for flag in ("--host", "--schedule"):
         if flag in out:
             out[out.index(flag) + 1] = "<" + flag.strip("-") + ">"
     return out
@@ -133,11 +133,7 @@ def test_compose_runs_the_same_commands_as_make_run_and_the_readme(service, sett
     local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=8)[service]
     assert _normalised(SERVICES[service]["command"]) == _normalised(local)
     readme = (ROOT / "README.md").read_text()
-    shown = (
-        " ".join(_normalised(local))
-        .replace("<bind>", "127.0.0.1:8000")
-        .replace("<schedule>", "var/celerybeat-schedule")
-    )
+    shown = " ".join(_normalised(local)).replace("<host>", "127.0.0.1").replace("<schedule>", "var/celerybeat-schedule")
     assert shown in readme, f"README does not show: {shown}"
 
 

@@ -24,6 +24,7 @@ from predictions.api.serializers import (
     idempotency_key_validate,
     prediction_input_fast,
 )
+from predictions.middleware import MAX_URL_BYTES
 from predictions.models import IdempotencyEndpoint
 from predictions.registry import model_info_get, model_names
 from predictions.selectors import batches_visible_to, predictions_filter, predictions_visible_to
@@ -78,10 +79,8 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
         "header Idempotent-Replayed: true) and creates nothing; the same key with a different body is a 422."
     ),
 )
-URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow gunicorn's limit
-    (414, "text/html"): OpenApiResponse(
-        OpenApiTypes.STR, description="Request line over 4094 bytes: refused by gunicorn (limit_request_line), in HTML."
-    )
+URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow the limit
+    414: OpenApiResponse(Detail, description=f"URL (path and query string) over {MAX_URL_BYTES} bytes.")
 }
 WAIT_PARAMETER = OpenApiParameter(
     "wait",
