@@ -1,21 +1,24 @@
 """Telling a waiting request that its prediction finished, without holding a worker.
 
 With Redis (REDIS_URL), the worker publishes the ids of the rows it just wrote on one channel, once
-per batch. Each web process keeps one subscriber thread on that channel, which wakes the requests
-waiting for those ids: a waiting request costs no Redis round trip of its own, and wakes as soon as
-its row is written. Without Redis, or while the subscriber is not connected, a waiting request polls
-the row. A notification is a shortcut, never the source of truth: the row is read again every
-second (or sooner when polling) in case a message is lost.
+per batch, with the result fields it committed to each row it held. Each web process keeps one
+subscriber thread on that channel, which wakes the requests waiting for those ids and hands each
+its row's fields: a waiting request costs no Redis round trip of its own, wakes as soon as its row
+is written, and answers without reading the row again. Without Redis, or while the subscriber is
+not connected, a waiting request polls the row. A message without fields for a row (one that came
+before the request waited, or from an older worker) makes the request read its row, and the row is
+read every second (or sooner when polling) in case a message is lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 
 from django.conf import settings
@@ -39,14 +42,22 @@ def redis_client():
     return _client(settings.REDIS_URL) if settings.REDIS_URL else None
 
 
-def predictions_finished_notify(ids: Sequence[int], batch_ids: Iterable[int] = ()) -> None:
-    """One message for the whole forward pass: the row ids, then `b<id>` for each API batch
-    (POST /batches/) the rows belong to, comma-separated."""
+def predictions_finished_notify(
+    ids: Sequence[int], batch_ids: Iterable[int] = (), finished: Mapping[int, dict] | None = None
+) -> None:
+    """One message for the whole forward pass, JSON: the row ids, the API batches (POST /batches/)
+    the rows belong to, and `finished`: for rows this pass wrote, the fields a waiting request
+    answers with (services.finished_fields)."""
     client = redis_client()
     if client is None or not ids:
         return
+    message = {
+        "ids": list(ids),
+        "batches": sorted(set(batch_ids)),
+        "rows": {str(k): v for k, v in (finished or {}).items()},
+    }
     try:
-        client.publish(CHANNEL, ",".join([*(str(pk) for pk in ids), *(f"b{pk}" for pk in sorted(set(batch_ids)))]))
+        client.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
     except Exception as exc:
         logger.warning("could not notify waiting requests (%s): %s", type(exc).__name__, exc)
 
@@ -68,21 +79,37 @@ def _tokens_forget() -> None:
     tokens_forget()
 
 
+class Waiter(threading.Event):
+    """Set when the row (or batch) it waits for was written; `fields`: what the message said of it."""
+
+    fields: dict | None = None
+
+
+def _parse(data: bytes) -> tuple[list[int], list[int], dict]:
+    """(row ids, batch ids, fields by row id) of a message; an older worker's is `1,2,b7` (no fields)."""
+    if data[:1] == b"{":
+        message = json.loads(data)
+        return [int(pk) for pk in message["ids"]], [int(pk) for pk in message["batches"]], message.get("rows") or {}
+    parts = [part.strip() for part in data.split(b",")]
+    ids = [int(part) for part in parts if part.isdigit()]
+    return ids, [int(part[1:]) for part in parts if part[:1] == b"b" and part[1:].isdigit()], {}
+
+
 class Listener:
     """One subscriber thread per web process; waiters register the id they wait for."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.lock = threading.Lock()
-        self.waiters: dict[int, list[threading.Event]] = {}
+        self.waiters: dict[int | tuple[str, int], list[Waiter]] = {}
         self.recent: OrderedDict[int, None] = OrderedDict()
         self.subscribed = threading.Event()
         self.lost = False  # the subscription was lost at least once
         self.thread = threading.Thread(target=self._run, name="mlsite-notify", daemon=True)
         self.thread.start()
 
-    def register(self, pk: int | tuple[str, int]) -> threading.Event:
-        event = threading.Event()
+    def register(self, pk: int | tuple[str, int]) -> Waiter:
+        event = Waiter()
         with self.lock:
             if pk in self.recent:
                 event.set()
@@ -90,7 +117,7 @@ class Listener:
                 self.waiters.setdefault(pk, []).append(event)
         return event
 
-    def unregister(self, pk: int | tuple[str, int], event: threading.Event) -> None:
+    def unregister(self, pk: int | tuple[str, int], event: Waiter) -> None:
         with self.lock:
             events = self.waiters.get(pk, [])
             if event in events:
@@ -99,16 +126,15 @@ class Listener:
                 self.waiters.pop(pk, None)
 
     def _deliver(self, data: bytes) -> None:
-        parts = [part.strip() for part in data.split(b",")]
-        ids = [int(part) for part in parts if part.isdigit()]
-        batches = [("batch", int(part[1:])) for part in parts if part[:1] == b"b" and part[1:].isdigit()]
+        ids, batch_ids, fields = _parse(data)
         with self.lock:
-            for key in batches:  # a batch has one message per forward pass: never "recent", always re-checked
-                for event in self.waiters.pop(key, ()):
+            for batch_id in batch_ids:  # a batch has one message per forward pass: never "recent", always re-checked
+                for event in self.waiters.pop(("batch", batch_id), ()):
                     event.set()
             for pk in ids:
                 self.recent[pk] = None
                 for event in self.waiters.pop(pk, ()):
+                    event.fields = fields.get(str(pk))
                     event.set()
             while len(self.recent) > RECENT_IDS:
                 self.recent.popitem(last=False)
@@ -134,7 +160,10 @@ class Listener:
                     if message["channel"] == AUTH_CHANNEL.encode():
                         _tokens_forget()
                     else:
-                        self._deliver(message["data"])
+                        try:
+                            self._deliver(message["data"])
+                        except (ValueError, KeyError, TypeError) as exc:  # not ours: waiters re-read within a second
+                            logger.warning("ignored a malformed notification (%s): %s", type(exc).__name__, exc)
             except Exception as exc:  # Redis gone: waiters poll until it is back
                 if self.subscribed.is_set() or delay == 0.1:  # once per outage, not once per retry
                     logger.warning("notification listener lost Redis (%s): %s", type(exc).__name__, exc)
@@ -163,11 +192,19 @@ def listener() -> Listener | None:
         return _listeners[url]
 
 
-def finished_wait(pk: int, *, timeout: float, is_finished: Callable[[], bool]) -> bool:
+def finished_wait(
+    pk: int,
+    *,
+    timeout: float,
+    is_finished: Callable[[], bool],
+    finished_from: Callable[[dict], bool] | None = None,
+) -> bool:
     """Block up to `timeout` seconds until `is_finished()`; True if it finished in time.
 
     `is_finished` reads the row: it is called when the notification arrives, at least every
-    RECHECK_SECONDS while none does, and more often while the listener is not subscribed.
+    RECHECK_SECONDS while none does, and more often while the listener is not subscribed. When the
+    notification carries the row's fields, `finished_from(fields)` takes them instead of a read
+    (True: finished).
     """
     deadline = time.monotonic() + timeout
     current = listener()
@@ -185,6 +222,8 @@ def finished_wait(pk: int, *, timeout: float, is_finished: Callable[[], bool]) -
             else:  # not (yet) subscribed: a notification could be missed, so poll
                 woken = event.wait(min(remaining, delay))
                 delay = min(delay * 1.5, 0.1)
+            if woken and event.fields is not None and finished_from is not None and finished_from(event.fields):
+                return True
             if is_finished():
                 return True
             if woken:  # notified, yet the row says otherwise (a stale message): poll the rest of the time

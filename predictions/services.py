@@ -231,7 +231,8 @@ def _chunks_send(sends: Sequence[tuple[str, list[int]]]) -> None:
 CLAIMED_FIELDS = tuple(
     f.attname
     for f in Prediction._meta.concrete_fields
-    if f.attname in {"id", "batch_id", "text", "text_sha256", "model_name", "attempts", "created_at", "request_id"}
+    if f.attname
+    in {"id", "batch_id", "text", "text_sha256", "model_name", "attempts", "created_at", "started_at", "request_id"}
 )
 
 
@@ -459,7 +460,11 @@ def _results_write(model_name: str, version: str, rows: list[Prediction], result
             continue
         counts["succeeded" if row.status == PredictionStatus.SUCCEEDED else "failed"] += 1
         prediction_finished_observe(model_name, row.status, (finished - row.created_at).total_seconds())
-    predictions_finished_notify([row.pk for row in rows], [row.batch_id for row in rows if row.batch_id])
+    predictions_finished_notify(
+        [row.pk for row in rows],
+        [row.batch_id for row in rows if row.batch_id],
+        {row.pk: finished_fields(row) for row in rows if row.pk in held_ids},
+    )
     return counts
 
 
@@ -475,6 +480,31 @@ def _row_fill(row: Prediction, result, *, version: str, finished: datetime) -> N
 
 
 RESULT_FIELDS = ("status", "error", "label", "score", "scores", "labels", "model_version", "finished_at")
+NOTIFIED_FIELDS = (*RESULT_FIELDS, "started_at")  # what a waiting request's answer takes from the worker
+
+
+def finished_fields(row: Prediction) -> dict:
+    """The fields a finished row's notification carries (JSON-ready): what the worker committed."""
+    fields = {name: getattr(row, name) for name in NOTIFIED_FIELDS}
+    for name in ("started_at", "finished_at"):
+        fields[name] = fields[name].isoformat() if fields[name] is not None else None
+    return fields
+
+
+def finished_apply(prediction: Prediction, fields: dict) -> bool:
+    """Take a notification's fields onto the waiting request's row object, as a read of the row
+    would; True if they say it finished. Anything unexpected (False) leaves the row to be read."""
+    try:
+        values = {name: fields[name] for name in NOTIFIED_FIELDS}
+        for name in ("started_at", "finished_at"):
+            values[name] = datetime.fromisoformat(values[name]) if values[name] is not None else None
+    except (KeyError, TypeError, ValueError):
+        return False
+    if values["status"] not in (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED):
+        return False
+    for name, value in values.items():
+        setattr(prediction, name, value)
+    return True
 
 
 def _results_store(rows: list[Prediction], *, task_id: str) -> set[int]:
@@ -552,7 +582,12 @@ def prediction_wait(prediction: Prediction, *, timeout: float) -> Prediction:
         return prediction.is_finished
 
     if not prediction.is_finished:
-        finished_wait(prediction.pk, timeout=timeout, is_finished=is_finished)
+        finished_wait(
+            prediction.pk,
+            timeout=timeout,
+            is_finished=is_finished,
+            finished_from=lambda fields: finished_apply(prediction, fields),
+        )
     return prediction
 
 

@@ -31,6 +31,8 @@ def _exercise(stack: Stack) -> None:
     assert status == 200, (body, stack.logs())
     assert body["status"] == "succeeded" and body["label"] == "positive" and body["cached"] is False
     assert body["model"]["name"] == "sentiment" and len(body["model"]["version"]) == 12
+    status, stored = stack.request("GET", f"/api/v1/predictions/{body['id']}/")
+    assert status == 200 and stored == body  # the answer the wait gave (from the notification, with Redis) is the row
 
     status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": "a dull, lifeless and boring mess"})
     assert status == 200 and body["label"] == "negative", body

@@ -125,3 +125,84 @@ def test_a_batch_wait_times_out_when_the_batch_never_finishes(listener):
     began = time.monotonic()
     assert not notify.batch_finished_wait(50_000_000 + os.getpid(), timeout=0.3, is_finished=lambda: False)
     assert 0.3 <= time.monotonic() - began < 2
+
+
+def test_the_message_carries_the_row_s_fields_and_the_waiter_takes_them_without_a_read(listener):
+    row = Row()
+    pk = 60_000_000 + os.getpid()
+    taken = []
+
+    def finished_from(fields: dict) -> bool:
+        taken.append(fields)
+        return True
+
+    def run() -> None:
+        time.sleep(0.2)
+        notify.predictions_finished_notify([pk, pk + 1], finished={pk: {"status": "succeeded", "label": "positive"}})
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert notify.finished_wait(pk, timeout=10, is_finished=row.is_finished, finished_from=finished_from)
+    thread.join()
+    assert taken == [{"status": "succeeded", "label": "positive"}] and row.reads == 0
+
+
+def test_a_message_without_fields_or_from_an_older_worker_makes_the_waiter_read_its_row(listener):
+    import redis
+
+    publisher = redis.Redis.from_url(os.environ["REDIS_URL"])
+    cases = [(None, False), ("{pk},{other},b7", False), ("{{not json", True), ('{{"rows": {{}}}}', True)]
+    for n, (message, malformed) in enumerate(cases):
+        row = Row()
+        pk = 70_000_000 + os.getpid() * 100 + n * 10  # its neighbour pk + 1 is no other case's
+
+        def run(message=message, malformed=malformed, pk=pk, row=row) -> None:
+            time.sleep(0.2)
+            row.finished = True
+            if message is None:  # this pass did not hold the row: its id, no fields
+                notify.predictions_finished_notify([pk], finished={pk + 1: {"status": "succeeded"}})
+            else:
+                publisher.publish(notify.CHANNEL, message.format(pk=pk, other=pk + 1))
+                if malformed:  # ignored: the listener lives on for the next message
+                    notify.predictions_finished_notify([pk])
+
+        thread = threading.Thread(target=run)
+        began = time.monotonic()
+        thread.start()
+        assert notify.finished_wait(pk, timeout=10, is_finished=row.is_finished, finished_from=lambda f: True)
+        thread.join()
+        assert time.monotonic() - began < notify.RECHECK_SECONDS * 0.9, message
+        assert row.reads == 1, message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_request_answers_from_the_message_exactly_what_the_row_holds(listener, owner, monkeypatch):
+    """The worker's real write path wakes the request; the request reads nothing, and its answer is
+    the JSON a later GET of the row gives."""
+    from django.db import connection, connections
+    from django.test.utils import CaptureQueriesContext
+
+    from predictions import services
+    from predictions.api.serializers import PredictionSerializer
+    from predictions.models import Prediction, PredictionStatus
+
+    monkeypatch.setattr(services, "_prediction_publish", lambda prediction: None)  # the "worker" is a thread here
+    texts = ["a gorgeous, witty film", "dull"]
+    predictions = [services.prediction_create(owner=owner, text=t, model_name="sentiment") for t in texts]
+
+    def worker() -> None:
+        time.sleep(0.3)
+        try:
+            services.predictions_run([p.pk for p in predictions], task_id="")
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with CaptureQueriesContext(connection) as queries:
+        waited = services.prediction_wait(predictions[0], timeout=10)
+    thread.join()
+    assert waited.status == PredictionStatus.SUCCEEDED and len(queries) == 0, [q["sql"] for q in queries]
+    stored = Prediction.objects.get(pk=waited.pk)
+    assert PredictionSerializer(waited).data == PredictionSerializer(stored).data
+    assert waited.score == stored.score and waited.scores == stored.scores  # the same floats, not approximately
