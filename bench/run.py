@@ -2,7 +2,8 @@
 
 Starts the stack (PostgreSQL + RabbitMQ + Redis by default, as `make run` would with the three
 variables set), loads it from this separate process over loopback, and runs the same bundled model
-in-process on the same texts (RAW: batched, sorted by length). Every line reports its ratio to RAW.
+in-process on the same texts (RAW: batched, sorted by length), measured before the first workload and
+after each one. Every line reports its ratio to the RAW measured around it.
 """
 
 from __future__ import annotations
@@ -149,21 +150,48 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
     }
 
 
-def raw(texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> dict:
-    """The bundled model in this process on the same texts: batched, sorted by length."""
-    import torch
+class Raw:
+    """The bundled model in this process on the same texts: batched, sorted by length (RAW).
 
-    from predictions.inference.loading import classifier_load
+    Measured when the stack is idle, before the first workload and again after each one: a
+    workload's ratio is to the mean of the measurements just before and just after it, so the
+    machine's drift over the run (RAW moves by a quarter from minute to minute on a shared host)
+    falls on both sides of the ratio alike. Each measurement is the best of `repeats` passes."""
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=int8)
-    classifier.predict(texts[:64])  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        began = time.perf_counter()
-        classifier.predict(texts, batch_size=batch_size)
-        best = max(best, len(texts) / (time.perf_counter() - began))
-    return {"texts": len(texts), "per_second": best, "batch_size": batch_size}
+    def __init__(self, texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> None:
+        import torch
+
+        from predictions.inference.loading import classifier_load
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=int8)
+        self.classifier.predict(texts[:64])  # warm-up
+        self.texts, self.batch_size, self.repeats = texts, batch_size, repeats
+        self.measurements: list[float] = []
+
+    def measure(self) -> float:
+        best = 0.0
+        for _ in range(self.repeats):
+            began = time.perf_counter()
+            self.classifier.predict(self.texts, batch_size=self.batch_size)
+            best = max(best, len(self.texts) / (time.perf_counter() - began))
+        self.measurements.append(best)
+        print(f"RAW: {best:.1f} texts/s", flush=True)
+        return best
+
+    def around(self, row: dict, before: float) -> dict:
+        """Measure again after the workload and record the RAW its ratio is to."""
+        row["raw_per_second"] = (before + self.measure()) / 2
+        return row
+
+    def summary(self) -> dict:
+        values = self.measurements
+        return {
+            "texts": len(self.texts),
+            "per_second": sum(values) / len(values),
+            "measurements": [round(v, 1) for v in values],
+            "batch_size": self.batch_size,
+        }
 
 
 def stack_start(var_dir: Path, *, embedded: bool, int8: bool, web_workers: int = 2, web_threads: int = 8):
@@ -238,9 +266,9 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         path="/api/v1/predictions/?wait=30",
         ok={200},
     )
-    raw_texts = unique_texts(base, len(base), "r")
-    results: dict = {"raw": raw(raw_texts, int8=args.int8, batch_size=args.raw_batch_size)}
-    print(f"RAW: {results['raw']['per_second']:.1f} texts/s", flush=True)
+    raw = Raw(unique_texts(base, len(base), "r"), int8=args.int8, batch_size=args.raw_batch_size)
+    before = raw.measure()
+    results: dict = {}
     workloads = set(args.workloads.split(","))
     w1 = []
     for clients in client_counts if "w1" in workloads else []:
@@ -258,7 +286,8 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         )
         row["tail"] = settle()
         print(f"W1 {clients:>2} clients: {row['per_second']:.1f} texts/s p50 {row['p50_ms']:.0f} ms", flush=True)
-        w1.append(row)
+        w1.append(raw.around(row, before))
+        before = raw.measurements[-1]
     results["w1"] = w1
     if "w2" in workloads:
         total = args.w2_clients * args.batches * args.batch_size
@@ -271,15 +300,18 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         )
         results["w2"]["tail"] = settle()
         print(f"W2: {results['w2']['per_second']:.1f} texts/s", flush=True)
-    if "w3" not in workloads:
-        return results
-    hot = unique_texts(base, 50, "hot-")
-    closed_loop(stack, clients=4, seconds=3, texts=hot, path="/api/v1/predictions/?wait=30", ok={200})
-    results["w3"] = closed_loop(
-        stack, clients=16, seconds=args.seconds, texts=hot, path="/api/v1/predictions/", ok={200}
-    )
-    results["w3"]["tail"] = settle()
-    print(f"W3: {results['w3']['per_second']:.1f} requests/s", flush=True)
+        raw.around(results["w2"], before)
+        before = raw.measurements[-1]
+    if "w3" in workloads:
+        hot = unique_texts(base, 50, "hot-")
+        closed_loop(stack, clients=4, seconds=3, texts=hot, path="/api/v1/predictions/?wait=30", ok={200})
+        results["w3"] = closed_loop(
+            stack, clients=16, seconds=args.seconds, texts=hot, path="/api/v1/predictions/", ok={200}
+        )
+        results["w3"]["tail"] = settle()
+        print(f"W3: {results['w3']['per_second']:.1f} requests/s", flush=True)
+        raw.around(results["w3"], before)
+    results["raw"] = raw.summary()
     return results
 
 
@@ -302,27 +334,32 @@ def settle(timeout: float = 180) -> dict:
 
 
 def report(results: dict, args) -> None:
-    raw_rate = results["raw"]["per_second"]
+    raw = results["raw"]
     lines = [
         f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
         f"model: bundled sentiment ({'int8' if args.int8 else 'fp32'}); stack: {'embedded' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'}",
         "",
-        "| workload | clients | throughput | × RAW | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| RAW (in-process, batches of {results['raw']['batch_size']}, sorted) | – | {raw_rate:.1f} texts/s | 1.00 | | | | |",
+        "| workload | clients | throughput | RAW around it | × RAW | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| RAW (in-process, batches of {raw['batch_size']}, sorted): mean of {len(raw['measurements'])} "
+        f"({min(raw['measurements']):.1f}–{max(raw['measurements']):.1f}) | – | {raw['per_second']:.1f} texts/s | | 1.00 | | | | |",
     ]
+
+    def cells(row: dict, unit: str) -> str:
+        return f"{row['per_second']:.1f} {unit} | {row['raw_per_second']:.1f} | {row['per_second'] / row['raw_per_second']:.2f}"
+
     for row in results["w1"]:
         lines.append(
-            f"| W1 POST ?wait=30 | {row['clients']} | {row['per_second']:.1f} texts/s | {row['per_second'] / raw_rate:.2f} | "
+            f"| W1 POST ?wait=30 | {row['clients']} | {cells(row, 'texts/s')} | "
             f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} |"
         )
     if w2 := results.get("w2"):
         lines.append(
-            f"| W2 batches of {w2['batch_size']} | {w2['clients']} | {w2['per_second']:.1f} texts/s | {w2['per_second'] / raw_rate:.2f} | | | | {w2['errors']} |"
+            f"| W2 batches of {w2['batch_size']} | {w2['clients']} | {cells(w2, 'texts/s')} | | | | {w2['errors']} |"
         )
     if w3 := results.get("w3"):
         lines.append(
-            f"| W3 cache hits | {w3['clients']} | {w3['per_second']:.1f} requests/s | {w3['per_second'] / raw_rate:.2f} | "
+            f"| W3 cache hits | {w3['clients']} | {cells(w3, 'requests/s')} | "
             f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
         )
     lines += ["", cpu_table(results)]
@@ -390,7 +427,7 @@ def plot(results: dict, path: Path) -> None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(clients, [row["per_second"] for row in results["w1"]], marker="o", label="W1 service")
-    left.axhline(results["raw"]["per_second"], color="grey", linestyle="--", label="RAW model")
+    left.axhline(results["raw"]["per_second"], color="grey", linestyle="--", label="RAW model (mean of the run)")
     left.set(xlabel="concurrent clients", ylabel="texts/s", title="Throughput", xscale="log", xticks=clients)
     left.set_xticklabels(clients)
     left.legend()
