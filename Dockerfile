@@ -20,4 +20,4 @@ RUN useradd --create-home --uid 10001 mlsite \
 USER mlsite
 
 EXPOSE 8000
-CMD ["gunicorn", "mlsite.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8"]
+CMD ["granian", "--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "8", "--no-ws", "--respawn-failed-workers", "--workers-kill-timeout", "10", "mlsite.wsgi:application"]

@@ -463,7 +463,8 @@ def _results_write(model_name: str, version: str, rows: list[Prediction], result
     predictions_finished_notify(
         [row.pk for row in rows],
         [row.batch_id for row in rows if row.batch_id],
-        {row.pk: finished_fields(row) for row in rows if row.pk in held_ids},
+        # Fields only for single submissions: only POST /predictions/?wait waits for one row.
+        {row.pk: finished_fields(row) for row in rows if row.pk in held_ids and not row.batch_id},
     )
     return counts
 

@@ -180,3 +180,11 @@ def test_every_setting_read_from_the_environment_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert len(names) > 20
     assert sorted(name for name in names if f"`{name}`" not in readme) == []
+
+
+def test_the_image_s_default_command_is_the_web_service_s():
+    """`docker run` of the image alone starts the same web server as compose and `make run`."""
+    import json
+
+    [command] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
+    assert command == SERVICES["web"]["command"]

@@ -64,7 +64,7 @@ def _exercise(stack: Stack) -> None:
 
 
 def _check_metrics_and_logs(stack: Stack) -> None:
-    """/metrics sums what the gunicorn and Celery processes observed; the stack logs JSON lines."""
+    """/metrics sums what the granian and Celery processes observed; the stack logs JSON lines."""
     import json
     import urllib.request
 

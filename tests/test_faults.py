@@ -1,6 +1,6 @@
 """Faults on real processes: a worker killed mid-batch, RabbitMQ, Redis and PostgreSQL going away.
 
-The service runs as `make run` runs it (gunicorn web and `celery worker`, the commands of
+The service runs as `make run` runs it (granian web and `celery worker`, the commands of
 `manage.py runstack`), but as separate processes so a test can kill one and start another, on
 private servers the test owns: a second RabbitMQ node, a `redis-server` and a PostgreSQL cluster,
 each on its own port and temporary directory (tests/private_services.py). The shared servers
