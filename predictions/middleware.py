@@ -9,7 +9,7 @@ from django.core.handlers.wsgi import LimitedStream
 from django.http import JsonResponse
 
 READ_PIECE = 64 * 1024
-MAX_URL_BYTES = 4094  # path and query string, as received (percent-encoded); a request line of about that
+MAX_URL_BYTES = 4094  # path (percent-encoded again) and query string: a request line of about that
 
 
 class RequestSizeLimitMiddleware:
@@ -83,10 +83,11 @@ def _refusal(body: dict, *, status: int) -> JsonResponse:
 
 
 def _url_bytes(meta) -> int | None:
-    """The URL's length as sent when it is over MAX_URL_BYTES, else None.
+    """The URL's length when it is over MAX_URL_BYTES, else None.
 
-    Django has put the path in META decoded (UTF-8): it is percent-encoded again only when it could
-    be over the limit (a character is at most 12 bytes encoded); the query string is still as sent."""
+    Django has put the path in META decoded (UTF-8): it is percent-encoded again (close to, not
+    always exactly, what the client sent: `%41` counts as `A`) only when it could be over the limit
+    (a character is at most 12 bytes encoded); the query string is counted as sent."""
     path = meta.get("SCRIPT_NAME", "") + meta.get("PATH_INFO", "")
     query = meta.get("QUERY_STRING", "")
     extra = len(query) + 1 if query else 0

@@ -89,7 +89,10 @@ def _parse(data: bytes) -> tuple[list[int], list[int], dict]:
     """(row ids, batch ids, fields by row id) of a message; an older worker's is `1,2,b7` (no fields)."""
     if data[:1] == b"{":
         message = json.loads(data)
-        return [int(pk) for pk in message["ids"]], [int(pk) for pk in message["batches"]], message.get("rows") or {}
+        rows = message.get("rows") or {}
+        if not isinstance(rows, dict):
+            raise ValueError("rows is not an object")
+        return [int(pk) for pk in message["ids"]], [int(pk) for pk in message["batches"]], rows
     parts = [part.strip() for part in data.split(b",")]
     ids = [int(part) for part in parts if part.isdigit()]
     return ids, [int(part[1:]) for part in parts if part[:1] == b"b" and part[1:].isdigit()], {}
@@ -133,8 +136,9 @@ class Listener:
                     event.set()
             for pk in ids:
                 self.recent[pk] = None
+                row = fields.get(str(pk))
                 for event in self.waiters.pop(pk, ()):
-                    event.fields = fields.get(str(pk))
+                    event.fields = row if isinstance(row, dict) else None
                     event.set()
             while len(self.recent) > RECENT_IDS:
                 self.recent.popitem(last=False)
@@ -162,7 +166,12 @@ class Listener:
                     else:
                         try:
                             self._deliver(message["data"])
-                        except (ValueError, KeyError, TypeError) as exc:  # not ours: waiters re-read within a second
+                        except (
+                            ValueError,
+                            KeyError,
+                            TypeError,
+                            AttributeError,
+                        ) as exc:  # not ours: waiters re-read within a second
                             logger.warning("ignored a malformed notification (%s): %s", type(exc).__name__, exc)
             except Exception as exc:  # Redis gone: waiters poll until it is back
                 if self.subscribed.is_set() or delay == 0.1:  # once per outage, not once per retry

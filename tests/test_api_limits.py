@@ -319,6 +319,9 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
                 replies[count] = http_reply(sock)
         assert replies[1400].startswith(b"HTTP/1.1 414 ") and b"URL of 8421 bytes" in replies[1400], replies[1400][:300]
         assert replies[600].startswith(b"HTTP/1.1 404 "), replies[600][:300]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # over --http1-buffer-size
+            sock.sendall(f"GET /api/v1/predictions/?{'x' * 20000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert http_reply(sock).startswith(b"HTTP/1.1 431 ")
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -188,3 +188,36 @@ def test_the_image_s_default_command_is_the_web_service_s():
 
     [command] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
     assert command == SERVICES["web"]["command"]
+
+
+def test_the_wsgi_application_drops_the_server_s_process_environment_from_each_request():
+    """granian starts every request's environ from a copy of os.environ: DATABASE_URL and the like
+    must not reach request.META (DEBUG error pages show it), nor HTTP_PROXY read as a header."""
+    import io
+
+    from mlsite.wsgi import application, environ_scrub
+
+    process = {"DATABASE_URL": "postgres://u:secret@db/x", "HTTP_PROXY": "http://proxy:3128", "PATH_INFO": "/x"}
+    request = {**process, "PATH_INFO": "/healthz", "REQUEST_METHOD": "GET", "HTTP_HOST": "localhost"}
+    assert environ_scrub(dict(request), process) == {
+        "PATH_INFO": "/healthz",
+        "REQUEST_METHOD": "GET",
+        "HTTP_HOST": "localhost",
+    }
+    assert environ_scrub({"HTTP_PROXY": "sent by the client"}, process) == {"HTTP_PROXY": "sent by the client"}
+
+    environ = {
+        **application.process_environ,  # what the server copied, as granian does
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/healthz",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "localhost",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    statuses = []
+    b"".join(application(environ, lambda status, headers, *_: statuses.append(status)))
+    assert statuses == ["200 OK"]
+    assert "DATABASE_URL" in application.process_environ  # make test sets it
+    assert set(application.process_environ) & set(environ) <= {"PATH_INFO", "REQUEST_METHOD", "HTTP_HOST"}

@@ -151,7 +151,14 @@ def test_a_message_without_fields_or_from_an_older_worker_makes_the_waiter_read_
     import redis
 
     publisher = redis.Redis.from_url(os.environ["REDIS_URL"])
-    cases = [(None, False), ("{pk},{other},b7", False), ("{{not json", True), ('{{"rows": {{}}}}', True)]
+    cases = [
+        (None, False),
+        ("{pk},{other},b7", False),
+        ("{{not json", True),
+        ('{{"rows": {{}}}}', True),
+        ('{{"ids": [{pk}], "batches": [], "rows": [1]}}', True),
+        ('{{"ids": [{pk}], "batches": [], "rows": {{"{pk}": 5}}}}', False),
+    ]
     for n, (message, malformed) in enumerate(cases):
         row = Row()
         pk = 70_000_000 + os.getpid() * 100 + n * 10  # its neighbour pk + 1 is no other case's

@@ -18,15 +18,20 @@ def web_command(*, bind: str, web_workers: int, web_threads: int) -> list[str]:
 
     granian parses HTTP in Rust, outside the GIL; gunicorn's gthread loop, in Python, took about a
     third of the web's CPU (README, Throughput). It keeps no access log: Django writes one JSON line
-    per request, with its request id (mlsite/middleware.py). A worker process that dies is started again.
+    per request, with its request id (mlsite/middleware.py). Request line and headers together are
+    capped at 16 KiB (the app answers a URL over MAX_URL_BYTES with its own JSON 414); idle request
+    threads are kept 10 minutes (the most granian allows), with their database connections. A
+    worker process that dies is started again, unless it dies again within about 5 seconds: then
+    granian exits, runstack stops the stack, and docker-compose restarts the container.
     """
     host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
     return [
         os.path.join(os.path.dirname(sys.executable), "granian"),
         "--interface",
         "wsgi",
         "--host",
-        host.strip("[]") or "0.0.0.0",
+        "127.0.0.1" if host == "localhost" else host,  # granian takes an address, not a name
         "--port",
         port,
         "--workers",
@@ -34,6 +39,10 @@ def web_command(*, bind: str, web_workers: int, web_threads: int) -> list[str]:
         "--blocking-threads",
         str(web_threads),
         "--no-ws",
+        "--http1-buffer-size",
+        "16384",
+        "--blocking-threads-idle-timeout",
+        "600",
         "--respawn-failed-workers",
         "--workers-kill-timeout",
         "10",
