@@ -238,8 +238,9 @@ class Raw:
         print(f"RAW: {best:.1f} texts/s", flush=True)
         return best
 
-    def around(self, row: dict, before: float) -> dict:
+    def around(self, row: dict) -> dict:
         """Measure again after the workload and record the RAW its ratio is to."""
+        before = self.measurements[-1]
         row["raw_per_second"] = (before + self.measure()) / 2
         return row
 
@@ -326,7 +327,7 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         ok={200},
     )
     raw = Raw(unique_texts(base, len(base), "r"), int8=args.int8, batch_size=args.raw_batch_size)
-    before = raw.measure()
+    raw.measure()
     results: dict = {}
     workloads = set(args.workloads.split(","))
     w1 = []
@@ -345,8 +346,7 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         )
         row["tail"] = settle()
         print(f"W1 {clients:>2} clients: {row['per_second']:.1f} texts/s p50 {row['p50_ms']:.0f} ms", flush=True)
-        w1.append(raw.around(row, before))
-        before = raw.measurements[-1]
+        w1.append(raw.around(row))
     results["w1"] = w1
     if "w2" in workloads:
         total = args.w2_clients * args.batches * args.batch_size
@@ -359,8 +359,7 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         )
         results["w2"]["tail"] = settle()
         print(f"W2: {results['w2']['per_second']:.1f} texts/s", flush=True)
-        raw.around(results["w2"], before)
-        before = raw.measurements[-1]
+        raw.around(results["w2"])
     if "w3" in workloads:
         hot = unique_texts(base, 50, "hot-")
         closed_loop(stack, clients=4, seconds=3, texts=hot, path="/api/v1/predictions/?wait=30", ok={200})
@@ -369,7 +368,7 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         )
         results["w3"]["tail"] = settle()
         print(f"W3: {results['w3']['per_second']:.1f} requests/s", flush=True)
-        raw.around(results["w3"], before)
+        raw.around(results["w3"])
     results["raw"] = raw.summary()
     return results
 

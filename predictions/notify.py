@@ -166,12 +166,7 @@ class Listener:
                     else:
                         try:
                             self._deliver(message["data"])
-                        except (
-                            ValueError,
-                            KeyError,
-                            TypeError,
-                            AttributeError,
-                        ) as exc:  # not ours: waiters re-read within a second
+                        except (ValueError, KeyError, TypeError) as exc:  # not ours: waiters re-read within a second
                             logger.warning("ignored a malformed notification (%s): %s", type(exc).__name__, exc)
             except Exception as exc:  # Redis gone: waiters poll until it is back
                 if self.subscribed.is_set() or delay == 0.1:  # once per outage, not once per retry

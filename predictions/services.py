@@ -482,12 +482,13 @@ def _row_fill(row: Prediction, result, *, version: str, finished: datetime) -> N
 
 RESULT_FIELDS = ("status", "error", "label", "score", "scores", "labels", "model_version", "finished_at")
 NOTIFIED_FIELDS = (*RESULT_FIELDS, "started_at")  # what a waiting request's answer takes from the worker
+_NOTIFIED_TIMES = ("started_at", "finished_at")  # sent as ISO 8601
 
 
 def finished_fields(row: Prediction) -> dict:
     """The fields a finished row's notification carries (JSON-ready): what the worker committed."""
     fields = {name: getattr(row, name) for name in NOTIFIED_FIELDS}
-    for name in ("started_at", "finished_at"):
+    for name in _NOTIFIED_TIMES:
         fields[name] = fields[name].isoformat() if fields[name] is not None else None
     return fields
 
@@ -497,11 +498,11 @@ def finished_apply(prediction: Prediction, fields: dict) -> bool:
     would; True if they say it finished. Anything unexpected (False) leaves the row to be read."""
     try:
         values = {name: fields[name] for name in NOTIFIED_FIELDS}
-        for name in ("started_at", "finished_at"):
+        for name in _NOTIFIED_TIMES:
             values[name] = datetime.fromisoformat(values[name]) if values[name] is not None else None
     except (KeyError, TypeError, ValueError):
         return False
-    if values["status"] not in (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED):
+    if values["status"] not in FINISHED_STATUSES:
         return False
     for name, value in values.items():
         setattr(prediction, name, value)
