@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -217,13 +218,13 @@ class Raw:
     machine's drift over the run (RAW moves by a quarter from minute to minute on a shared host)
     falls on both sides of the ratio alike. Each measurement is the best of `repeats` passes."""
 
-    def __init__(self, texts: list[str], *, int8: bool, batch_size: int, repeats: int = 2) -> None:
+    def __init__(self, texts: list[str], *, int8: bool, packed: bool, batch_size: int, repeats: int = 2) -> None:
         import torch
 
         from predictions.inference.loading import classifier_load
 
         torch.set_num_threads(os.cpu_count() or 1)
-        self.classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=int8)
+        self.classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=int8, packed=packed)
         self.classifier.predict(texts[:64])  # warm-up
         self.texts, self.batch_size, self.repeats = texts, batch_size, repeats
         self.measurements: list[float] = []
@@ -254,8 +255,22 @@ class Raw:
         }
 
 
-def stack_start(var_dir: Path, *, embedded: bool, int8: bool, web_workers: int = 2, web_threads: int = 8):
-    env = {"INFERENCE_INT8": "1" if int8 else "0", "LOG_LEVEL": "WARNING", "BATCH_LOOP_SECONDS": "10"}
+def stack_start(
+    var_dir: Path,
+    *,
+    embedded: bool,
+    int8: bool,
+    packed: bool = True,
+    web_workers: int = 2,
+    web_threads: int = 8,
+    log_level: str = "WARNING",
+):
+    env = {
+        "INFERENCE_INT8": "1" if int8 else "0",
+        "INFERENCE_PACKED": "1" if packed else "0",
+        "LOG_LEVEL": log_level,
+        "BATCH_LOOP_SECONDS": "10",
+    }
     env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
     if not embedded:
@@ -282,6 +297,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--web-threads", type=int, default=8, help="threads per web server process (as make run: 8)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
     parser.add_argument(
+        "--padded", action="store_true", help="pad every forward pass, service and RAW alike (INFERENCE_PACKED=0)"
+    )
+    parser.add_argument(
+        "--stack-log",
+        type=Path,
+        help="keep the stack's log here, at LOG_LEVEL INFO: a line per request and per forward pass "
+        "(its size, seconds and the worker process's CPU seconds)",
+    )
+    parser.add_argument(
         "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's INFERENCE_BATCH_SIZE)"
     )
     parser.add_argument(
@@ -301,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
             Path(tmp),
             embedded=args.embedded,
             int8=args.int8,
+            packed=not args.padded,
+            log_level="INFO" if args.stack_log else "WARNING",
             web_workers=args.web_workers,
             web_threads=args.web_threads,
         )
@@ -309,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             stack.stop()
             cleanup()
+            if args.stack_log:
+                shutil.copyfile(Path(tmp) / "stack.log", args.stack_log)
     report(results, args)
 
 
@@ -326,7 +354,9 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         path="/api/v1/predictions/?wait=30",
         ok={200},
     )
-    raw = Raw(unique_texts(base, len(base), "r"), int8=args.int8, batch_size=args.raw_batch_size)
+    raw = Raw(
+        unique_texts(base, len(base), "r"), int8=args.int8, packed=not args.padded, batch_size=args.raw_batch_size
+    )
     raw.measure()
     results: dict = {}
     workloads = set(args.workloads.split(","))
@@ -395,7 +425,7 @@ def report(results: dict, args) -> None:
     raw = results["raw"]
     lines = [
         f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
-        f"model: bundled sentiment ({'int8' if args.int8 else 'fp32'}); stack: {'embedded' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'}",
+        f"model: bundled sentiment ({'int8' if args.int8 else 'fp32'}, {'padded' if args.padded else 'packed'}); stack: {'embedded' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'}",
         "",
         "| workload | clients | throughput | RAW around it | × RAW | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|---|",

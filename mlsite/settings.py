@@ -187,6 +187,7 @@ MLSITE_MODELS = env_models("MLSITE_MODELS", {"sentiment": "bundled:sentiment", "
 DEFAULT_MODEL = env_str("DEFAULT_MODEL", "sentiment")
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 INFERENCE_INT8 = env_bool("INFERENCE_INT8", False)
+INFERENCE_PACKED = env_bool("INFERENCE_PACKED", True)  # BERT encoders run texts unpadded; see README, Throughput
 INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16, minimum=1)  # per forward pass; see README, Throughput
 TORCH_THREADS = env_int("TORCH_THREADS", 0, minimum=0)  # 0: one per core, split among worker processes
 MAX_TEXT_CHARS = env_int("MAX_TEXT_CHARS", 10_000, minimum=1)

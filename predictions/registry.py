@@ -36,10 +36,10 @@ _lock = threading.Lock()
 
 
 @cache
-def _classifier(name: str, source: str, device: str, int8: bool):
+def _classifier(name: str, source: str, device: str, int8: bool, packed: bool):
     from predictions.inference.loading import classifier_load
 
-    return classifier_load(name, source, device=device, int8=int8)
+    return classifier_load(name, source, device=device, int8=int8, packed=packed)
 
 
 def classifier_get(name: str):
@@ -48,7 +48,9 @@ def classifier_get(name: str):
         raise UnknownModel(name)
     with _lock:
         device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE  # int8 kernels are CPU-only
-        return _classifier(name, settings.MLSITE_MODELS[name], device, settings.INFERENCE_INT8)
+        return _classifier(
+            name, settings.MLSITE_MODELS[name], device, settings.INFERENCE_INT8, settings.INFERENCE_PACKED
+        )
 
 
 def models_preload() -> None:

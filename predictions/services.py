@@ -393,7 +393,7 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
         results = [ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")] * len(rows)
         return _results_write(model_name, "", rows, results, task_id=task_id)
     texts = [row.text for row in rows]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         results: list = classifier.predict(
             texts, batch_size=settings.INFERENCE_BATCH_SIZE, max_tokens=settings.BATCH_MAX_TOKENS
@@ -426,6 +426,7 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
                 "model": model_name,
                 "size": len(rows),
                 "seconds": round(seconds, 4),
+                "cpu_seconds": round(time.process_time() - cpu_started, 4),  # this process's, all threads
                 "prediction_ids": [row.pk for row in rows],
                 # The requests whose texts shared this pass; the task's own request is `request_id`.
                 "request_ids": sorted({row.request_id for row in rows if row.request_id}),

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .decoding import logits_decode
+from .packed import PackedBatch, bert_packable, bert_packed_hidden
 from .types import LabelScores, ModelKind
 
 
@@ -27,6 +28,13 @@ class MeanPooledClassifier(nn.Module):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(self.dropout(pooled))
 
+    def packable(self) -> bool:
+        return bert_packable(self.encoder)
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """The same logits as forward(), from unpadded texts (predictions/inference/packed.py)."""
+        return self.head(self.dropout(batch.mean(bert_packed_hidden(self.encoder, batch))))
+
 
 class SequenceClassifierLogits(nn.Module):
     """Adapts a transformers *ForSequenceClassification model to return bare logits."""
@@ -37,6 +45,20 @@ class SequenceClassifierLogits(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def packable(self) -> bool:
+        from transformers import BertForSequenceClassification
+
+        model = self.model
+        return (
+            type(model) is BertForSequenceClassification and model.bert.pooler is not None and bert_packable(model.bert)
+        )
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """BertForSequenceClassification's logits from unpadded texts: the pooler reads each [CLS]."""
+        bert = self.model.bert
+        first_tokens = bert_packed_hidden(bert, batch)[batch.starts]
+        return self.model.classifier(self.model.dropout(bert.pooler(first_tokens.unsqueeze(1))))
 
 
 def device_resolve(device: str | None) -> torch.device:
@@ -71,6 +93,7 @@ class TextClassifier:
     thresholds: list[float] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     int8: bool = False
+    packed: bool = False  # run texts unpadded (network.forward_packed); set by loading when the network can
     source: str = ""
 
     def describe(self) -> dict:
@@ -81,13 +104,15 @@ class TextClassifier:
             "labels": list(self.labels),
             "thresholds": list(self.thresholds) if self.thresholds else None,
             "int8": self.int8,
+            "packed": self.packed,
             "device": str(self.device),
         }
 
-    def batches(
+    def chunks(
         self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192
-    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Yield (original indexes, padded tensors), texts sorted by token length so padding stays small."""
+    ) -> Iterator[tuple[list[int], list[list[int]]]]:
+        """Yield (original indexes, token ids) per forward pass: texts sorted by token length, at most
+        `batch_size` texts and `max_tokens` padded tokens (texts × longest) each."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         start = 0
@@ -99,16 +124,21 @@ class TextClassifier:
                     break
                 stop += 1
             indexes = order[start:stop]
-            padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in indexes]}, return_tensors="pt")
-            yield indexes, {key: padded[key].to(self.device) for key in ("input_ids", "attention_mask")}
+            yield indexes, [encoded[i] for i in indexes]
             start = stop
+
+    def _forward(self, sequences: list[list[int]]) -> torch.Tensor:
+        if self.packed:
+            return self.network.forward_packed(PackedBatch.from_ids(sequences, self.device))
+        padded = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
+        return self.network(**{key: padded[key].to(self.device) for key in ("input_ids", "attention_mask")})
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> torch.Tensor:
         """Raw logits in input order, shape [len(texts), len(labels)]."""
         out = torch.empty((len(texts), len(self.labels)), dtype=torch.float32)
         with torch.inference_mode():
-            for indexes, tensors in self.batches(texts, batch_size=batch_size, max_tokens=max_tokens):
-                out[indexes] = self.network(**tensors).float().cpu()
+            for indexes, sequences in self.chunks(texts, batch_size=batch_size, max_tokens=max_tokens):
+                out[indexes] = self._forward(sequences).float().cpu()
         return out
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> list[LabelScores]:

@@ -93,8 +93,13 @@ def model_info(source: str) -> ModelInfo:
     return ModelInfo(version, ModelKind.MULTI_LABEL if multi else ModelKind.SINGLE_LABEL, labels)
 
 
-def classifier_load(name: str, source: str, *, device: str | None = "auto", int8: bool = False) -> TextClassifier:
-    """Load, merge adapters, move to the device and (optionally) quantize; ready for predict()."""
+def classifier_load(
+    name: str, source: str, *, device: str | None = "auto", int8: bool = False, packed: bool = True
+) -> TextClassifier:
+    """Load, merge adapters, move to the device and (optionally) quantize; ready for predict().
+
+    With `packed`, a network that can (a BERT encoder) runs its texts without padding
+    (predictions/inference/packed.py); other architectures, or packed=False, pad each pass."""
     directory = source_directory(source)
     if not directory.is_dir():
         raise ModelLoadError(f"model {name!r}: {directory} is not a directory")
@@ -103,10 +108,10 @@ def classifier_load(name: str, source: str, *, device: str | None = "auto", int8
     else:
         classifier = _sequence_classifier_load(name, directory)
     classifier.source = source
-    return _placed(classifier, device=device, int8=int8)
+    return _placed(classifier, device=device, int8=int8, packed=packed)
 
 
-def _placed(classifier: TextClassifier, *, device: str | None, int8: bool) -> TextClassifier:
+def _placed(classifier: TextClassifier, *, device: str | None, int8: bool, packed: bool) -> TextClassifier:
     from .classifier import device_resolve, quantize_int8
 
     target = device_resolve(device)
@@ -118,6 +123,7 @@ def _placed(classifier: TextClassifier, *, device: str | None, int8: bool) -> Te
         classifier.int8 = True
     classifier.network.to(target)
     classifier.device = target
+    classifier.packed = packed and getattr(classifier.network, "packable", lambda: False)()
     return classifier
 
 

@@ -1,0 +1,132 @@
+"""The padding-free forward pass (predictions/inference/packed.py) against the padded one, through
+the real loading code: the bundled adapter over the real MiniLM encoder, and tiny random BERTs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from predictions.inference.loading import classifier_load
+from predictions.inference.packed import PackedBatch
+
+# One word to far past max_length (truncated), so a batch pads some texts by dozens of tokens.
+TEXTS = [
+    "ok",
+    "a gorgeous, witty film that never once talks down to its audience",
+    "dull",
+    "it is what it is, neither good nor bad, and the acting is fine but the plot drags " * 12,
+    "the movie was not very good",
+    "love it",
+    "an awful, boring mess",
+]
+
+
+def both(name: str, source: str, **kwargs):
+    packed = classifier_load(name, source, device="cpu", **kwargs)
+    padded = classifier_load(name, source, device="cpu", packed=False, **kwargs)
+    assert packed.packed and not padded.packed
+    return packed, padded
+
+
+@pytest.fixture(scope="module")
+def bundled_sentiment():
+    return both("sentiment", "bundled:sentiment")
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_the_bundled_model_gives_the_padded_logits_without_padding(bundled_sentiment, batch_size):
+    packed, padded = bundled_sentiment
+    expected = padded.logits(TEXTS, batch_size=batch_size)
+    got = packed.logits(TEXTS, batch_size=batch_size)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    # and each text alone, so no neighbour in a batch can mask a mixed-up row
+    alone = torch.cat([padded.logits([text]) for text in TEXTS])
+    assert torch.allclose(got, alone, atol=1e-4)
+    assert [r.label for r in packed.predict(TEXTS, batch_size=batch_size)] == [r.label for r in padded.predict(TEXTS)]
+
+
+def test_a_truncated_text_is_packed_at_max_length(bundled_sentiment):
+    packed, _ = bundled_sentiment
+    (_, sequences), *_ = packed.chunks([TEXTS[3]])
+    assert len(sequences[0]) == packed.max_length
+
+
+def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment):
+    fp32, _ = bundled_sentiment
+    packed, padded = both("sentiment", "bundled:sentiment", int8=True)
+    # One text has no padding: both paths quantize the same activations.
+    for text in TEXTS[:3]:
+        assert torch.allclose(packed.logits([text]), padded.logits([text]), atol=1e-4)
+    # Batched, int8's per-pass activation scales differ (padding tokens no longer count): as close
+    # to fp32 as the padded int8 is.
+    for int8 in (packed, padded):
+        assert [r.label for r in int8.predict(TEXTS)] == [r.label for r in fp32.predict(TEXTS)]
+        probabilities = torch.softmax(int8.logits(TEXTS), dim=-1)
+        assert torch.allclose(probabilities, torch.softmax(fp32.logits(TEXTS), dim=-1), atol=0.02)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sentiment_dir", "tiny_emotions_dir"])
+def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(fixture, request):
+    directory = request.getfixturevalue(fixture)
+    packed, padded = both("m", f"path:{directory}")
+    for classifier in (packed, padded):  # a random tiny model's logits barely differ by text: magnify them
+        with torch.no_grad():
+            classifier.network.model.classifier.weight.mul_(1000)
+    texts = ["good film", "awful boring plot and bad acting all the way, not good, so bad", "a", "happy joy"]
+    expected = padded.logits(texts)
+    assert (expected[0] - expected[1]).abs().max() > 0.01  # rows a mix-up would show
+    for batch_size in (1, 4):
+        assert torch.allclose(packed.logits(texts, batch_size=batch_size), expected, atol=1e-3)
+    for got, want in zip(packed.predict(texts), padded.predict(texts), strict=True):
+        assert got.label == want.label and got.labels == want.labels
+        assert got.scores == pytest.approx(want.scores, abs=1e-3)
+
+
+def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir, tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    directory = tmp_path / "distil"
+    shutil.copytree(tiny_sentiment_dir, directory)
+    for weights in directory.glob("model.safetensors"):
+        weights.unlink()
+    config = DistilBertConfig(
+        vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=37, max_position_embeddings=128, num_labels=2
+    )
+    config.id2label, config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
+    DistilBertForSequenceClassification(config).save_pretrained(directory)
+    classifier = classifier_load("d", f"path:{directory}", device="cpu")
+    assert not classifier.packed
+    assert len(classifier.predict(["good film", "bad plot and awful acting"], batch_size=2)) == 2
+
+
+def test_the_setting_turns_packing_off(settings):
+    from predictions.registry import classifier_get, registry_clear
+
+    registry_clear()
+    try:
+        assert classifier_get("sentiment").packed
+        settings.INFERENCE_PACKED = False
+        assert not classifier_get("sentiment").packed
+    finally:
+        registry_clear()
+
+
+def test_a_packed_batch_finds_every_token_again():
+    batch = PackedBatch.from_ids([[5, 6, 7], [8], [9, 10]])
+    assert batch.ids.tolist() == [5, 6, 7, 8, 9, 10]
+    assert batch.positions.tolist() == [0, 1, 2, 0, 0, 1]
+    assert batch.text_index.tolist() == [0, 0, 0, 1, 2, 2]
+    assert batch.starts.tolist() == [0, 3, 4]
+    assert batch.key_mask[:, 0, 0].tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    values = torch.arange(12.0).view(6, 2)
+    padded = batch.padded(values)
+    assert padded.shape == (3, 3, 2)
+    assert padded[1, 1:].abs().sum() == 0 and padded[2, 2].abs().sum() == 0  # padding stays zero
+    assert torch.equal(batch.unpadded(padded), values)
+    assert batch.mean(values).tolist() == [[2.0, 3.0], [6.0, 7.0], [9.0, 10.0]]
+    single = PackedBatch.from_ids([[1, 2]])
+    assert single.key_mask is None and single.padded(values[:2]).shape == (1, 2, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        PackedBatch.from_ids([[1], []])
