@@ -32,33 +32,39 @@ def model_grid(datasets_dir: Path) -> None:
     from predictions.inference.loading import classifier_load
 
     texts = unique_texts(sst2_texts(datasets_dir), 872, "p")
-    classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=False)
-    classifier.predict(texts[:64])
+    classifiers = {
+        packed: classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=False, packed=packed)
+        for packed in (False, True)
+    }
+    for classifier in classifiers.values():
+        classifier.predict(texts[:64])
+    cores = os.cpu_count() or 1
     cases = [  # (threads, texts per call, batch size): one call sees `chunk` texts, sorts them, runs batches
-        (os.cpu_count() or 1, len(texts), 16),
+        (cores, len(texts), 16),
         (1, len(texts), 16),
-        (os.cpu_count() or 1, 100, 16),
-        (1, 100, 16),
-        (os.cpu_count() or 1, 16, 16),
+        (cores, 100, 16),
+        (cores, 16, 16),
         (1, 8, 8),
-        (os.cpu_count() or 1, 1, 1),
+        (1, 4, 4),
         (1, 1, 1),
     ]
-    print("model alone: threads, texts per call (arrival order), batch size → texts/s, CPU ms per text")
+    print("model alone: threads, texts per call (arrival order), batch size, padded or packed (INFERENCE_PACKED)")
+    print("  → texts/s, CPU ms per text")
     reference = None
     for threads, chunk, batch in cases:
         torch.set_num_threads(threads)
-        began, cpu = time.perf_counter(), time.process_time()
-        for start in range(0, len(texts), chunk):
-            classifier.predict(texts[start : start + chunk], batch_size=batch)
-        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-        rate = len(texts) / wall
-        reference = reference or rate
-        label = "all (sorted, = RAW)" if chunk == len(texts) else str(chunk)
-        print(
-            f"  threads {threads}  per call {label:>20}  batch {batch:>2}  {rate:7.1f} texts/s "
-            f"({rate / reference:.2f} × RAW)  {1000 * cpu / len(texts):5.1f} ms CPU/text"
-        )
+        for packed, classifier in classifiers.items():
+            began, cpu = time.perf_counter(), time.process_time()
+            for start in range(0, len(texts), chunk):
+                classifier.predict(texts[start : start + chunk], batch_size=batch)
+            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+            rate = len(texts) / wall
+            reference = reference or rate
+            label = "all (sorted, = RAW)" if chunk == len(texts) else str(chunk)
+            print(
+                f"  threads {threads}  per call {label:>20}  batch {batch:>2}  {'packed' if packed else 'padded'}  "
+                f"{rate:7.1f} texts/s ({rate / reference:.2f} × padded RAW)  {1000 * cpu / len(texts):5.1f} ms CPU/text"
+            )
 
 
 def request_cost(requests: int) -> None:
