@@ -38,7 +38,9 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         device = "cpu" if int8 else (device or settings.INFERENCE_DEVICE)
         try:
-            classifier = classifier_load(model, settings.MLSITE_MODELS[model], device=device, int8=int8)
+            classifier = classifier_load(
+                model, settings.MLSITE_MODELS[model], device=device, int8=int8, packed=settings.INFERENCE_PACKED
+            )
             examples = dataset_reader(classifier.kind, n_labels=len(classifier.labels))(path)
         except (DatasetFormatError, ModelLoadError) as exc:
             raise CommandError(str(exc)) from exc
