@@ -192,7 +192,11 @@ def _sequence_classifier_load(name: str, directory: Path) -> TextClassifier:
     if kind is ModelKind.MULTI_LABEL and thresholds_file.is_file():
         by_label = json.loads(thresholds_file.read_text())
         thresholds = [float(by_label.get(label, 0.5)) for label in labels]
-    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    # A tokenizer's model_max_length may exceed the positions the model has (or be a huge default):
+    # a longer text would index past the position embeddings (on CUDA, an assert that poisons the
+    # worker's device until it restarts), so truncate at whichever is smaller.
+    positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512, positions)
     return TextClassifier(
         name=name,
         version=file_sha256(weights)[:VERSION_LENGTH],

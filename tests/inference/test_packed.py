@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from predictions.inference.loading import classifier_load
-from predictions.inference.packed import PackedBatch
+from predictions.inference.packed import PackedBatch, bert_packed_hidden
 
 # One word to far past max_length (truncated), so a batch pads some texts by dozens of tokens.
 TEXTS = [
@@ -47,10 +47,28 @@ def test_the_bundled_model_gives_the_padded_logits_without_padding(bundled_senti
     assert [r.label for r in packed.predict(TEXTS, batch_size=batch_size)] == [r.label for r in padded.predict(TEXTS)]
 
 
-def test_a_truncated_text_is_packed_at_max_length(bundled_sentiment):
+def test_the_packed_forward_pass_is_the_one_that_runs(bundled_sentiment, monkeypatch):
+    packed, padded = bundled_sentiment
+    expected = padded.logits(TEXTS)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the padded forward pass ran")
+
+    monkeypatch.setattr(type(packed.network), "forward", refuse)
+    assert torch.allclose(packed.logits(TEXTS), expected, atol=1e-4)
+
+
+def test_every_token_gets_the_hidden_state_the_padded_encoder_gives_it(bundled_sentiment):
     packed, _ = bundled_sentiment
-    (_, sequences), *_ = packed.chunks([TEXTS[3]])
-    assert len(sequences[0]) == packed.max_length
+    encoder = packed.network.encoder
+    (_, sequences), *_ = packed.chunks(TEXTS, batch_size=len(TEXTS))
+    padded = packed.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
+    with torch.inference_mode():
+        expected = encoder(**padded).last_hidden_state[padded["attention_mask"].bool()]  # real tokens, in order
+        got = bert_packed_hidden(encoder, PackedBatch.from_ids(sequences))
+    assert len(sequences[-1]) == packed.max_length  # the truncated text is among them, at 128 tokens
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-4)
 
 
 def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment):
@@ -82,6 +100,17 @@ def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(fixture,
     for got, want in zip(packed.predict(texts), padded.predict(texts), strict=True):
         assert got.label == want.label and got.labels == want.labels
         assert got.scores == pytest.approx(want.scores, abs=1e-3)
+
+
+def test_texts_of_one_length_and_texts_past_the_position_limit(tiny_sentiment_dir):
+    packed, padded = both("m", f"path:{tiny_sentiment_dir}")
+    assert packed.max_length == 128  # the model's 128 positions, not the tokenizer's 512
+    same = ["good film", "bad plot", "dull acting"]  # 4 tokens each: a pass without padding
+    assert torch.allclose(packed.logits(same), padded.logits(same), atol=1e-5)
+    long = ["good " * 300, "bad"]
+    assert torch.allclose(packed.logits(long), padded.logits(long), atol=1e-5)
+    int8, int8_padded = both("m", f"path:{tiny_sentiment_dir}", int8=True)
+    assert torch.allclose(int8.logits(["good film"]), int8_padded.logits(["good film"]), atol=1e-4)
 
 
 def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir, tmp_path):

@@ -75,8 +75,11 @@ class Command(BaseCommand):
             log=self.stdout.write,
         )
         source = f"path:{out_dir}"
-        metrics = classifier_evaluate(classifier_load(recipe.name, source, device=str(device)), dev)
-        metrics_int8 = classifier_evaluate(classifier_load(recipe.name, source, device="cpu", int8=True), dev)
+        packed = settings.INFERENCE_PACKED  # measured as it will be served
+        metrics = classifier_evaluate(classifier_load(recipe.name, source, device=str(device), packed=packed), dev)
+        metrics_int8 = classifier_evaluate(
+            classifier_load(recipe.name, source, device="cpu", int8=True, packed=packed), dev
+        )
         command_line = f"python manage.py train_model {recipe.name} --epochs {config.epochs} --seed {config.seed} --device {options['device']}"
         environment = (
             f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()}), torch {torch.__version__}"
