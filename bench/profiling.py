@@ -5,6 +5,9 @@
    them). Shows what padding and thread count cost.
 2. One cache-hit POST through Django in this process (no HTTP server), on the database and cache
    the environment names: CPU and wall time per request, and a cProfile of the top functions.
+3. One round trip to PostgreSQL and to Redis, back to back and after a 25 ms pause (about one
+   forward pass): what each hop between processes costs when the machine was idle in between,
+   as it is between the steps of a lone request.
 
 Run it on a quiet machine; it prints ratios and per-text CPU, no pass/fail.
 """
@@ -128,10 +131,47 @@ def request_cost(requests: int) -> None:
         runner.teardown_databases(old)
 
 
+def round_trips(pause: float = 0.025, repeats: int = 200) -> None:
+    """Median round trip of `SELECT 1` and Redis PING, back to back and each after `pause` seconds."""
+    import statistics
+
+    import psycopg
+    import redis
+
+    database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not database_url.startswith("postgres"):
+        print("round trips: DATABASE_URL is not PostgreSQL; skipped")
+        return
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        client = redis.Redis.from_url(redis_url)
+        calls = {"PostgreSQL SELECT 1": lambda: conn.execute("SELECT 1").fetchone(), "Redis PING": client.ping}
+
+        def median_us(call, wait: float) -> float:
+            times = []
+            for _ in range(repeats):
+                if wait:
+                    time.sleep(wait)
+                began = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - began)
+            return statistics.median(times) * 1e6
+
+        for call in calls.values():  # connect and warm up
+            median_us(call, 0)
+        print(f"round trips, median of {repeats}:")
+        for name, call in calls.items():
+            print(
+                f"  {name:<20} back to back {median_us(call, 0):5.0f} µs   "
+                f"after a {pause * 1000:.0f} ms pause {median_us(call, pause):5.0f} µs"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-request", action="store_true")
+    parser.add_argument("--skip-round-trips", action="store_true")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument(
         "--datasets-dir", type=Path, default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets"))
@@ -141,6 +181,8 @@ def main() -> None:
         model_grid(args.datasets_dir)
     if not args.skip_request:
         request_cost(args.requests)
+    if not args.skip_round_trips:
+        round_trips()
 
 
 if __name__ == "__main__":

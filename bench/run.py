@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -123,6 +124,7 @@ class Client:
 def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str], path: str, ok: set[int]) -> dict:
     """`clients` threads, each sending its next text as soon as the previous answer came back."""
     latencies: list[float] = []
+    stages: list[tuple[float, ...]] = []
     errors = 0
     counter = iter(range(10**9))
     lock = threading.Lock()
@@ -134,17 +136,20 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
         while time.monotonic() < stop_at:
             with lock:
                 i = next(counter)
-            started = time.perf_counter()
+            started, sent = time.perf_counter(), time.time()
             try:
                 status, body = client.call("POST", path, {"text": texts[i % len(texts)]})
                 good = status in ok and body.get("status") == "succeeded"
             except Exception:
                 good = False
                 client = Client(stack.port, stack.token)
+            received = time.time()
             elapsed = time.perf_counter() - started
             with lock:
                 if good:
                     latencies.append(elapsed)
+                    if not body.get("cached"):
+                        stages.append(stage_times(body, sent, received))
                 else:
                     errors += 1
 
@@ -165,7 +170,29 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
         "p95_ms": percentile(latencies, 0.95) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "errors": errors,
+        **(
+            {"stages_p50_ms": {name: percentile([s[k] for s in stages], 0.50) for k, name in enumerate(STAGES)}}
+            if stages
+            else {}
+        ),
     }
+
+
+# A run request's time, by the timestamps its answer carries (the load generator and the service
+# share this machine's clock): sent → created_at (web: parsing, auth, cache lookup), → started_at
+# (the INSERT, the wake-up through RabbitMQ and Celery, until a worker claims the row), → finished_at
+# (the claim's statement, tokenizing and the forward pass), → received (cache fill, result UPDATE,
+# notification, the waiting request's answer).
+STAGES = ("web until saved", "queued until claimed", "claim + forward pass", "written until received")
+
+
+def stage_times(body: dict, sent: float, received: float) -> tuple[float, ...]:
+    moments = [
+        sent,
+        *(dt.datetime.fromisoformat(body[k]).timestamp() for k in ("created_at", "started_at", "finished_at")),
+        received,
+    ]
+    return tuple((b - a) * 1000 for a, b in itertools.pairwise(moments))
 
 
 def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: list[str]) -> dict:
@@ -450,7 +477,7 @@ def report(results: dict, args) -> None:
             f"| W3 cache hits | {w3['clients']} | {cells(w3, 'requests/s')} | "
             f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
         )
-    lines += ["", cpu_table(results)]
+    lines += ["", stage_table(results), "", cpu_table(results)]
     table = "\n".join(lines)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -469,6 +496,26 @@ def report(results: dict, args) -> None:
     )
     print(f"\nwrote {path}")
     plot(results, args.plot.with_name(args.plot.stem + ("-int8" if args.int8 else "") + args.plot.suffix))
+
+
+def stage_table(results: dict) -> str:
+    """W1's latency by stage (medians of each stage: they need not add up to the p50)."""
+    rows = [row for row in results["w1"] if row.get("stages_p50_ms")]
+    lines = [
+        "W1 latency by stage, median ms, from the timestamps each answer carries (created_at, started_at,",
+        "finished_at) and the load generator's send and receive times:",
+        "",
+        "| clients | " + " | ".join(STAGES) + " | p50 end to end |",
+        "|---" * (len(STAGES) + 2) + "|",
+    ]
+    for row in rows:
+        stages = row["stages_p50_ms"]
+        lines.append(
+            f"| {row['clients']} | "
+            + " | ".join(f"{stages[name]:.1f}" for name in STAGES)
+            + f" | {row['p50_ms']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def cpu_table(results: dict) -> str:
