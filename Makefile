@@ -45,7 +45,7 @@ audit: install  ## pip-audit on requirements.txt; a known vulnerability fails it
 fuzz: install  ## schemathesis against the running stack's OpenAPI schema; FUZZ_ARGS="--max-examples 2000 --seed 1 --embedded"
 	$(PY) bench/fuzz.py $(FUZZ_ARGS)
 
-profile: install  ## what the model costs by thread count and arrival order, and one cache-hit POST in process
+profile: install  ## what the model costs by thread count and arrival order, one cache-hit POST in process, round trips after a pause
 	$(PY) bench/profiling.py $(PROFILE_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests

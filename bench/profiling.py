@@ -2,7 +2,8 @@
 
 1. The model alone, in this process, on the SST-2 dev sentences: torch threads × how texts reach
    it (sorted over the whole set, as RAW; in arrival order, a few at a time, as a service sees
-   them). Shows what padding and thread count cost.
+   them). Shows what padding and thread count cost. Then one text at a time, back to back and
+   after a pause, as a lone request's worker runs it.
 2. One cache-hit POST through Django in this process (no HTTP server), on the database and cache
    the environment names: CPU and wall time per request, and a cProfile of the top functions.
 3. One round trip to PostgreSQL and to Redis, back to back and after a 25 ms pause (about one
@@ -68,6 +69,32 @@ def model_grid(datasets_dir: Path) -> None:
                 f"  threads {threads}  per call {label:>20}  batch {batch:>2}  {'packed' if packed else 'padded'}  "
                 f"{rate:7.1f} texts/s ({rate / reference:.2f} × padded RAW)  {1000 * cpu / len(texts):5.1f} ms CPU/text"
             )
+    lone_after_pause(classifiers[True], texts[:200])
+
+
+def lone_after_pause(classifier, texts: list[str], pause: float = 0.025) -> None:
+    """One text at a time on one thread, back to back and each after `pause` seconds (about what a
+    lone request's worker waits between its passes): the median forward pass."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(1)
+
+    def median_ms(wait: float) -> float:
+        times = []
+        for text in texts:
+            if wait:
+                time.sleep(wait)
+            began = time.perf_counter()
+            classifier.predict([text])
+            times.append(time.perf_counter() - began)
+        return statistics.median(times) * 1000
+
+    print(
+        f"one text, packed, 1 thread, median of {len(texts)}: back to back {median_ms(0):.1f} ms, "
+        f"each after a {pause * 1000:.0f} ms pause {median_ms(pause):.1f} ms"
+    )
 
 
 def request_cost(requests: int) -> None:
