@@ -20,4 +20,4 @@ RUN useradd --create-home --uid 10001 mlsite \
 USER mlsite
 
 EXPOSE 8000
-CMD ["granian", "--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "8", "--no-ws", "--http1-buffer-size", "16384", "--blocking-threads-idle-timeout", "600", "--respawn-failed-workers", "--workers-kill-timeout", "10", "mlsite.wsgi:application"]
+CMD ["granian", "--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "16", "--no-ws", "--http1-buffer-size", "16384", "--blocking-threads-idle-timeout", "600", "--respawn-failed-workers", "--workers-kill-timeout", "10", "mlsite.wsgi:application"]

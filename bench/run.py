@@ -289,7 +289,7 @@ def stack_start(
     int8: bool,
     packed: bool = True,
     web_workers: int = 2,
-    web_threads: int = 8,
+    web_threads: int = 16,
     log_level: str = "WARNING",
 ):
     env = {
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workloads", default="w1,w2,w3", help="which workloads to run (RAW always runs)")
     parser.add_argument("--w2-clients", type=int, default=2, help="clients posting batches at once in W2")
     parser.add_argument("--web-workers", type=int, default=2, help="web server (granian) processes (as make run: 2)")
-    parser.add_argument("--web-threads", type=int, default=8, help="threads per web server process (as make run: 8)")
+    parser.add_argument("--web-threads", type=int, default=16, help="threads per web server process (as make run: 16)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
     parser.add_argument(
         "--padded", action="store_true", help="pad every forward pass, service and RAW alike (INFERENCE_PACKED=0)"

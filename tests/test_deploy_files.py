@@ -130,7 +130,7 @@ def _normalised(command: list[str]) -> list[str]:
 @pytest.mark.parametrize("service", ["web", "worker", "beat"])
 def test_compose_runs_the_same_commands_as_make_run_and_the_readme(service, settings):
     settings.CELERY_TASK_DEFAULT_QUEUE = "predictions"  # the default; tests run on a queue of their own
-    local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=8)[service]
+    local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)[service]
     assert _normalised(SERVICES[service]["command"]) == _normalised(local)
     readme = (ROOT / "README.md").read_text()
     shown = " ".join(_normalised(local)).replace("<host>", "127.0.0.1").replace("<schedule>", "var/celerybeat-schedule")

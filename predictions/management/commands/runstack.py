@@ -23,6 +23,9 @@ def web_command(*, bind: str, web_workers: int, web_threads: int) -> list[str]:
     threads are kept 10 minutes (the most granian allows), with their database connections. A
     worker process that dies is started again, unless it dies again within about 5 seconds: then
     granian exits, runstack stops the stack, and docker-compose restarts the container.
+    A request with ?wait holds its thread while it waits, and connections need not spread evenly
+    over the processes: 16 threads a process (the default) let one process hold 16 waiting clients
+    (README, Throughput, item 27).
     """
     host, _, port = bind.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
@@ -85,7 +88,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--bind", default="127.0.0.1:8000")
         parser.add_argument("--web-workers", type=int, default=2)
-        parser.add_argument("--web-threads", type=int, default=8)
+        parser.add_argument("--web-threads", type=int, default=16)
 
     def handle(self, *args, bind: str, web_workers: int, web_threads: int, **options) -> None:
         from predictions.monitoring import metrics_dir_reset
