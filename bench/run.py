@@ -477,7 +477,8 @@ def report(results: dict, args) -> None:
             f"| W3 cache hits | {w3['clients']} | {cells(w3, 'requests/s')} | "
             f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
         )
-    lines += ["", stage_table(results), "", cpu_table(results)]
+    stages = stage_table(results)
+    lines += ["", *([stages, ""] if stages else []), cpu_table(results)]
     table = "\n".join(lines)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -498,16 +499,21 @@ def report(results: dict, args) -> None:
     plot(results, args.plot.with_name(args.plot.stem + ("-int8" if args.int8 else "") + args.plot.suffix))
 
 
+def _table_head(caption: str, columns: list[str]) -> list[str]:
+    """A caption, then a markdown table's header and separator."""
+    return [caption, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def stage_table(results: dict) -> str:
-    """W1's latency by stage (medians of each stage: they need not add up to the p50)."""
+    """W1's latency by stage (medians of each stage: they need not add up to the p50); "" without W1."""
     rows = [row for row in results["w1"] if row.get("stages_p50_ms")]
-    lines = [
-        "W1 latency by stage, median ms, from the timestamps each answer carries (created_at, started_at,",
+    if not rows:
+        return ""
+    lines = _table_head(
+        "W1 latency by stage, median ms, from the timestamps each answer carries (created_at, started_at,\n"
         "finished_at) and the load generator's send and receive times:",
-        "",
-        "| clients | " + " | ".join(STAGES) + " | p50 end to end |",
-        "|---" * (len(STAGES) + 2) + "|",
-    ]
+        ["clients", *STAGES, "p50 end to end"],
+    )
     for row in rows:
         stages = row["stages_p50_ms"]
         lines.append(
@@ -524,13 +530,11 @@ def cpu_table(results: dict) -> str:
 
     rows = [(f"W1, {row['clients']} client(s)", row) for row in results["w1"]]
     rows += [(name, results[key]) for key, name in (("w2", "W2"), ("w3", "W3")) if key in results]
-    lines = [
-        "CPU by part of the stack, % of all cores during the workload; then the tail it left: seconds",
+    lines = _table_head(
+        "CPU by part of the stack, % of all cores during the workload; then the tail it left: seconds\n"
         "until the workers were idle again, and their CPU seconds in that time:",
-        "",
-        "| workload | " + " | ".join(PARTS) + " | tail s | tail worker CPU s |",
-        "|---" * (len(PARTS) + 3) + "|",
-    ]
+        ["workload", *PARTS, "tail s", "tail worker CPU s"],
+    )
     for name, row in rows:
         share = shares(row["cpu_seconds"])
         tail = row.get("tail", {})
