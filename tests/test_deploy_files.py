@@ -190,6 +190,7 @@ def test_the_image_s_default_command_is_the_web_service_s():
     assert command == SERVICES["web"]["command"]
 
 
+@pytest.mark.django_db  # the whole WSGI app: request_started/finished check the database connection
 def test_the_wsgi_application_drops_the_server_s_process_environment_from_each_request():
     """granian starts every request's environ from a copy of os.environ: DATABASE_URL and the like
     must not reach request.META (DEBUG error pages show it), nor HTTP_PROXY read as a header."""
