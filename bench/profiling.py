@@ -75,26 +75,28 @@ def model_grid(datasets_dir: Path) -> None:
 def lone_after_pause(classifier, texts: list[str], pause: float = 0.025) -> None:
     """One text at a time on one thread, back to back and each after `pause` seconds (about what a
     lone request's worker waits between its passes): the median forward pass."""
-    import statistics
-
     import torch
 
     torch.set_num_threads(1)
-
-    def median_ms(wait: float) -> float:
-        times = []
-        for text in texts:
-            if wait:
-                time.sleep(wait)
-            began = time.perf_counter()
-            classifier.predict([text])
-            times.append(time.perf_counter() - began)
-        return statistics.median(times) * 1000
-
+    calls = [lambda text=text: classifier.predict([text]) for text in texts]
     print(
-        f"one text, packed, 1 thread, median of {len(texts)}: back to back {median_ms(0):.1f} ms, "
-        f"each after a {pause * 1000:.0f} ms pause {median_ms(pause):.1f} ms"
+        f"one text, packed, 1 thread, median of {len(texts)}: back to back {1000 * median_seconds(calls, 0):.1f} ms, "
+        f"each after a {pause * 1000:.0f} ms pause {1000 * median_seconds(calls, pause):.1f} ms"
     )
+
+
+def median_seconds(calls, wait: float) -> float:
+    """The median time of each call, each made after sleeping `wait` seconds (none when 0)."""
+    import statistics
+
+    times = []
+    for call in calls:
+        if wait:
+            time.sleep(wait)
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
 
 
 def request_cost(requests: int) -> None:
@@ -160,8 +162,6 @@ def request_cost(requests: int) -> None:
 
 def round_trips(pause: float = 0.025, repeats: int = 200) -> None:
     """Median round trip of `SELECT 1` and Redis PING, back to back and each after `pause` seconds."""
-    import statistics
-
     import psycopg
     import redis
 
@@ -175,14 +175,7 @@ def round_trips(pause: float = 0.025, repeats: int = 200) -> None:
         calls = {"PostgreSQL SELECT 1": lambda: conn.execute("SELECT 1").fetchone(), "Redis PING": client.ping}
 
         def median_us(call, wait: float) -> float:
-            times = []
-            for _ in range(repeats):
-                if wait:
-                    time.sleep(wait)
-                began = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - began)
-            return statistics.median(times) * 1e6
+            return median_seconds([call] * repeats, wait) * 1e6
 
         for call in calls.values():  # connect and warm up
             median_us(call, 0)
