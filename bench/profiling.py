@@ -111,7 +111,7 @@ def request_cost(requests: int) -> None:
     from django.test import Client
     from django.test.utils import setup_test_environment
 
-    from predictions import services
+    from predictions.services import submission, worker
 
     setup_test_environment()
     from django.conf import settings
@@ -130,8 +130,8 @@ def request_cost(requests: int) -> None:
         user = get_user_model().objects.get(username="admin")
         token = Token.objects.get_or_create(user=user)[0].key
         text = f"a text for the request profile {os.getpid()}"
-        row = services.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
-        services.predictions_run([row.pk], others=False)  # fills the cache
+        row = submission.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
+        worker.predictions_run([row.pk], others=False)  # fills the cache
         client = Client(HTTP_AUTHORIZATION=f"Token {token}")
         body = f'{{"text": "{text}"}}'
 

@@ -296,7 +296,7 @@ def stack_start(
         "INFERENCE_INT8": "1" if int8 else "0",
         "INFERENCE_PACKED": "1" if packed else "0",
         "LOG_LEVEL": log_level,
-        "BATCH_LOOP_SECONDS": "10",
+        "CLAIM_LOOP_SECONDS": "10",
     }
     env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         "(its size, seconds and the worker process's CPU seconds)",
     )
     parser.add_argument(
-        "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's INFERENCE_BATCH_SIZE)"
+        "--raw-batch-size", type=int, default=16, help="RAW's batch size (the service's PASS_MAX_TEXTS)"
     )
     parser.add_argument(
         "--embedded", action="store_true", help="run on the embedded default instead of the real services"

@@ -1,8 +1,11 @@
 """The Celery app; task settings live in Django settings under the CELERY_ namespace."""
 
+import logging.config
 import os
 
 from celery import Celery, signals
+from django.conf import settings
+from django.db import close_old_connections
 
 from mlsite import logs
 
@@ -16,10 +19,6 @@ app.autodiscover_tasks()
 @signals.setup_logging.connect
 def _logging_from_django_settings(**_) -> None:
     """Workers and beat log as the web does (settings.LOGGING: JSON lines, LOG_LEVEL), not in Celery's format."""
-    import logging.config
-
-    from django.conf import settings
-
     logging.config.dictConfig(settings.LOGGING)
 
 
@@ -28,8 +27,6 @@ def _database_connection_check(sender=None, **_) -> None:
     """Before each task in a worker, as before each web request: drop a connection that is broken
     (a PostgreSQL restart) or older than CONN_MAX_AGE, and keep the others (CELERY_DB_REUSE_MAX).
     Not for a task run eagerly, inside the caller's own transaction."""
-    from django.db import close_old_connections
-
     if not getattr(getattr(sender, "request", None), "is_eager", False):
         close_old_connections()
 

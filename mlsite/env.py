@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -26,7 +27,28 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+class RenamedSettingWarning(FutureWarning):
+    """A variable was set under the name it had before a release renamed it (read for one more release)."""
+
+
+def _renamed(name: str, old: str | None) -> str:
+    """The variable to read: `name`, or `old` when only the old name is set (with a warning)."""
+    if old is None or old not in os.environ:
+        return name
+    if name in os.environ:
+        warnings.warn(f"{old} is ignored: {name}, its new name, is set too", RenamedSettingWarning, stacklevel=3)
+        return name
+    warnings.warn(
+        f"{old} is now {name}; the old name is read until the next release", RenamedSettingWarning, stacklevel=3
+    )
+    return old
+
+
+def env_int(
+    name: str, default: int, *, minimum: int | None = None, maximum: int | None = None, old: str | None = None
+) -> int:
+    """An integer within [minimum, maximum]; `old`: the variable's name before a rename, still read."""
+    name = _renamed(name, old)
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default

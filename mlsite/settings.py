@@ -2,7 +2,7 @@
 
 With nothing set, the project uses its embedded default: SQLite, kombu's filesystem broker and
 a file-based cache, all under var/. Set DATABASE_URL, CELERY_BROKER_URL and REDIS_URL to run on
-PostgreSQL, RabbitMQ and Redis. The README lists every variable with its default.
+PostgreSQL, RabbitMQ and Redis. docs/configuration.md lists every variable with its default.
 """
 
 from __future__ import annotations
@@ -147,12 +147,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery's Django fixup closes the database connection before and after every task unless this is
-# set: a new PostgreSQL connection per task, about 10 ms before the first query (README,
-# Throughput). With it, a worker process keeps its connection like a web process does; mlsite.celery
+# set: a new PostgreSQL connection per task, about 10 ms before the first query (docs/performance.md,
+# Decisions). With it, a worker process keeps its connection like a web process does; mlsite.celery
 # closes it before a task when it is unusable or older than DB_CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 100_000
 # One process per core (each with one torch thread) runs more texts per second on CPU than one
-# process with every core: see README, Throughput. Celery reads it as worker_concurrency.
+# process with every core (docs/performance.md, Decisions). Celery reads it as worker_concurrency.
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", min(os.cpu_count() or 1, 4), minimum=1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -187,25 +187,27 @@ MLSITE_MODELS = env_models("MLSITE_MODELS", {"sentiment": "bundled:sentiment", "
 DEFAULT_MODEL = env_str("DEFAULT_MODEL", "sentiment")
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 INFERENCE_INT8 = env_bool("INFERENCE_INT8", False)
-INFERENCE_PACKED = env_bool("INFERENCE_PACKED", True)  # BERT encoders run texts unpadded; see README, Throughput
-INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16, minimum=1)  # per forward pass; see README, Throughput
+# BERT encoders run texts unpadded (docs/performance.md, Padding-free forward pass).
+INFERENCE_PACKED = env_bool("INFERENCE_PACKED", True)
 TORCH_THREADS = env_int("TORCH_THREADS", 0, minimum=0)  # 0: one per core, split among worker processes
 MAX_TEXT_CHARS = env_int("MAX_TEXT_CHARS", 10_000, minimum=1)
-MAX_BATCH_SIZE = env_int("MAX_BATCH_SIZE", 1_000, minimum=1)
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024)
 MAX_WAIT_SECONDS = 30
-BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 128, minimum=1)
-BATCH_MAX_SIZE = env_int("BATCH_MAX_SIZE", 128, minimum=1)  # rows one worker claims for one forward pass
-BATCH_MAX_WAIT_MS = env_int("BATCH_MAX_WAIT_MS", 5, minimum=0)  # wait this long for more rows to fill a batch
-BATCH_MAX_TOKENS = env_int("BATCH_MAX_TOKENS", 8192, minimum=64)  # padded tokens per forward pass
 MAX_ATTEMPTS = env_int("MAX_ATTEMPTS", 3, minimum=1)  # a row whose worker died this often fails
-BATCH_LOOP_SECONDS = env_int("BATCH_LOOP_SECONDS", 10, minimum=0)  # a task keeps claiming queued rows this long
+# How texts are grouped, from the API to the model; each reads its name before the rename (`old`) for one release.
+API_BATCH_MAX_TEXTS = env_int("API_BATCH_MAX_TEXTS", 1_000, minimum=1, old="MAX_BATCH_SIZE")  # in one POST /batches/
+PUBLISH_CHUNK_ROWS = env_int("PUBLISH_CHUNK_ROWS", 128, minimum=1, old="BATCH_CHUNK_SIZE")  # rows per run-task message
+CLAIM_MAX_ROWS = env_int("CLAIM_MAX_ROWS", 128, minimum=1, old="BATCH_MAX_SIZE")  # rows a worker claims at once
+CLAIM_WAIT_MS = env_int("CLAIM_WAIT_MS", 5, minimum=0, old="BATCH_MAX_WAIT_MS")  # a claim waits this long for company
+CLAIM_LOOP_SECONDS = env_int("CLAIM_LOOP_SECONDS", 10, minimum=0, old="BATCH_LOOP_SECONDS")  # a task claims this long
+PASS_MAX_TEXTS = env_int("PASS_MAX_TEXTS", 16, minimum=1, old="INFERENCE_BATCH_SIZE")  # texts in one forward pass
+PASS_MAX_TOKENS = env_int("PASS_MAX_TOKENS", 8192, minimum=64, old="BATCH_MAX_TOKENS")  # padded tokens in one pass
 # How long a published wake-up counts as pending: single predictions submitted meanwhile send no
-# message of their own (predictions/wakeup.py); 0: one message per prediction.
+# message of their own (predictions/services/dispatch.py); 0: one message per prediction.
 WAKEUP_COALESCE_MS = env_int("WAKEUP_COALESCE_MS", 1000, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
-# --- Back-pressure, rate limits, idempotency (README: Limits and back-pressure) ---------------
+# --- Back-pressure, rate limits, idempotency (docs/api.md, Limits and back-pressure) ---------------
 MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit
 MAX_QUEUED_RETRY_AFTER = env_int("MAX_QUEUED_RETRY_AFTER", 5, minimum=1)  # Retry-After of the 503, seconds
 THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "600/min")  # POSTs per user; empty: off
@@ -267,7 +269,7 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 LOGIN_URL = "admin:login"
 
-# --- Logs, metrics, readiness (README: Logs, Metrics, Readiness) ------------------------------
+# --- Logs, metrics, readiness (docs/operations.md) ------------------------------
 LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "plain"))
 LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
 

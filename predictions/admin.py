@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import StreamingHttpResponse
 from django.template.response import TemplateResponse
@@ -20,10 +21,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from predictions import services
 from predictions.charts import bars_svg, stacked_columns_svg
 from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, ReprocessRun
 from predictions.overview import overview_figures
+from predictions.registry import model_exists, model_info_get
+from predictions.selectors import reprocess_summary
+from predictions.services.reprocess import predictions_rerun
+from predictions.services.review import prediction_review, predictions_mark_reviewed
 
 EXPORT_COLUMNS = [
     ("id", "id"),
@@ -87,7 +91,6 @@ class ReviewForm(forms.ModelForm):
         labels = list((self.instance.scores or {}).keys())
         if not labels:
             from predictions.inference import ModelLoadError
-            from predictions.registry import model_exists, model_info_get
 
             if model_exists(self.instance.model_name):
                 try:
@@ -310,7 +313,7 @@ class PredictionAdmin(admin.ModelAdmin):
         if not form.has_changed():
             return
         with transaction.atomic():
-            services.prediction_review(
+            prediction_review(
                 prediction=obj,
                 reviewer=request.user,
                 corrected_label=form.cleaned_data["corrected_label"],
@@ -321,7 +324,7 @@ class PredictionAdmin(admin.ModelAdmin):
     @admin.action(description="Re-run selected predictions (earlier results kept in history)", permissions=["rerun"])
     def rerun(self, request, queryset):
         selected = queryset.count()
-        run, queued = services.predictions_rerun(queryset=queryset, user=request.user)
+        run, queued = predictions_rerun(queryset=queryset, user=request.user)
         skipped = selected - queued
         self.message_user(
             request,
@@ -332,7 +335,7 @@ class PredictionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark selected predictions as reviewed", permissions=["change"])
     def mark_reviewed(self, request, queryset):
-        updated = services.predictions_mark_reviewed(queryset=queryset, reviewer=request.user)
+        updated = predictions_mark_reviewed(queryset=queryset, reviewer=request.user)
         self.message_user(request, f"Marked {updated} prediction(s) as reviewed.", messages.SUCCESS)
 
     @admin.action(description="Export selected predictions as CSV", permissions=["view"])
@@ -351,8 +354,6 @@ class PredictionAdmin(admin.ModelAdmin):
 
     def overview_view(self, request):
         if not self.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         figures = overview_figures(days=30)
         context = {
@@ -413,7 +414,7 @@ class ReprocessRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="summary")
     def summary(self, obj: ReprocessRun):
-        return mark_safe("<br>".join(f"{k}: {v}" for k, v in services.reprocess_summary(obj).items()))
+        return mark_safe("<br>".join(f"{k}: {v}" for k, v in reprocess_summary(obj).items()))
 
 
 @admin.register(Batch)

@@ -19,7 +19,9 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
+from mlsite.celery import app
 from predictions.cache import cache_ping
+from predictions.memos import memo
 from predictions.registry import model_info_get, model_names
 
 
@@ -29,8 +31,6 @@ def _database() -> None:
 
 
 def _broker() -> None:
-    from mlsite.celery import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
 
@@ -52,6 +52,7 @@ _worker_lock = threading.Lock()
 _worker_answer: dict = {"at": None, "failure": None}  # the last ping of this process, reused for a few seconds
 
 
+@memo
 def worker_ping_forget() -> None:
     """Forget the remembered ping (tests that start or stop a worker call this)."""
     with _worker_lock:
@@ -65,8 +66,6 @@ def _worker() -> None:
     probe every second costs one ping per few seconds per web process (and one wait of the timeout
     while no worker answers).
     """
-    from mlsite.celery import app
-
     with _worker_lock:
         at = _worker_answer["at"]
         if at is None or time.monotonic() - at >= settings.READYZ_WORKER_CACHE_SECONDS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.handlers.wsgi import LimitedStream
@@ -93,8 +94,6 @@ def _url_bytes(meta) -> int | None:
     extra = len(query) + 1 if query else 0
     if 12 * len(path) + extra <= MAX_URL_BYTES:
         return None
-    from urllib.parse import quote
-
     size = len(quote(path.encode("utf-8", "surrogateescape"), safe="/;:@&=+$,-_.!~*'()")) + extra
     return size if size > MAX_URL_BYTES else None
 

@@ -20,6 +20,8 @@ class PredictionStatus(models.TextChoices):
 
 
 FINISHED_STATUSES = (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED)
+# What a finished run writes on its row.
+RESULT_FIELDS = ("status", "error", "label", "score", "scores", "labels", "model_version", "finished_at")
 
 
 class Batch(models.Model):

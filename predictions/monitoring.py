@@ -25,6 +25,10 @@ from prometheus_client import values as _values
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from predictions.models import PredictionStatus
+from predictions.registry import model_names
+from predictions.selectors import prediction_counts_by_status_and_model
+
 logger = logging.getLogger(__name__)
 
 # Multiprocess values whatever was imported first (settings exports PROMETHEUS_MULTIPROC_DIR, where
@@ -42,7 +46,7 @@ CACHE_LOOKUPS = Counter(
 )
 BATCH_SIZE = Histogram(
     "mlsite_inference_batch_size",
-    "Texts per forward pass call (one claimed batch; the model runs it in passes of INFERENCE_BATCH_SIZE).",
+    "Texts per forward pass call (one claimed batch; the model runs it in passes of PASS_MAX_TEXTS).",
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
@@ -105,10 +109,6 @@ class PredictionsCollector:
         return GaugeMetricFamily("mlsite_queue_depth", "Predictions queued and not yet claimed by a worker.")
 
     def collect(self):
-        from predictions.models import PredictionStatus
-        from predictions.registry import model_names
-        from predictions.selectors import prediction_counts_by_status_and_model
-
         try:
             counted = prediction_counts_by_status_and_model()
         except DatabaseError as exc:  # the samples of the processes are still worth serving

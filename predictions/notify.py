@@ -1,45 +1,28 @@
 """Telling a waiting request that its prediction finished, without holding a worker.
 
 With Redis (REDIS_URL), the worker publishes the ids of the rows it just wrote on one channel, once
-per batch, with the result fields it committed to each row it held. Each web process keeps one
-subscriber thread on that channel, which wakes the requests waiting for those ids and hands each
-its row's fields: a waiting request costs no Redis round trip of its own, wakes as soon as its row
-is written, and answers without reading the row again. Without Redis, or while the subscriber is
-not connected, a waiting request polls the row. A message without fields for a row (one that came
-before the request waited, or from an older worker) makes the request read its row, and the row is
-read every second (or sooner when polling) in case a message is lost.
+per batch, with the result fields it committed to each row it held. Each web process's subscriber
+thread (predictions.pubsub) wakes the requests waiting for those ids and hands each its row's fields:
+a waiting request costs no Redis round trip of its own, wakes as soon as its row is written, and
+answers without reading the row again. Without Redis, or while the subscriber is not connected, a
+waiting request polls the row. A message without fields for a row (one that came before the request
+waited, or from an older worker) makes the request read its row, and the row is read every second
+(or sooner when polling) in case a message is lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cache
 
-from django.conf import settings
-
-logger = logging.getLogger(__name__)
+from predictions import pubsub
 
 CHANNEL = "mlsite:predictions-finished"
-AUTH_CHANNEL = "mlsite:auth-changed"  # a token or user changed: web processes forget remembered tokens
 RECENT_IDS = 10_000  # ids finished lately, so a request that registers just after its message still sees it
 RECHECK_SECONDS = 1.0  # a woken-or-not waiter reads its row at least this often
-
-
-@cache
-def _client(url: str):
-    import redis
-
-    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-
-
-def redis_client():
-    return _client(settings.REDIS_URL) if settings.REDIS_URL else None
 
 
 def predictions_finished_notify(
@@ -47,36 +30,15 @@ def predictions_finished_notify(
 ) -> None:
     """One message for the whole forward pass, JSON: the row ids, the API batches (POST /batches/)
     the rows belong to, and `finished`: for rows this pass wrote, the fields a waiting request
-    answers with (services.finished_fields)."""
-    client = redis_client()
-    if client is None or not ids:
+    answers with (services.waiting.finished_fields)."""
+    if not ids:
         return
     message = {
         "ids": list(ids),
         "batches": sorted(set(batch_ids)),
         "rows": {str(k): v for k, v in (finished or {}).items()},
     }
-    try:
-        client.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
-    except Exception as exc:
-        logger.warning("could not notify waiting requests (%s): %s", type(exc).__name__, exc)
-
-
-def auth_changed_notify() -> None:
-    """Tell every web process to forget the tokens it remembers (predictions.api.authentication)."""
-    client = redis_client()
-    if client is None:
-        return
-    try:
-        client.publish(AUTH_CHANNEL, b"1")
-    except Exception as exc:  # the others follow within AUTH_TOKEN_CACHE_SECONDS
-        logger.warning("could not tell web processes that a token changed (%s): %s", type(exc).__name__, exc)
-
-
-def _tokens_forget() -> None:
-    from predictions.api.authentication import tokens_forget
-
-    tokens_forget()
+    pubsub.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
 
 
 class Waiter(threading.Event):
@@ -98,18 +60,13 @@ def _parse(data: bytes) -> tuple[list[int], list[int], dict]:
     return ids, [int(part[1:]) for part in parts if part[:1] == b"b" and part[1:].isdigit()], {}
 
 
-class Listener:
-    """One subscriber thread per web process; waiters register the id they wait for."""
+class WaiterBoard:
+    """The requests of this process waiting for a row (its id) or a batch (("batch", id))."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.waiters: dict[int | tuple[str, int], list[Waiter]] = {}
         self.recent: OrderedDict[int, None] = OrderedDict()
-        self.subscribed = threading.Event()
-        self.lost = False  # the subscription was lost at least once
-        self.thread = threading.Thread(target=self._run, name="mlsite-notify", daemon=True)
-        self.thread.start()
 
     def register(self, pk: int | tuple[str, int]) -> Waiter:
         event = Waiter()
@@ -128,7 +85,8 @@ class Listener:
             if not events:
                 self.waiters.pop(pk, None)
 
-    def _deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes) -> None:
+        """The pub/sub handler of CHANNEL: wake the waiters of the rows and batches a message names."""
         ids, batch_ids, fields = _parse(data)
         with self.lock:
             for batch_id in batch_ids:  # a batch has one message per forward pass: never "recent", always re-checked
@@ -143,57 +101,8 @@ class Listener:
             while len(self.recent) > RECENT_IDS:
                 self.recent.popitem(last=False)
 
-    def _run(self) -> None:
-        import redis
 
-        delay = 0.1
-        while True:
-            pubsub = None
-            try:
-                client = redis.Redis.from_url(self.url, socket_connect_timeout=1, health_check_interval=10)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL, AUTH_CHANNEL)
-                if self.lost:  # token changes made while it was not subscribed were missed
-                    _tokens_forget()
-                self.subscribed.set()
-                delay = 0.1
-                while True:
-                    message = pubsub.get_message(timeout=5.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    if message["channel"] == AUTH_CHANNEL.encode():
-                        _tokens_forget()
-                    else:
-                        try:
-                            self._deliver(message["data"])
-                        except (ValueError, KeyError, TypeError) as exc:  # not ours: waiters re-read within a second
-                            logger.warning("ignored a malformed notification (%s): %s", type(exc).__name__, exc)
-            except Exception as exc:  # Redis gone: waiters poll until it is back
-                if self.subscribed.is_set() or delay == 0.1:  # once per outage, not once per retry
-                    logger.warning("notification listener lost Redis (%s): %s", type(exc).__name__, exc)
-                self.subscribed.clear()
-                self.lost = True
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):  # already failing; the loop reconnects
-                        pubsub.close()
-
-
-_listeners: dict[str, Listener] = {}
-_listeners_lock = threading.Lock()
-
-
-def listener() -> Listener | None:
-    """This process's listener for REDIS_URL, started on first use (after the web server's fork)."""
-    url = settings.REDIS_URL
-    if not url:
-        return None
-    with _listeners_lock:
-        if url not in _listeners:
-            _listeners[url] = Listener(url)
-        return _listeners[url]
+board = WaiterBoard()
 
 
 def finished_wait(
@@ -206,15 +115,15 @@ def finished_wait(
     """Block up to `timeout` seconds until `is_finished()`; True if it finished in time.
 
     `is_finished` reads the row: it is called when the notification arrives, at least every
-    RECHECK_SECONDS while none does, and more often while the listener is not subscribed. When the
+    RECHECK_SECONDS while none does, and more often while the subscriber is not connected. When the
     notification carries the row's fields, `finished_from(fields)` takes them instead of a read
     (True: finished).
     """
     deadline = time.monotonic() + timeout
-    current = listener()
+    current = pubsub.subscriber()
     if current is None:
         return _wait_poll(deadline, is_finished)
-    event = current.register(pk)
+    event = board.register(pk)
     try:
         delay = 0.01
         while True:
@@ -233,7 +142,7 @@ def finished_wait(
             if woken:  # notified, yet the row says otherwise (a stale message): poll the rest of the time
                 return _wait_poll(deadline, is_finished)
     finally:
-        current.unregister(pk, event)
+        board.unregister(pk, event)
 
 
 def batch_finished_wait(batch_id: int, *, timeout: float, is_finished: Callable[[], bool]) -> bool:
@@ -244,12 +153,12 @@ def batch_finished_wait(batch_id: int, *, timeout: float, is_finished: Callable[
     so a message that comes in between is not missed.
     """
     deadline = time.monotonic() + timeout
-    current = listener()
+    current = pubsub.subscriber()
     if current is None:
         return _wait_poll(deadline, is_finished)
     key = ("batch", batch_id)
     while True:
-        event = current.register(key)
+        event = board.register(key)
         try:
             if is_finished():
                 return True
@@ -258,7 +167,7 @@ def batch_finished_wait(batch_id: int, *, timeout: float, is_finished: Callable[
                 return False
             event.wait(min(remaining, RECHECK_SECONDS if current.subscribed.is_set() else 0.1))
         finally:
-            current.unregister(key, event)
+            board.unregister(key, event)
 
 
 def _wait_poll(deadline: float, is_finished: Callable[[], bool]) -> bool:

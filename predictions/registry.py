@@ -12,6 +12,8 @@ from functools import cache
 
 from django.conf import settings
 
+from predictions.inference import ModelLoadError
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,6 +73,15 @@ def model_info_get(name: str):
 
 def model_version(name: str) -> str:
     return model_info_get(name).version
+
+
+def model_version_or_blank(name: str) -> str:
+    """The model's version, or "" if its files can't be read now (the worker then fails the row, saying why)."""
+    try:
+        return model_version(name)
+    except (ModelLoadError, UnknownModel, OSError) as exc:
+        logger.error("model %r unavailable: %s", name, exc)
+        return ""
 
 
 @cache

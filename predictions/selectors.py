@@ -1,12 +1,20 @@
-"""Reads: who may see which predictions, and the list filters."""
+"""Reads: who may see which predictions, the list filters, and what a reprocess run selects and has done."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
-from predictions.models import FINISHED_STATUSES, Batch, IdempotencyKey, Prediction, PredictionStatus
+from predictions.models import (
+    FINISHED_STATUSES,
+    Batch,
+    IdempotencyKey,
+    Prediction,
+    PredictionResult,
+    PredictionStatus,
+)
 
 
 def sees_everyones(user, model_name: str) -> bool:
@@ -63,3 +71,80 @@ def predictions_in_flight_count() -> int:
 def idempotency_key_get(*, owner, key: str, endpoint: str) -> IdempotencyKey | None:
     """The stored first response for this user's key on this endpoint, expired or not."""
     return IdempotencyKey.objects.filter(owner=owner, key=key, endpoint=endpoint).first()
+
+
+# --- What a reprocess run selects, has left to do, and has done ---------------------------------------
+
+
+class SelectionError(ValueError):
+    """The selectors given to reprocess are missing or invalid; the message says which."""
+
+
+def reprocess_selection(
+    *,
+    everything: bool = False,
+    statuses: Sequence[str] = (),
+    model: str = "",
+    model_version: str = "",
+    since=None,
+    until=None,
+    ids: Sequence[int] = (),
+    batch: int | None = None,
+):
+    """The predictions the selectors match (they combine with AND); refuses an empty selection."""
+    if not (everything or statuses or model or model_version or since or until or ids or batch):
+        raise SelectionError(
+            "no selector: give --all or at least one of --status, --model, --model-version, --since, --until, --ids, --batch"
+        )
+    bad = [s for s in statuses if s not in PredictionStatus.values]
+    if bad:
+        raise SelectionError(f"unknown status {bad[0]!r}; one of {', '.join(PredictionStatus.values)}")
+    queryset = Prediction.objects.filter(redacted_at__isnull=True)  # a redacted row's text is only a marker
+    if statuses:
+        queryset = queryset.filter(status__in=statuses)
+    if model:
+        queryset = queryset.filter(model_name=model)
+    if model_version:
+        queryset = queryset.filter(model_version=model_version)
+    if since:
+        queryset = queryset.filter(created_at__gte=since)
+    if until:
+        queryset = queryset.filter(created_at__lt=until)
+    if ids:
+        queryset = queryset.filter(pk__in=list(ids))
+    if batch:
+        queryset = queryset.filter(batch_id=batch)
+    return queryset
+
+
+def reprocess_pending(run, selection) -> tuple[list[int], int]:
+    """Ids still to do in this run, oldest first, and how many selected rows were skipped as in flight.
+
+    Still to do: rows this run archived but did not finish (an interrupted run), then matching
+    finished rows this run has not touched. Rows queued or running elsewhere are left alone.
+    """
+    unfinished = list(
+        Prediction.objects.filter(history__run=run).exclude(status__in=FINISHED_STATUSES).values_list("pk", flat=True)
+    )
+    untouched = selection.exclude(history__run=run)
+    fresh = list(
+        untouched.filter(status__in=FINISHED_STATUSES, redacted_at__isnull=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    in_flight = untouched.exclude(status__in=FINISHED_STATUSES).count()
+    return sorted(set(unfinished) | set(fresh)), in_flight
+
+
+def reprocess_summary(run) -> dict[str, int]:
+    """Selected, re-run (finished), unchanged label, changed label, failed, and still pending."""
+    finished = Q(prediction__status__in=FINISHED_STATUSES)
+    succeeded = Q(prediction__status=PredictionStatus.SUCCEEDED)
+    totals = PredictionResult.objects.filter(run=run).aggregate(
+        rerun=Count("pk", filter=finished),
+        unchanged=Count("pk", filter=succeeded & Q(label=F("prediction__label"))),
+        changed=Count("pk", filter=succeeded & ~Q(label=F("prediction__label"))),
+        failed=Count("pk", filter=Q(prediction__status=PredictionStatus.FAILED)),
+        pending=Count("pk", filter=~finished),
+    )
+    return {"selected": run.selected, **totals}

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from predictions import services
+from predictions.registry import models_preload
+from predictions.services.idempotency import idempotency_keys_expire
+from predictions.services.reprocess import reprocess_runs_close
+from predictions.services.worker import predictions_run, predictions_sweep
+from predictions.threads import torch_threads_configure
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
@@ -25,7 +30,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutEr
 def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
     """Classify the unfinished rows among `prediction_ids`; a finished row is never run again."""
     try:
-        return services.predictions_run(prediction_ids, task_id=self.request.id or "")
+        return predictions_run(prediction_ids, task_id=self.request.id or "")
     except TRANSIENT_ERRORS:
         # A connection the server dropped (a restart) must not stay open: Celery writes the retry's
         # state to the database next, on this process's connection (autoretry then raises Retry).
@@ -35,14 +40,10 @@ def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
 
 @shared_task(name="predictions.sweep", acks_late=True)
 def predictions_sweep_task() -> dict[str, int]:
-    """Run by beat every SWEEP_INTERVAL seconds: resend lost work (see services.predictions_sweep)."""
-    from django.conf import settings
-
-    result = services.predictions_sweep(
-        queued_after=settings.SWEEP_QUEUED_AFTER, running_after=settings.SWEEP_RUNNING_AFTER
-    )
-    result["reprocess_runs_closed"] = services.reprocess_runs_close()
-    result["idempotency_keys_expired"] = services.idempotency_keys_expire(max_rows=settings.SWEEP_MAX_ROWS)
+    """Run by beat every SWEEP_INTERVAL seconds: resend lost work (see services.worker.predictions_sweep)."""
+    result = predictions_sweep(queued_after=settings.SWEEP_QUEUED_AFTER, running_after=settings.SWEEP_RUNNING_AFTER)
+    result["reprocess_runs_closed"] = reprocess_runs_close()
+    result["idempotency_keys_expired"] = idempotency_keys_expire(max_rows=settings.SWEEP_MAX_ROWS)
     return result
 
 
@@ -50,8 +51,5 @@ def predictions_sweep_task() -> dict[str, int]:
 def _worker_process_prepare(**_) -> None:
     """Each prefork child gets its share of the cores (torch's default would oversubscribe them)
     and loads the served models before its first task, so no request pays for the load."""
-    from predictions.registry import models_preload
-    from predictions.threads import torch_threads_configure
-
     torch_threads_configure()
     models_preload()

@@ -54,13 +54,14 @@ def celery_eager():
 
 
 @pytest.fixture(autouse=True)
-def worker_ping_forgotten():
-    """/readyz remembers its last worker ping for a few seconds; each test starts without one."""
-    from predictions.health import worker_ping_forget
+def memos_forgotten():
+    """Each test starts with nothing this process remembered for an earlier one (predictions.memos):
+    tokens, the queue's depth, the last worker ping, validated ?wait= values, negotiated renderers."""
+    from predictions.memos import memos_forget
 
-    worker_ping_forget()
+    memos_forget()
     yield
-    worker_ping_forget()
+    memos_forget()
 
 
 @pytest.fixture(autouse=True)
@@ -69,25 +70,6 @@ def empty_cache():
 
     with contextlib.suppress(Exception):
         cache.clear()
-    yield
-
-
-@pytest.fixture(autouse=True)
-def tokens_forgotten():
-    """Each test starts with no token remembered by this process (predictions.api.authentication)."""
-    from predictions.api.authentication import tokens_forget
-
-    tokens_forget()
-    yield
-
-
-@pytest.fixture(autouse=True)
-def queue_depth_fresh():
-    """Each test's first submission counts the queue (MAX_QUEUED) in its own database, not a
-    depth a previous test left in this process (see services.queue_depth)."""
-    from predictions.services import queue_depth
-
-    queue_depth.forget()
     yield
 
 

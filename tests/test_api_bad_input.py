@@ -88,10 +88,10 @@ def test_one_bad_text_in_a_batch_rejects_the_batch_and_names_its_index(api, noth
 
 
 def test_a_batch_over_max_batch_size_is_400(api, nothing_changes, settings):
-    settings.MAX_BATCH_SIZE = 5
+    settings.API_BATCH_MAX_TEXTS = 5
     response = api.post("/api/v1/batches/", {"texts": ["t"] * 6})
     assert response.status_code == 400
-    assert response.json() == {"texts": ["At most 5 texts per batch (got 6); see MAX_BATCH_SIZE."]}
+    assert response.json() == {"texts": ["At most 5 texts per batch (got 6); see API_BATCH_MAX_TEXTS."]}
 
 
 def test_the_default_batch_limit_is_1000(api, nothing_changes):

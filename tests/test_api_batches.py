@@ -25,7 +25,7 @@ def test_a_batch_saves_one_prediction_per_text_and_answers_in_input_order(api):
 
 
 def test_a_batch_is_published_in_chunks_not_one_task_per_text(api, published, settings):
-    settings.BATCH_CHUNK_SIZE = 3
+    settings.PUBLISH_CHUNK_ROWS = 3
     api.post("/api/v1/batches/", {"texts": [f"text number {i}" for i in range(7)]})
     assert [len(ids) for ids in published] == [3, 3, 1]
 
@@ -45,12 +45,12 @@ def test_another_users_batch_is_404(api, stranger_api):
 
 
 def test_a_batch_looks_the_cache_up_in_one_round_trip(api, monkeypatch):
-    from predictions import services
+    from predictions.services import submission
 
     def per_text_lookup(*args, **kwargs):
         raise AssertionError("batch_create looked a text up on its own")
 
-    monkeypatch.setattr(services, "result_cache_get", per_text_lookup)
+    monkeypatch.setattr(submission, "result_cache_get", per_text_lookup)
     assert api.post("/api/v1/batches/", {"texts": ["a", "b", "c"]}).status_code == 202
 
 
@@ -88,10 +88,12 @@ def test_waiting_on_a_finished_batch_answers_at_once(api):
 
 
 def _batch_with_callbacks(owner, capture, n: int):
-    from predictions import services
+    from predictions.services import submission
 
     with capture() as callbacks:
-        batch = services.batch_create(owner=owner, texts=[f"batch text {i}" for i in range(n)], model_name="sentiment")
+        batch = submission.batch_create(
+            owner=owner, texts=[f"batch text {i}" for i in range(n)], model_name="sentiment"
+        )
     return batch, callbacks
 
 
@@ -105,7 +107,7 @@ def test_a_batch_is_marked_published_in_its_insert_and_nothing_is_written_after_
 
     from predictions.tasks import predictions_run_task
 
-    settings.BATCH_CHUNK_SIZE = 3
+    settings.PUBLISH_CHUNK_ROWS = 3
     sent = []
     monkeypatch.setattr(
         predictions_run_task, "apply_async", lambda *a, **kw: sent.append((kw["task_id"], kw["args"][0]))
@@ -128,7 +130,7 @@ def test_a_batch_chunk_the_broker_refused_is_left_unpublished_for_the_sweeper(
 ):
     from predictions.tasks import predictions_run_task
 
-    settings.BATCH_CHUNK_SIZE = 2
+    settings.PUBLISH_CHUNK_ROWS = 2
     calls = []
 
     def flaky(*args, **kwargs):

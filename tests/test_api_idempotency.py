@@ -11,8 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from predictions import services
 from predictions.models import Batch, IdempotencyKey, Prediction
+from predictions.services import submission
 
 pytestmark = pytest.mark.django_db
 
@@ -161,14 +161,14 @@ def test_concurrent_requests_with_one_key_create_exactly_one_row(owner, recorded
     from rest_framework.test import APIClient
 
     token = Token.objects.create(user=owner)
-    create = services.prediction_create
+    create = submission.prediction_create
 
     def slow_create(**kwargs):
         prediction = create(**kwargs)
         threading.Event().wait(0.2)
         return prediction
 
-    monkeypatch.setattr(services, "prediction_create", slow_create)
+    monkeypatch.setattr(submission, "prediction_create", slow_create)
     clients = 8
     barrier = threading.Barrier(clients)
     responses = [None] * clients

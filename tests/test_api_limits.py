@@ -12,8 +12,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from predictions import services
 from predictions.models import Batch, Prediction, PredictionStatus
+from predictions.services import backpressure
 from tests.factories import DEAD_REDIS
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def recorded(monkeypatch, settings):
     """Task publishes are recorded, not run: rows stay queued (in flight). One per submission: no
-    wake-up coalescing (predictions/wakeup.py), which would count on a task that never runs here."""
+    wake-up coalescing (predictions/services/dispatch.py), which would count on a task that never runs here."""
     from predictions.tasks import predictions_run_task
 
     settings.WAKEUP_COALESCE_MS = 0
@@ -84,11 +84,11 @@ def test_the_depth_is_counted_once_a_second_not_per_request(api, recorded, setti
         return [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
 
     settings.MAX_QUEUED = 10_000
-    assert services.QUEUE_DEPTH_REFRESH_SECONDS == 1.0
-    monkeypatch.setattr(services, "QUEUE_DEPTH_REFRESH_SECONDS", 30.0)  # a slow machine can't make this flaky
+    assert backpressure.QUEUE_DEPTH_REFRESH_SECONDS == 1.0
+    monkeypatch.setattr(backpressure, "QUEUE_DEPTH_REFRESH_SECONDS", 30.0)  # a slow machine can't make this flaky
     counted = counts_during(5)
     assert len(counted) == 1 and "predictions_prediction" in counted[0]
-    monkeypatch.setattr(services, "QUEUE_DEPTH_REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(backpressure, "QUEUE_DEPTH_REFRESH_SECONDS", 0.0)
     assert len(counts_during(3)) == 3
 
 
@@ -101,10 +101,10 @@ def test_no_limit_counts_nothing(api, recorded, settings):
 
 def test_admission_costs_microseconds_between_counts(settings):
     settings.MAX_QUEUED = 10**9
-    services.queue_admit(adding=1)  # counts once
+    backpressure.queue_admit(adding=1)  # counts once
     began = time.perf_counter()
     for _ in range(10_000):
-        services.queue_admit(adding=1)
+        backpressure.queue_admit(adding=1)
     assert (time.perf_counter() - began) / 10_000 < 0.0001  # well under the 1 ms budget
 
 

@@ -169,12 +169,13 @@ def test_the_fast_prediction_json_equals_what_the_declared_fields_produce(api, o
     not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="on SQLite the insert is save() itself"
 )
 def test_the_prebuilt_insert_stores_what_save_would_store(api, owner):
-    """services._prediction_insert replaces Model.save() for a new single prediction: same columns,
+    """services.sql.prediction_insert replaces Model.save() for a new single prediction: same columns,
     same values, and no save signal it would skip."""
     from django.db.models.signals import post_save, pre_save
     from django.forms.models import model_to_dict
 
-    from predictions.services import _prediction_build, _prediction_insert
+    from predictions.services.sql import prediction_insert
+    from predictions.services.submission import _prediction_build
 
     assert not pre_save.has_listeners(Prediction) and not post_save.has_listeners(Prediction)
     api.post("/api/v1/predictions/", {"text": "good film"})  # fills the cache: the next builds are hits
@@ -186,7 +187,7 @@ def test_the_prebuilt_insert_stores_what_save_would_store(api, owner):
             for _ in range(2)
         ]
         built[0].save()
-        _prediction_insert(built[1])
+        prediction_insert(built[1])
         assert built[1].pk and not built[1]._state.adding and built[1]._state.db == "default"
         for row in built:  # each row reads back exactly as built, through either path
             assert model_to_dict(Prediction.objects.get(pk=row.pk)) == model_to_dict(row)

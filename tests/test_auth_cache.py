@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from predictions import notify
+from predictions import pubsub
 from predictions.api import authentication
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +97,8 @@ def test_message_from_another_process_empties_the_memory(api):
         pytest.skip("needs Redis")
     assert api.get(URL).status_code == 200
     assert authentication._tokens
-    assert _wait_until(notify.listener().subscribed.is_set)
-    notify.redis_client().publish(notify.AUTH_CHANNEL, b"1")  # as another process's change would
+    assert _wait_until(pubsub.subscriber().subscribed.is_set)
+    pubsub.redis_client().publish(authentication.AUTH_CHANNEL, b"1")  # as another process's change would
     assert _wait_until(lambda: not authentication._tokens), "the listener did not forget the tokens"
 
 
@@ -108,7 +108,7 @@ def test_token_deleted_by_another_process_is_refused(api, owner):
     if not settings.REDIS_URL or connection.vendor != "postgresql":
         pytest.skip("needs Redis and a database server both processes reach")
     assert api.get(URL).status_code == 200
-    assert _wait_until(notify.listener().subscribed.is_set)
+    assert _wait_until(pubsub.subscriber().subscribed.is_set)
     database = settings.DATABASES["default"]
     env = {
         **os.environ,

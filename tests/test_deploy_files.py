@@ -167,9 +167,9 @@ def test_check_deploy_passes_with_the_production_settings_from_the_environment()
 def test_a_bad_setting_value_stops_start_up_naming_the_variable():
     import sys
 
-    env = {**os.environ, "MAX_BATCH_SIZE": "lots"}
+    env = {**os.environ, "API_BATCH_MAX_TEXTS": "lots"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "MAX_BATCH_SIZE='lots': expected an integer" in result.stderr
+    assert result.returncode != 0 and "API_BATCH_MAX_TEXTS='lots': expected an integer" in result.stderr
 
 
 def test_every_setting_read_from_the_environment_is_documented_in_the_readme():

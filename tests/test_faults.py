@@ -305,7 +305,7 @@ def site(servers, tiny_sentiment_dir, tiny_emotions_dir, tmp_path_factory):
         "MLSITE_VAR_DIR": str(workdir / "var"),
         "HF_HUB_OFFLINE": "1",
         "DEBUG": "0",
-        "BATCH_CHUNK_SIZE": "2",  # a batch of texts is several messages
+        "PUBLISH_CHUNK_ROWS": "2",  # a batch of texts is several messages
         "FAULT_HOLD_FILE": str(workdir / "hold"),
         "FAULT_PASSES_FILE": str(workdir / "passes.jsonl"),
         "FAULT_POISON": POISON,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from predictions import notify
+from predictions import notify, pubsub
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs a real Redis (make test sets REDIS_URL)")
 
@@ -39,9 +39,9 @@ def finish_later(row: Row, pk: int, after: float) -> threading.Thread:
 @pytest.fixture
 def listener(settings):
     settings.REDIS_URL = os.environ["REDIS_URL"]
-    current = notify.listener()
-    assert current.subscribed.wait(5), "the listener did not subscribe to Redis"
-    return current
+    current = pubsub.subscriber()
+    assert current.subscribed.wait(5), "the subscriber did not subscribe to Redis"
+    return notify.board
 
 
 def test_a_waiting_request_wakes_on_the_notification_not_by_polling(listener):
@@ -90,7 +90,7 @@ def test_without_a_reachable_redis_the_request_polls_the_row(settings):
     assert notify.finished_wait(1, timeout=10, is_finished=row.is_finished)
     assert time.monotonic() - began < 1.5
     assert row.reads > 2  # it polled
-    assert not notify.listener().subscribed.is_set()
+    assert not pubsub.subscriber().subscribed.is_set()
 
 
 def test_a_batch_waiter_wakes_on_each_forward_pass_of_its_batch(listener):
@@ -189,25 +189,25 @@ def test_a_waiting_request_answers_from_the_message_exactly_what_the_row_holds(l
     from django.db import connection, connections
     from django.test.utils import CaptureQueriesContext
 
-    from predictions import services
     from predictions.api.serializers import PredictionSerializer
     from predictions.models import Prediction, PredictionStatus
+    from predictions.services import submission, waiting, worker
 
-    monkeypatch.setattr(services, "_prediction_publish", lambda prediction: None)  # the "worker" is a thread here
+    monkeypatch.setattr(submission, "prediction_publish", lambda prediction: None)  # the "worker" is a thread here
     texts = ["a gorgeous, witty film", "dull"]
-    predictions = [services.prediction_create(owner=owner, text=t, model_name="sentiment") for t in texts]
+    predictions = [submission.prediction_create(owner=owner, text=t, model_name="sentiment") for t in texts]
 
-    def worker() -> None:
+    def run_in_a_thread() -> None:
         time.sleep(0.3)
         try:
-            services.predictions_run([p.pk for p in predictions], task_id="")
+            worker.predictions_run([p.pk for p in predictions], task_id="")
         finally:
             connections.close_all()
 
-    thread = threading.Thread(target=worker)
+    thread = threading.Thread(target=run_in_a_thread)
     thread.start()
     with CaptureQueriesContext(connection) as queries:
-        waited = services.prediction_wait(predictions[0], timeout=10)
+        waited = waiting.prediction_wait(predictions[0], timeout=10)
     thread.join()
     assert waited.status == PredictionStatus.SUCCEEDED and len(queries) == 0, [q["sql"] for q in queries]
     stored = Prediction.objects.get(pk=waited.pk)

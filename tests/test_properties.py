@@ -321,7 +321,7 @@ def test_a_list_of_half_a_million_texts_is_one_short_error_not_one_per_item(api)
     raw = json.dumps({"texts": [""] * 500_000})  # 2 MB, just under MAX_REQUEST_BYTES
     response = post_raw(api, "/api/v1/batches/", raw)
     assert response.status_code == 400
-    assert response.json() == {"texts": ["At most 1000 texts per batch (got 500000); see MAX_BATCH_SIZE."]}
+    assert response.json() == {"texts": ["At most 1000 texts per batch (got 500000); see API_BATCH_MAX_TEXTS."]}
 
 
 def test_a_list_over_max_request_bytes_is_413(api):
@@ -458,7 +458,7 @@ def test_the_schema_limits_follow_the_settings(api, settings):
     import yaml
 
     settings.MAX_TEXT_CHARS = 77
-    settings.MAX_BATCH_SIZE = 5
+    settings.API_BATCH_MAX_TEXTS = 5
     settings.MLSITE_MODELS = {"sentiment": settings.MLSITE_MODELS["sentiment"]}
     schemas = yaml.safe_load(api.get("/api/schema/").content)["components"]["schemas"]
     text = schemas["PredictionInputRequest"]["properties"]["text"]

@@ -11,9 +11,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from predictions import services
+from predictions import selectors
 from predictions.cache import result_cache_get, result_cache_set_many
 from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, text_sha256
+from predictions.services import reprocess, retention, review
 from tests.factories import DEAD_REDIS
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +50,7 @@ def test_delete_removes_old_finished_rows_with_history_reviews_and_emptied_batch
     batch = api.post("/api/v1/batches/", {"texts": ["old plot", "old acting"]}).json()
     recent = api.post("/api/v1/predictions/", {"text": "new film"}).json()["id"]
     stuck = Prediction.objects.create(owner=owner, text="old but queued", model_name="sentiment")
-    services.prediction_review(prediction=old, reviewer=staff, corrected_label="positive", note="looks right")
+    review.prediction_review(prediction=old, reviewer=staff, corrected_label="positive", note="looks right")
     PredictionResult.objects.create(prediction=old, model_name="sentiment", model_version="v0", label="negative")
     age([old, stuck, *(r["id"] for r in batch["results"])])
 
@@ -90,7 +91,7 @@ def test_redact_keeps_the_row_but_no_copy_of_the_text_in_the_database_or_the_cac
     text = "a secret witty film"
     row = Prediction.objects.get(pk=api.post("/api/v1/predictions/", {"text": text}).json()["id"])
     digest = row.text_sha256
-    services.prediction_review(prediction=row, reviewer=staff, corrected_label="positive", note=f"'{text}' is ironic")
+    review.prediction_review(prediction=row, reviewer=staff, corrected_label="positive", note=f"'{text}' is ironic")
     earlier = PredictionResult.objects.create(
         prediction=row, model_name="sentiment", model_version="0ld0ld0ld0ld", label="negative", review_note=text
     )
@@ -101,12 +102,12 @@ def test_redact_keeps_the_row_but_no_copy_of_the_text_in_the_database_or_the_cac
     line, counts = purge("--older-than", "30", "--redact")
 
     row.refresh_from_db()
-    assert row.text == services.REDACTED_TEXT and row.text_sha256 == "" and row.redacted_at is not None
-    assert row.review_note == services.REDACTED_TEXT and row.corrected_label == "positive"  # who said what stays
+    assert row.text == retention.REDACTED_TEXT and row.text_sha256 == "" and row.redacted_at is not None
+    assert row.review_note == retention.REDACTED_TEXT and row.corrected_label == "positive"  # who said what stays
     assert row.label in ("negative", "positive") and row.scores and row.status == PredictionStatus.SUCCEEDED
     earlier.refresh_from_db()
-    assert earlier.review_note == services.REDACTED_TEXT and earlier.label == "negative"
-    assert PredictionReview.objects.get().note == services.REDACTED_TEXT
+    assert earlier.review_note == retention.REDACTED_TEXT and earlier.label == "negative"
+    assert PredictionReview.objects.get().note == retention.REDACTED_TEXT
     assert redis_keys_naming(digest) == []
     assert result_cache_get("sentiment", row.model_version, digest) is None
     assert (counts["predictions"], counts["history"], counts["reviews"], counts["cache_keys"]) == (1, 1, 1, 2)
@@ -121,11 +122,11 @@ def test_a_redacted_row_is_never_re_run(api):
     row_id = api.post("/api/v1/predictions/", {"text": "good film"}).json()["id"]
     age([row_id])
     purge("--older-than", "30", "--redact")
-    assert not services.reprocess_selection(everything=True).exists()
-    run, _ = services.reprocess_run_open(selectors={"ids": [row_id]})
-    assert services.reprocess_pending(run, Prediction.objects.filter(pk=row_id)) == ([], 0)
-    services.reprocess_chunk(run, [row_id], sync=True)
-    assert Prediction.objects.get(pk=row_id).text == services.REDACTED_TEXT
+    assert not selectors.reprocess_selection(everything=True).exists()
+    run, _ = reprocess.reprocess_run_open(selectors={"ids": [row_id]})
+    assert selectors.reprocess_pending(run, Prediction.objects.filter(pk=row_id)) == ([], 0)
+    reprocess.reprocess_chunk(run, [row_id], sync=True)
+    assert Prediction.objects.get(pk=row_id).text == retention.REDACTED_TEXT
     assert not PredictionResult.objects.exists()
 
 
@@ -150,7 +151,7 @@ def test_rows_go_in_chunks_of_batch_size_each_its_own_transaction(owner, django_
     )
     age(rows)
     chunks: list[int] = []
-    services.predictions_purge(older_than_days=30, batch_size=2, on_chunk=chunks.append)
+    retention.predictions_purge(older_than_days=30, batch_size=2, on_chunk=chunks.append)
     assert chunks == [2, 2, 1] and not Prediction.objects.exists()
     assert purge("--older-than", "30", "--batch-size", "2")[1]["predictions"] == 0
 

@@ -10,8 +10,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from predictions import services
 from predictions.models import Prediction, PredictionResult, PredictionStatus, ReprocessRun
+from predictions.services import reprocess as reprocess_service
+from predictions.services import review
 
 pytestmark = pytest.mark.django_db
 
@@ -148,7 +149,7 @@ def test_refusals_are_clear_errors(owner, args, message):
 
 def test_an_interrupted_run_resumes_without_redoing_rows(owner, monkeypatch):
     rows = [finished(owner, f"text {i}") for i in range(5)]
-    real_chunk = services.reprocess_chunk
+    real_chunk = reprocess_service.reprocess_chunk
     calls = {"n": 0}
 
     def interrupted(run, ids, *, sync):
@@ -157,14 +158,14 @@ def test_an_interrupted_run_resumes_without_redoing_rows(owner, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C during the third chunk, before it archived anything
         real_chunk(run, ids, sync=sync)
 
-    monkeypatch.setattr(services, "reprocess_chunk", interrupted)
+    monkeypatch.setattr(reprocess_service, "reprocess_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         call_command("reprocess", "--all", "--sync", "--chunk-size", "2", stdout=io.StringIO(), stderr=io.StringIO())
     assert PredictionResult.objects.count() == 4
     run = ReprocessRun.objects.get()
     assert run.status == "running"
 
-    monkeypatch.setattr(services, "reprocess_chunk", real_chunk)
+    monkeypatch.setattr(reprocess_service, "reprocess_chunk", real_chunk)
     text, summary = reprocess("--all", "--sync", "--chunk-size", "2")
     assert f"resuming run {run.pk}: 4 already re-run, skipped" in text
     assert "selected 1 prediction(s)" in text
@@ -176,7 +177,9 @@ def test_an_interrupted_run_resumes_without_redoing_rows(owner, monkeypatch):
 
 def test_a_row_archived_but_not_yet_run_when_interrupted_is_run_on_resume(owner, monkeypatch):
     row = finished(owner, "good film")
-    monkeypatch.setattr(services, "predictions_run", lambda ids, **_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        reprocess_service, "predictions_run", lambda ids, **_: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         call_command("reprocess", "--ids", str(row.pk), "--sync", stdout=io.StringIO(), stderr=io.StringIO())
     row.refresh_from_db()
@@ -223,17 +226,19 @@ def test_the_same_command_after_a_finished_run_starts_a_new_run(owner):
 def test_new_run_ignores_an_interrupted_run(owner, monkeypatch):
     finished(owner, "a")
     finished(owner, "b")
-    real_chunk = services.reprocess_chunk
-    monkeypatch.setattr(services, "reprocess_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    real_chunk = reprocess_service.reprocess_chunk
+    monkeypatch.setattr(
+        reprocess_service, "reprocess_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         call_command("reprocess", "--all", "--sync", stdout=io.StringIO(), stderr=io.StringIO())
-    monkeypatch.setattr(services, "reprocess_chunk", real_chunk)
+    monkeypatch.setattr(reprocess_service, "reprocess_chunk", real_chunk)
     text, summary = reprocess("--all", "--sync", "--new-run")
     assert "resuming" not in text and summary["selected"] == 2 and ReprocessRun.objects.count() == 2
 
 
 def test_sync_chunks_larger_than_a_batch_run_every_row(owner, settings):
-    settings.BATCH_MAX_SIZE = 2
+    settings.CLAIM_MAX_ROWS = 2
     for i in range(5):
         finished(owner, f"text {i}")
     _, summary = reprocess("--all", "--sync", "--chunk-size", "5")
@@ -242,7 +247,7 @@ def test_sync_chunks_larger_than_a_batch_run_every_row(owner, settings):
 
 def test_a_review_moves_into_history_with_the_result_it_reviewed(owner, staff):
     row = finished(owner, "oh great, another sequel")
-    services.prediction_review(prediction=row, reviewer=staff, corrected_label="negative", note="sarcasm")
+    review.prediction_review(prediction=row, reviewer=staff, corrected_label="negative", note="sarcasm")
     reprocess("--ids", str(row.pk), "--sync")
     row.refresh_from_db()
     earlier = row.history.get()

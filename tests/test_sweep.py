@@ -8,8 +8,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from predictions import services
 from predictions.models import Prediction, PredictionStatus
+from predictions.services import worker
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,7 @@ def test_the_sweeper_republishes_unpublished_and_stale_rows_and_they_finish(owne
     stale = Prediction.objects.create(owner=owner, text="bad", model_name="sentiment", published_at=old)
     fresh = Prediction.objects.create(owner=owner, text="ok", model_name="sentiment", published_at=timezone.now())
     Prediction.objects.filter(pk=never.pk).update(created_at=old)
-    result = services.predictions_sweep(queued_after=120, running_after=600)
+    result = worker.predictions_sweep(queued_after=120, running_after=600)
     assert result == {"requeued_running": 0, "republished": 2}
     assert published == [[never.pk, stale.pk]]
     statuses = dict(Prediction.objects.values_list("pk", "status"))
@@ -65,7 +65,7 @@ def test_a_row_stuck_running_is_requeued_and_run_once_more(owner, published):
 
 def test_finished_rows_are_never_swept(owner, published):
     Prediction.objects.create(owner=owner, text="done", model_name="sentiment", status=PredictionStatus.SUCCEEDED)
-    assert services.predictions_sweep(queued_after=0, running_after=0) == {"requeued_running": 0, "republished": 0}
+    assert worker.predictions_sweep(queued_after=0, running_after=0) == {"requeued_running": 0, "republished": 0}
     assert published == []
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from django.db import OperationalError
 
-from predictions import services
+from predictions import tasks
 from predictions.models import Prediction, PredictionStatus
+from predictions.services import sql, worker
 from predictions.tasks import TRANSIENT_ERRORS, predictions_run_task
 
 pytestmark = pytest.mark.django_db
@@ -23,10 +24,10 @@ def queued(owner, *texts: str, model: str = "sentiment") -> list[Prediction]:
 
 def test_a_finished_row_is_never_run_again(owner, monkeypatch):
     [row] = queued(owner, "good film")
-    assert services.predictions_run([row.pk]) == {"succeeded": 1, "failed": 0, "skipped": 0, "batches": 1}
+    assert worker.predictions_run([row.pk]) == {"succeeded": 1, "failed": 0, "skipped": 0, "batches": 1}
     row.refresh_from_db()
     first = (row.label, row.scores, row.finished_at, row.attempts)
-    assert services.predictions_run([row.pk]) == {"succeeded": 0, "failed": 0, "skipped": 1, "batches": 0}
+    assert worker.predictions_run([row.pk]) == {"succeeded": 0, "failed": 0, "skipped": 1, "batches": 0}
     row.refresh_from_db()
     assert (row.label, row.scores, row.finished_at, row.attempts) == first
 
@@ -34,7 +35,7 @@ def test_a_finished_row_is_never_run_again(owner, monkeypatch):
 def test_a_row_left_running_by_a_killed_worker_is_taken_again_when_its_message_is_redelivered(owner):
     [row] = queued(owner, "bad plot")
     Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1, task_id="task-a")
-    services.predictions_run([row.pk], task_id="task-a")  # the same message, delivered again
+    worker.predictions_run([row.pk], task_id="task-a")  # the same message, delivered again
     row.refresh_from_db()
     assert row.status == PredictionStatus.SUCCEEDED and row.attempts == 2
 
@@ -42,7 +43,7 @@ def test_a_row_left_running_by_a_killed_worker_is_taken_again_when_its_message_i
 def test_a_row_running_under_another_live_task_is_not_taken(owner):
     [row] = queued(owner, "bad plot")
     Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1, task_id="task-b")
-    assert services.predictions_run([row.pk], task_id="task-a")["skipped"] == 1
+    assert worker.predictions_run([row.pk], task_id="task-a")["skipped"] == 1
     row.refresh_from_db()
     assert row.status == PredictionStatus.RUNNING and row.attempts == 1
 
@@ -60,7 +61,7 @@ def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch)
         return real_predict(texts, **kwargs)
 
     monkeypatch.setattr(classifier, "predict", predict)
-    assert services.predictions_run([r.pk for r in rows]) == {"succeeded": 2, "failed": 1, "skipped": 0, "batches": 1}
+    assert worker.predictions_run([r.pk for r in rows]) == {"succeeded": 2, "failed": 1, "skipped": 0, "batches": 1}
     statuses = {r.text: (r.status, r.error) for r in Prediction.objects.all()}
     assert statuses["good film"] == (PredictionStatus.SUCCEEDED, "")
     assert statuses["bad plot"] == (PredictionStatus.SUCCEEDED, "")
@@ -70,13 +71,13 @@ def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch)
 def test_a_model_that_cannot_load_fails_its_rows_with_the_reason(owner, settings, tmp_path):
     rows = queued(owner, "a", "b")
     settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "sentiment": f"path:{tmp_path}"}
-    assert services.predictions_run([r.pk for r in rows])["failed"] == 2
+    assert worker.predictions_run([r.pk for r in rows])["failed"] == 2
     assert all("could not be loaded" in r.error for r in Prediction.objects.all())
 
 
 def test_rows_of_several_models_in_one_task_each_get_their_own_model(owner):
     rows = queued(owner, "good", model="sentiment") + queued(owner, "joy", model="emotions")
-    services.predictions_run([r.pk for r in rows])
+    worker.predictions_run([r.pk for r in rows])
     by_model = {r.model_name: r for r in Prediction.objects.all()}
     assert set(by_model["sentiment"].scores) == {"negative", "positive"}
     assert set(by_model["emotions"].scores) == {"joy", "anger", "fear", "neutral"}
@@ -97,14 +98,14 @@ def test_transient_database_errors_are_retried_and_others_are_not(owner, monkeyp
             raise OperationalError("server closed the connection unexpectedly")
         return {"succeeded": 1, "failed": 0, "skipped": 0}
 
-    monkeypatch.setattr(services, "predictions_run", flaky)
+    monkeypatch.setattr(tasks, "predictions_run", flaky)
     monkeypatch.setattr(predictions_run_task, "retry_backoff", False)
     monkeypatch.setattr(predictions_run_task, "default_retry_delay", 0)
     celery_eager.conf.task_eager_propagates = False  # let the eager run retry instead of raising Retry
     result = predictions_run_task.apply(args=[[1]])
     assert result.get() == {"succeeded": 1, "failed": 0, "skipped": 0} and len(calls) == 2
 
-    monkeypatch.setattr(services, "predictions_run", lambda ids, task_id="": (_ for _ in ()).throw(ValueError("bug")))
+    monkeypatch.setattr(tasks, "predictions_run", lambda ids, task_id="": (_ for _ in ()).throw(ValueError("bug")))
     with pytest.raises(ValueError):
         predictions_run_task.apply(args=[[1]]).get()
 
@@ -128,19 +129,19 @@ def forward_passes(monkeypatch):
 
 def test_texts_of_many_single_requests_share_one_forward_pass(owner, forward_passes):
     rows = queued(owner, *[f"text number {i}" for i in range(10)])  # ten requests, ten messages in flight
-    counts = services.predictions_run([rows[0].pk], task_id="first-message")
+    counts = worker.predictions_run([rows[0].pk], task_id="first-message")
     assert counts["succeeded"] == 10 and counts["batches"] == 1
     assert len(forward_passes) == 1 and sorted(forward_passes[0]) == sorted(r.text for r in rows)
     for row in rows[1:]:  # the other nine messages find their rows done
-        assert services.predictions_run([row.pk], task_id=f"message-{row.pk}")["skipped"] == 1
+        assert worker.predictions_run([row.pk], task_id=f"message-{row.pk}")["skipped"] == 1
     assert len(forward_passes) == 1
 
 
 def test_a_batch_never_exceeds_batch_max_size(owner, forward_passes, settings):
-    settings.BATCH_MAX_SIZE = 4
-    settings.BATCH_MAX_WAIT_MS = 0
+    settings.CLAIM_MAX_ROWS = 4
+    settings.CLAIM_WAIT_MS = 0
     rows = queued(owner, *[f"text {i}" for i in range(10)])
-    assert services.predictions_run([rows[0].pk])["batches"] == 3
+    assert worker.predictions_run([rows[0].pk])["batches"] == 3
     assert [len(texts) for texts in forward_passes] == [4, 4, 2]
 
 
@@ -149,7 +150,7 @@ def test_results_map_back_to_the_right_rows(owner):
 
     texts = ["good film", "awful boring plot and bad acting", "love", "hate it so much", "the movie"]
     rows = queued(owner, *texts)
-    services.predictions_run([rows[0].pk])
+    worker.predictions_run([rows[0].pk])
     classifier = classifier_get("sentiment")
     for row in Prediction.objects.all():
         alone = classifier.predict([row.text])[0]
@@ -158,19 +159,19 @@ def test_results_map_back_to_the_right_rows(owner):
 
 
 def test_own_rows_come_first_and_others_only_fill_the_batch(owner, settings):
-    settings.BATCH_MAX_SIZE = 2
-    settings.BATCH_LOOP_SECONDS = 0  # one claim only
-    settings.BATCH_MAX_WAIT_MS = 0
+    settings.CLAIM_MAX_ROWS = 2
+    settings.CLAIM_LOOP_SECONDS = 0  # one claim only
+    settings.CLAIM_WAIT_MS = 0
     older = queued(owner, "older 1", "older 2")
     [mine] = queued(owner, "mine")
-    rows = services.predictions_claim([mine.pk], task_id="t", limit=2, others=True)
+    rows = worker.predictions_claim([mine.pk], task_id="t", limit=2, others=True)
     assert {r.pk for r in rows} == {mine.pk, older[0].pk}  # its own row, then the oldest other
     assert Prediction.objects.get(pk=older[1].pk).status == PredictionStatus.QUEUED
 
 
 def test_reprocess_in_sync_mode_does_not_take_other_requests_rows(owner):
     a, b = queued(owner, "a", "b")
-    services.predictions_run([a.pk], others=False)
+    worker.predictions_run([a.pk], others=False)
     b.refresh_from_db()
     assert b.status == PredictionStatus.QUEUED
 
@@ -180,7 +181,7 @@ def test_a_redelivered_message_reclaims_every_row_its_task_held_not_only_its_own
     Prediction.objects.filter(pk__in=[mine.pk, other.pk]).update(
         status=PredictionStatus.RUNNING, task_id="task-a", attempts=1
     )
-    services.predictions_run([mine.pk], task_id="task-a", others=False)
+    worker.predictions_run([mine.pk], task_id="task-a", others=False)
     assert set(Prediction.objects.values_list("status", flat=True)) == {PredictionStatus.SUCCEEDED}
 
 
@@ -188,7 +189,7 @@ def test_a_row_whose_worker_died_max_attempts_times_fails_instead_of_killing_the
     settings.MAX_ATTEMPTS = 3
     poison, fine = queued(owner, "poison", "fine")
     Prediction.objects.filter(pk=poison.pk).update(status=PredictionStatus.RUNNING, task_id="task-a", attempts=3)
-    services.predictions_run([poison.pk, fine.pk], task_id="task-a")
+    worker.predictions_run([poison.pk, fine.pk], task_id="task-a")
     poison.refresh_from_db()
     fine.refresh_from_db()
     assert poison.status == PredictionStatus.FAILED and "gave up after 3 attempts" in poison.error
@@ -198,13 +199,13 @@ def test_a_row_whose_worker_died_max_attempts_times_fails_instead_of_killing_the
 def test_rows_started_before_are_run_one_by_one(owner, forward_passes):
     a, b, c = queued(owner, "a", "b", "c")
     Prediction.objects.filter(pk__in=[a.pk, b.pk]).update(status=PredictionStatus.RUNNING, task_id="task-a", attempts=1)
-    services.predictions_run([a.pk, b.pk, c.pk], task_id="task-a")
+    worker.predictions_run([a.pk, b.pk, c.pk], task_id="task-a")
     assert sorted(map(len, forward_passes)) == [1, 1, 1]  # a and b were in a batch that died: alone now
 
 
 def test_a_slow_worker_never_overwrites_a_row_another_task_took_over(owner, monkeypatch):
     [row] = queued(owner, "good film")
-    real_claim = services.predictions_claim
+    real_claim = worker.predictions_claim
 
     def claim_then_lose_it(*args, **kwargs):
         rows = real_claim(*args, **kwargs)
@@ -212,17 +213,17 @@ def test_a_slow_worker_never_overwrites_a_row_another_task_took_over(owner, monk
         Prediction.objects.filter(pk=row.pk).update(task_id="task-b")
         return rows
 
-    monkeypatch.setattr(services, "predictions_claim", claim_then_lose_it)
-    counts = services.predictions_run([row.pk], task_id="task-a", others=False)
+    monkeypatch.setattr(worker, "predictions_claim", claim_then_lose_it)
+    counts = worker.predictions_run([row.pk], task_id="task-a", others=False)
     row.refresh_from_db()
     assert counts["succeeded"] == 0 and row.status == PredictionStatus.RUNNING and row.task_id == "task-b"
 
 
 def test_own_rows_beyond_batch_max_size_are_all_run(owner, settings):
-    settings.BATCH_MAX_SIZE = 2
-    settings.BATCH_LOOP_SECONDS = 0
+    settings.CLAIM_MAX_ROWS = 2
+    settings.CLAIM_LOOP_SECONDS = 0
     rows = queued(owner, *[f"t{i}" for i in range(5)])
-    counts = services.predictions_run([r.pk for r in rows], task_id="t", others=False)
+    counts = worker.predictions_run([r.pk for r in rows], task_id="t", others=False)
     assert counts["succeeded"] == 5 and counts["batches"] == 3
 
 
@@ -239,11 +240,11 @@ def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_pa
     env.update(MLSITE_VAR_DIR=str(tmp_path), HF_HUB_OFFLINE="1", LOG_LEVEL="WARNING")
     script = (
         "from django.contrib.auth.models import User\n"
-        "from predictions import services\n"
+        "from predictions.services import worker\n"
         "from predictions.models import Prediction\n"
         "owner = User.objects.create(username='sqlite')\n"
         "row = Prediction.objects.create(owner=owner, text='good fun', text_sha256='x', model_name='sentiment')\n"
-        "print(services.predictions_run([row.pk], task_id='t', others=False))\n"
+        "print(worker.predictions_run([row.pk], task_id='t', others=False))\n"
         "row.refresh_from_db()\n"
         "print(row.status, row.label, row.finished_at > row.created_at)\n"
     )
@@ -261,7 +262,7 @@ def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_pa
 def test_a_claim_is_one_statement(owner, django_assert_num_queries):
     rows = queued(owner, "good film", "bad plot", "fine acting")
     with django_assert_num_queries(1):
-        claimed = services.predictions_claim([rows[0].pk], task_id="t", limit=2, others=True)
+        claimed = worker.predictions_claim([rows[0].pk], task_id="t", limit=2, others=True)
     assert [r.pk for r in claimed] == [rows[0].pk, rows[1].pk]  # own row first, then the oldest other
     assert all(
         r.status == "running" and r.task_id == "t" and r.attempts == 1
@@ -271,20 +272,20 @@ def test_a_claim_is_one_statement(owner, django_assert_num_queries):
 
 
 def test_a_lone_request_does_not_wait_for_company_but_a_busy_worker_does(owner, settings, monkeypatch):
-    settings.BATCH_MAX_WAIT_MS = 1000
+    settings.CLAIM_WAIT_MS = 1000
     slept = []
-    monkeypatch.setattr(services.time, "sleep", slept.append)
-    monkeypatch.setitem(services._last_pass, "rows", 0)
+    monkeypatch.setattr(worker.time, "sleep", slept.append)
+    monkeypatch.setitem(worker._last_pass, "rows", 0)
     [alone] = queued(owner, "good film")
-    services.predictions_run([alone.pk], task_id="a")
-    assert slept == []  # nobody else queued, nothing a moment ago: no BATCH_MAX_WAIT_MS
+    worker.predictions_run([alone.pk], task_id="a")
+    assert slept == []  # nobody else queued, nothing a moment ago: no CLAIM_WAIT_MS
     pair = queued(owner, "bad plot", "fine acting")
-    services.predictions_run([pair[0].pk], task_id="b")
+    worker.predictions_run([pair[0].pk], task_id="b")
     assert slept == [1.0]  # its claim had company: it waited once for more
     # A lone request a moment after that pass of two waits too: the worker is busy. (The task's last,
     # empty claim must not make the process forget the pass it ran.)
     [next_one] = queued(owner, "dull story")
-    services.predictions_run([next_one.pk], task_id="c")
+    worker.predictions_run([next_one.pk], task_id="c")
     assert slept == [1.0, 1.0]
 
 
@@ -297,7 +298,7 @@ def test_results_are_stored_in_one_statement_with_their_types(owner, django_asse
     from predictions.inference import LabelScores
 
     rows = queued(owner, "good film", "bad film", "so-so film")
-    claimed = services.predictions_claim([r.pk for r in rows], task_id="t-store", limit=10, others=False)
+    claimed = worker.predictions_claim([r.pk for r in rows], task_id="t-store", limit=10, others=False)
     results = [
         LabelScores(label="positive", score=0.75, scores={"negative": 0.25, "positive": 0.75}, labels=["positive"]),
         ValueError("broken text"),
@@ -305,9 +306,9 @@ def test_results_are_stored_in_one_statement_with_their_types(owner, django_asse
     ]
     finished = timezone.now().replace(microsecond=0)
     for row, result in zip(claimed, results, strict=True):
-        services._row_fill(row, result, version="v1", finished=finished)
+        worker._row_fill(row, result, version="v1", finished=finished)
     with django_assert_max_num_queries(1 if connection.vendor == "postgresql" else 4):
-        held = services._results_store(claimed, task_id="t-store")
+        held = sql.results_store(claimed, task_id="t-store")
     assert held == {r.pk for r in rows}
     good, bad, middling = (Prediction.objects.get(pk=r.pk) for r in rows)
     assert (good.status, good.label, good.score, good.scores, good.labels, good.model_version) == (
@@ -345,19 +346,19 @@ def test_a_single_text_task_takes_other_queued_rows_along_batch_rows_included(ow
         Prediction.objects.create(
             owner=owner, batch=batch, position=i, text=f"batch text {i}", text_sha256="x", model_name="sentiment"
         )
-    counts = services.predictions_run([lone.pk], task_id="single-task")
+    counts = worker.predictions_run([lone.pk], task_id="single-task")
     assert counts == {"succeeded": 4, "failed": 0, "skipped": 0, "batches": 1}
     assert not Prediction.objects.exclude(status=PredictionStatus.SUCCEEDED).exists()
 
 
 def test_a_chunk_that_fills_a_pass_runs_alone_first_then_takes_what_is_queued(owner, settings, monkeypatch):
-    settings.INFERENCE_BATCH_SIZE = 2
+    settings.PASS_MAX_TEXTS = 2
     own = queued(owner, "first of the chunk", "second of the chunk")
     [single] = queued(owner, "a single text queued meanwhile")
     passes = []
-    run = services._rows_run
+    run = worker._rows_run
     monkeypatch.setattr(
-        services, "_rows_run", lambda name, rows, **kw: passes.append([r.pk for r in rows]) or run(name, rows, **kw)
+        worker, "_rows_run", lambda name, rows, **kw: passes.append([r.pk for r in rows]) or run(name, rows, **kw)
     )
-    services.predictions_run([r.pk for r in own], task_id="chunk")
+    worker.predictions_run([r.pk for r in own], task_id="chunk")
     assert passes == [[own[0].pk, own[1].pk], [single.pk]]

@@ -1,4 +1,4 @@
-"""One wake-up message per burst of single predictions (predictions/wakeup.py), on the real Redis.
+"""One wake-up message per burst of single predictions (predictions/services/dispatch.py), on the real Redis.
 
 The API publishes a run task only when no wake-up is pending; a run task that claims other rows
 clears the pending mark before its first claim. Whatever path breaks that errs towards publishing.
@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from predictions import services
 from predictions.models import Prediction
+from predictions.services import worker
+from predictions.services.dispatch import _wakeup_key as _key
 from predictions.tasks import predictions_run_task
-from predictions.wakeup import _key
 
 pytestmark = [
     pytest.mark.django_db,
@@ -41,7 +41,7 @@ def held(monkeypatch):
 
 
 def redis():
-    from predictions.notify import redis_client
+    from predictions.pubsub import redis_client
 
     return redis_client()
 
@@ -59,7 +59,7 @@ def test_submissions_while_a_wake_up_is_pending_send_nothing_and_its_task_runs_t
     ids = post(api, 6)
     assert held == [[ids[0]]]  # one message for six requests
     assert 0 < redis().pttl(_key()) <= 60_000
-    counts = services.predictions_run(held[0], task_id="the-pending-one")  # the worker takes the message
+    counts = worker.predictions_run(held[0], task_id="the-pending-one")  # the worker takes the message
     assert counts["succeeded"] == 6
     assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
     assert not redis().exists(_key())  # the task cleared it before claiming
@@ -71,7 +71,7 @@ def test_the_mark_is_cleared_before_the_first_claim_so_a_row_committed_after_it_
     """The order the guarantee rests on: clear, then claim. A submission that lands between the two
     finds no mark and publishes, even though the claim then takes its row too."""
     post(api, 1)
-    real_claim = services.predictions_claim
+    real_claim = worker.predictions_claim
     between = []
 
     def claim(*args, **kwargs):
@@ -80,8 +80,8 @@ def test_the_mark_is_cleared_before_the_first_claim_so_a_row_committed_after_it_
             between.extend(post(api, 1, prefix="between"))
         return real_claim(*args, **kwargs)
 
-    monkeypatch.setattr(services, "predictions_claim", claim)
-    services.predictions_run(held[0], task_id="t")
+    monkeypatch.setattr(worker, "predictions_claim", claim)
+    worker.predictions_run(held[0], task_id="t")
     assert held[1] == between
 
 
@@ -117,32 +117,32 @@ def test_a_mark_whose_task_never_came_expires(api, held, settings):
 def test_a_worker_clears_the_mark_whatever_its_own_coalescing_setting(api, held, settings):
     post(api, 1)
     settings.WAKEUP_COALESCE_MS = 0  # the worker's setting may differ from the web's
-    services.predictions_run(held[0], task_id="t")
+    worker.predictions_run(held[0], task_id="t")
     assert not redis().exists(_key())
 
 
 def test_with_one_text_per_pass_the_pending_task_still_clears_the_mark_and_takes_the_burst(api, held, settings):
-    """INFERENCE_BATCH_SIZE=1: a single-text task's first claim takes only its own row, so the
+    """PASS_MAX_TEXTS=1: a single-text task's first claim takes only its own row, so the
     task must still clear the mark first and claim other rows before it returns."""
-    settings.INFERENCE_BATCH_SIZE = 1
+    settings.PASS_MAX_TEXTS = 1
     ids = post(api, 4)
     assert held == [[ids[0]]]
-    services.predictions_run(held[0], task_id="t")
+    worker.predictions_run(held[0], task_id="t")
     assert not redis().exists(_key())
     assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
 
 
 def test_a_task_whose_own_rows_are_gone_still_claims_the_coalesced_ones(api, held, settings):
-    settings.INFERENCE_BATCH_SIZE = 1  # the first claim is for own rows only
+    settings.PASS_MAX_TEXTS = 1  # the first claim is for own rows only
     ids = post(api, 3)
     Prediction.objects.filter(pk=ids[0]).update(status="succeeded")  # another task ran it meanwhile
-    counts = services.predictions_run(held[0], task_id="t")
+    counts = worker.predictions_run(held[0], task_id="t")
     assert counts["skipped"] == 1 and counts["succeeded"] == 2
 
 
 def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(owner, settings, monkeypatch):
-    settings.BATCH_LOOP_SECONDS = 0
-    settings.BATCH_MAX_SIZE = 2
+    settings.CLAIM_LOOP_SECONDS = 0
+    settings.CLAIM_MAX_ROWS = 2
     rows = [
         Prediction.objects.create(owner=owner, text=f"queued {i}", text_sha256="x", model_name="sentiment")
         for i in range(5)
@@ -155,6 +155,6 @@ def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(o
         return real(*args, **kwargs)
 
     monkeypatch.setattr(predictions_run_task, "apply_async", spy)
-    services.predictions_run([rows[0].pk], task_id="first")
+    worker.predictions_run([rows[0].pk], task_id="first")
     assert sent and all(args == [[]] for args in sent)
     assert all(row.status == "succeeded" for row in Prediction.objects.filter(pk__in=[r.pk for r in rows]))

@@ -85,7 +85,7 @@ def test_a_prediction_travels_through_the_broker_to_a_worker_process_and_back(ap
 
 
 def test_a_batch_is_run_by_the_worker_process(api, worker, settings):
-    settings.BATCH_CHUNK_SIZE = 2
+    settings.PUBLISH_CHUNK_ROWS = 2
     texts = ["good", "bad", "dull plot", "love it", "hate it"]
     body = api.post("/api/v1/batches/", {"texts": texts}).json()
     deadline = time.monotonic() + 30
@@ -106,7 +106,7 @@ def test_a_batch_is_run_by_the_worker_process(api, worker, settings):
 
 
 def test_a_burst_of_single_predictions_is_all_run_by_the_worker_process(api, worker):
-    """Submissions that find a wake-up pending send no message (predictions/wakeup.py): the pending
+    """Submissions that find a wake-up pending send no message (predictions/services/dispatch.py): the pending
     task's claims must still run every one of them, through the real broker and worker."""
     from predictions.tasks import predictions_run_task
 
@@ -129,7 +129,7 @@ def test_a_burst_of_single_predictions_is_all_run_by_the_worker_process(api, wor
 
 def test_waiting_on_a_batch_returns_when_the_worker_finishes_it(api, worker, settings):
     """GET /batches/N/?wait=20 holds no worker and answers once the worker process wrote the last row."""
-    settings.BATCH_CHUNK_SIZE = 2
+    settings.PUBLISH_CHUNK_ROWS = 2
     texts = [f"a waited-for text number {i}" for i in range(5)]
     body = api.post("/api/v1/batches/", {"texts": texts}).json()
     began = time.monotonic()

@@ -1,12 +1,11 @@
 """Token authentication that does not read the database on every request.
 
 DRF's TokenAuthentication looks the token and its user up with one query per request; under load
-that was one statement in three of a cache-hit POST (README, Throughput). This class remembers,
+that was one statement in three of a cache-hit POST (docs/performance.md, Cached token authentication). This class remembers,
 per process, which user a token belongs to for AUTH_TOKEN_CACHE_SECONDS. A token deleted or
 replaced, or a user changed (deactivated, permissions, password), empties the memory of the
-process that made the change at once and, through Redis (the notification channel of
-predictions.notify), of every web process; without Redis, the others follow within
-AUTH_TOKEN_CACHE_SECONDS. 0 turns the memory off.
+process that made the change at once and, through Redis pub/sub (AUTH_CHANNEL), of every web
+process; without Redis, the others follow within AUTH_TOKEN_CACHE_SECONDS. 0 turns the memory off.
 """
 
 from __future__ import annotations
@@ -17,6 +16,11 @@ import time
 from django.conf import settings
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from rest_framework.authentication import TokenAuthentication
+
+from predictions import pubsub
+from predictions.memos import memo
+
+AUTH_CHANNEL = "mlsite:auth-changed"  # a token or user changed: web processes forget remembered tokens
 
 MAX_TOKENS = 10_000  # tokens remembered per process; past that, the memory starts again
 
@@ -34,9 +38,7 @@ class CachedTokenAuthentication(TokenAuthentication):
         remembered = _tokens.get(key)
         if remembered is not None and remembered[2] > now:
             return remembered[0], remembered[1]
-        from predictions.notify import listener
-
-        listener()  # subscribed before the lookup, so a change made after it reaches this process
+        pubsub.subscriber()  # subscribed before the lookup, so a change made after it reaches this process
         generation = _generation[0]
         user, token = super().authenticate_credentials(key)  # a bad token or inactive user raises: not remembered
         with _lock:
@@ -47,6 +49,7 @@ class CachedTokenAuthentication(TokenAuthentication):
         return user, token
 
 
+@memo
 def tokens_forget() -> None:
     """Forget every remembered token in this process."""
     with _lock:
@@ -55,18 +58,23 @@ def tokens_forget() -> None:
 
 
 def _changed(**_) -> None:
-    """A token or a user changed here: forget locally, and tell the other processes."""
+    """A token or a user changed here: forget locally, and tell the other processes (without Redis,
+    or with it failing, they follow within AUTH_TOKEN_CACHE_SECONDS)."""
     tokens_forget()
-    from predictions.notify import auth_changed_notify
+    pubsub.publish(AUTH_CHANNEL, b"1")
 
-    auth_changed_notify()
+
+def _changed_elsewhere(_data: bytes) -> None:
+    tokens_forget()
 
 
 def signals_connect() -> None:
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
+    """Forget remembered tokens when a token, user or group changes here or in another process."""
+    from django.contrib.auth import get_user_model  # noqa: PLC0415 (models: only once apps are ready)
+    from django.contrib.auth.models import Group  # noqa: PLC0415
+    from rest_framework.authtoken.models import Token  # noqa: PLC0415
 
+    pubsub.subscribe(AUTH_CHANNEL, _changed_elsewhere, missed=tokens_forget)
     user_model = get_user_model()
     for sender in (Token, user_model, Group):
         post_save.connect(_changed, sender=sender, dispatch_uid=f"tokens-forget-save-{sender.__name__}")

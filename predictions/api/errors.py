@@ -12,7 +12,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from predictions.services import IdempotencyKeyReused, QueueFull
+from predictions.services.backpressure import QueueFull
+from predictions.services.idempotency import IdempotencyKeyReused
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """DRF's content negotiation, remembered per distinct request shape.
 
 Choosing a renderer parses the Accept header and ranks media types on every request: under cache
-hits that was 4 % of the web's CPU (README, Throughput), to reach the same answer for every request
+hits that was 4 % of the web's CPU (docs/performance.md, Remembered content negotiation), to reach the same answer for every request
 a client sends. The choice depends only on the Accept header, the format asked for (`?format=` or a
 suffix) and the renderers offered, so it is kept per such key; a refusal (406) is never kept.
 """
@@ -9,6 +9,8 @@ suffix) and the renderers offered, so it is kept per such key; a refusal (406) i
 from __future__ import annotations
 
 from rest_framework.negotiation import DefaultContentNegotiation
+
+from predictions.memos import memo
 
 _KEPT_MAX = 512  # distinct keys kept per process; beyond it, choices are made as DRF makes them
 
@@ -31,3 +33,8 @@ class RememberedContentNegotiation(DefaultContentNegotiation):
         if len(self._chosen) < _KEPT_MAX:
             self._chosen[key] = (type(renderer), media_type)
         return renderer, media_type
+
+
+@memo
+def _choices_forget() -> None:
+    RememberedContentNegotiation._chosen.clear()

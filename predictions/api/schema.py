@@ -6,6 +6,10 @@ settings, so fields carry a mark and `settings_limits` (a post-processing hook) 
 
 from __future__ import annotations
 
+from django.conf import settings
+
+from predictions.registry import model_names
+
 MARK = "x-mlsite"
 
 # Python's whitespace (str.isspace, what TextField strips), spelled so that ECMA and Python regexes agree.
@@ -32,13 +36,9 @@ def _fill(node, limits: dict) -> None:
 
 def settings_limits(result, generator, request, public):
     """maxLength of a text, maxItems of a batch, and the enum of served model names, from settings."""
-    from django.conf import settings
-
-    from predictions.registry import model_names
-
     limits = {
         "text": {"maxLength": settings.MAX_TEXT_CHARS},
-        "texts": {"maxItems": settings.MAX_BATCH_SIZE},
+        "texts": {"maxItems": settings.API_BATCH_MAX_TEXTS},
         "model": {"enum": model_names()},
     }
     _fill(result.get("components", {}), limits)

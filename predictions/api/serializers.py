@@ -42,11 +42,11 @@ class TextField(serializers.CharField):
 
 @extend_schema_field(TEXTS_SCHEMA)
 class TextListField(serializers.ListField):
-    """A list of 1 to MAX_BATCH_SIZE texts; the length is checked before any text is, so a 2 MiB
+    """A list of 1 to API_BATCH_MAX_TEXTS texts; the length is checked before any text is, so a 2 MiB
     body of 500,000 empty strings is one short error, not 500,000 of them."""
 
     default_error_messages = {
-        "too_many": "At most {limit} texts per batch (got {length}); see MAX_BATCH_SIZE.",
+        "too_many": "At most {limit} texts per batch (got {length}); see API_BATCH_MAX_TEXTS.",
     }
 
     def __init__(self, **kwargs) -> None:
@@ -55,8 +55,8 @@ class TextListField(serializers.ListField):
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
-        if isinstance(data, list) and len(data) > settings.MAX_BATCH_SIZE:
-            self.fail("too_many", limit=settings.MAX_BATCH_SIZE, length=len(data))
+        if isinstance(data, list) and len(data) > settings.API_BATCH_MAX_TEXTS:
+            self.fail("too_many", limit=settings.API_BATCH_MAX_TEXTS, length=len(data))
         return super().to_internal_value(data)
 
 
@@ -113,7 +113,7 @@ def prediction_input_fast(data) -> dict | None:
 
 
 class BatchInputSerializer(serializers.Serializer):
-    texts = TextListField(help_text="1 to MAX_BATCH_SIZE texts.")
+    texts = TextListField(help_text="1 to API_BATCH_MAX_TEXTS texts.")
     model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
 
 

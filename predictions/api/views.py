@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from predictions import services
+from predictions.api.idempotency import IDEMPOTENCY_PARAMETER, IdempotentCreateMixin, idempotency_key_from
 from predictions.api.serializers import (
     BatchInputSerializer,
     BatchSerializer,
@@ -21,13 +20,15 @@ from predictions.api.serializers import (
     PredictionListQuerySerializer,
     PredictionSerializer,
     WaitQuerySerializer,
-    idempotency_key_validate,
     prediction_input_fast,
 )
+from predictions.inference import ModelLoadError
+from predictions.memos import memo
 from predictions.middleware import MAX_URL_BYTES
-from predictions.models import IdempotencyEndpoint
+from predictions.models import Batch, IdempotencyEndpoint, Prediction
 from predictions.registry import model_info_get, model_names
 from predictions.selectors import batches_visible_to, predictions_filter, predictions_visible_to
+from predictions.services import submission, waiting
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +69,6 @@ READ_ERRORS = {
     ),
     **AUTH_ERRORS,
 }
-IDEMPOTENCY_PARAMETER = OpenApiParameter(
-    "Idempotency-Key",
-    OpenApiTypes.STR,
-    location=OpenApiParameter.HEADER,
-    required=False,
-    description=(
-        "1 to 255 printable ASCII characters, unique per request. A retry with the same key (same user, same "
-        "endpoint, within IDEMPOTENCY_TTL_HOURS) gets the first response again (status, body, Location; "
-        "header Idempotent-Replayed: true) and creates nothing; the same key with a different body is a 422."
-    ),
-)
 URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow the limit
     414: OpenApiResponse(Detail, description=f"URL (path and query string) over {MAX_URL_BYTES} bytes.")
 }
@@ -95,14 +85,13 @@ BATCH_WAIT_PARAMETER = OpenApiParameter(
 )
 
 
-def idempotency_key_from(request: Request) -> str | None:
-    """The validated Idempotency-Key header, or None when the request has none (then nothing extra runs)."""
-    raw = request.META.get("HTTP_IDEMPOTENCY_KEY")
-    return None if raw is None else idempotency_key_validate(raw)
-
-
 _WAITS: dict[str, float] = {}  # query string → its validated ?wait=
 _WAITS_MAX = 256
+
+
+@memo
+def _waits_forget() -> None:
+    _WAITS.clear()
 
 
 def wait_from(request: Request) -> float:
@@ -121,14 +110,9 @@ def wait_from(request: Request) -> float:
     return wait
 
 
-def replay_response(stored: services.StoredResponse) -> Response:
-    """The stored response of a keyed POST; Idempotent-Replayed says whether this request created it."""
-    headers = {"Location": stored.location, "Idempotent-Replayed": "true" if stored.replayed else "false"}
-    return Response(stored.body, status=stored.status_code, headers=headers)
-
-
-class PredictionListCreateView(generics.GenericAPIView):
+class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     serializer_class = PredictionSerializer
+    idempotency_endpoint = IdempotencyEndpoint.PREDICTIONS
 
     def get_queryset(self):
         return predictions_visible_to(self.request.user)
@@ -163,44 +147,28 @@ class PredictionListCreateView(generics.GenericAPIView):
     )
     def post(self, request: Request) -> Response:
         key = idempotency_key_from(request)
-        wait = wait_from(request)
+        self.wait = wait_from(request)
         data = prediction_input_fast(request.data)
         if data is None:  # not the plain valid case: the serializer says what is wrong
             payload = PredictionInputSerializer(data=request.data)
             payload.is_valid(raise_exception=True)
             data = payload.validated_data
-        if key is not None:
-            return self._post_idempotent(request, key, data, wait)
-        prediction = services.prediction_create(owner=request.user, text=data["text"], model_name=data["model"])
-        if wait and not prediction.is_finished:
-            prediction = services.prediction_wait(prediction, timeout=wait)
-        code, body, location = self._answer(prediction)
-        return Response(body, status=code, headers={"Location": location})
+        return self.create_once(data, key=key)
 
-    def _post_idempotent(self, request: Request, key: str, data: dict, wait: float) -> Response:
-        """The first response is stored as the row was when created; if ?wait then sees it finish,
-        the stored response becomes that 200, so later retries get what this request got."""
-        created = []
+    def create(self, data: dict) -> Prediction:
+        return submission.prediction_create(owner=self.request.user, text=data["text"], model_name=data["model"])
 
-        def create() -> tuple[int, dict, str]:
-            created.append(services.prediction_create(owner=request.user, text=data["text"], model_name=data["model"]))
-            return self._answer(created[0])
+    def settle(self, prediction: Prediction) -> Prediction | None:
+        """With ?wait, the row once it finished in time (None when it was finished already or did not)."""
+        if not self.wait or prediction.is_finished:
+            return None
+        prediction = waiting.prediction_wait(prediction, timeout=self.wait)
+        return prediction if prediction.is_finished else None
 
-        stored = services.idempotent_submission(
-            owner=request.user, key=key, endpoint=IdempotencyEndpoint.PREDICTIONS, request_data=data, respond=create
-        )
-        if stored.replayed or not wait or created[0].is_finished:
-            return replay_response(stored)
-        prediction = services.prediction_wait(created[0], timeout=wait)
-        if not prediction.is_finished:
-            return replay_response(stored)
-        code, body, location = self._answer(prediction)
-        services.idempotency_response_update(stored.record, status_code=code, body=body)
-        return Response(body, status=code, headers={"Location": location, "Idempotent-Replayed": "false"})
-
-    def _answer(self, prediction) -> tuple[int, dict, str]:
+    def answer(self, prediction: Prediction) -> Response:
         code = status.HTTP_200_OK if prediction.is_finished else status.HTTP_202_ACCEPTED
-        return code, self.get_serializer(prediction).data, f"/api/v1/predictions/{prediction.pk}/"
+        location = f"/api/v1/predictions/{prediction.pk}/"
+        return Response(self.get_serializer(prediction).data, status=code, headers={"Location": location})
 
 
 class PredictionDetailView(generics.RetrieveAPIView):
@@ -214,8 +182,9 @@ class PredictionDetailView(generics.RetrieveAPIView):
         return super().get(request, *args, **kwargs)
 
 
-class BatchCreateView(generics.GenericAPIView):
+class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     serializer_class = BatchSerializer
+    idempotency_endpoint = IdempotencyEndpoint.BATCHES
 
     @extend_schema(
         operation_id="batches_create",
@@ -227,24 +196,16 @@ class BatchCreateView(generics.GenericAPIView):
         key = idempotency_key_from(request)
         payload = BatchInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        return self.create_once(payload.validated_data, key=key)
 
-        def create() -> tuple[int, dict, str]:
-            batch = services.batch_create(
-                owner=request.user, texts=payload.validated_data["texts"], model_name=payload.validated_data["model"]
-            )
-            return status.HTTP_202_ACCEPTED, self.get_serializer(batch).data, f"/api/v1/batches/{batch.pk}/"
+    def create(self, data: dict) -> Batch:
+        return submission.batch_create(owner=self.request.user, texts=data["texts"], model_name=data["model"])
 
-        if key is None:
-            code, body, location = create()
-            return Response(body, status=code, headers={"Location": location})
-        stored = services.idempotent_submission(
-            owner=request.user,
-            key=key,
-            endpoint=IdempotencyEndpoint.BATCHES,
-            request_data=payload.validated_data,
-            respond=create,
+    def answer(self, batch: Batch) -> Response:
+        location = f"/api/v1/batches/{batch.pk}/"
+        return Response(
+            self.get_serializer(batch).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location}
         )
-        return replay_response(stored)
 
 
 class BatchDetailView(generics.RetrieveAPIView):
@@ -261,15 +222,13 @@ class BatchDetailView(generics.RetrieveAPIView):
         wait = wait_from(request)
         batch = self.get_object()
         if wait:
-            services.batch_wait(batch, timeout=wait)
+            waiting.batch_wait(batch, timeout=wait)
         return Response(self.get_serializer(batch).data)
 
 
 class ModelListView(APIView):
     @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **READ_ERRORS})
     def get(self, request: Request) -> Response:
-        from predictions.inference import ModelLoadError
-
         described = []
         for name in model_names():
             entry = {"name": name, "default": name == settings.DEFAULT_MODEL, "available": True, "error": ""}

@@ -28,9 +28,7 @@ class Command(BaseCommand):
             classifier = classifier_get(model)
         except ModelLoadError as exc:
             raise CommandError(str(exc)) from exc
-        for text, result in zip(
-            texts, classifier.predict(texts, batch_size=settings.INFERENCE_BATCH_SIZE), strict=True
-        ):
+        for text, result in zip(texts, classifier.predict(texts, batch_size=settings.PASS_MAX_TEXTS), strict=True):
             best = dict(sorted(result.scores.items(), key=lambda item: item[1], reverse=True)[:top])
             if as_json:
                 self.stdout.write(

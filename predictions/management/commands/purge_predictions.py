@@ -7,8 +7,9 @@ import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
-from predictions import services
+from predictions.services.retention import predictions_purge
 
 
 class Command(BaseCommand):
@@ -38,11 +39,9 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError(f"--batch-size: must be at least 1 (got {batch_size})")
         verb, done = ("redact", "redacted") if redact else ("delete", "deleted")
-        from tqdm import tqdm
-
         with tqdm(unit="row", file=sys.stderr, disable=dry_run or options["verbosity"] < 1) as bar:
             try:
-                counts = services.predictions_purge(
+                counts = predictions_purge(
                     older_than_days=older_than,
                     redact=redact,
                     dry_run=dry_run,

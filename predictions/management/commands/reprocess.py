@@ -8,12 +8,15 @@ from datetime import datetime, time, timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Count
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from tqdm import tqdm
 
-from predictions import services
 from predictions.models import ReprocessRun
 from predictions.registry import UnknownModel, model_exists
+from predictions.selectors import SelectionError, reprocess_pending, reprocess_selection, reprocess_summary
+from predictions.services import reprocess
 
 
 def _moment(value: str, option: str, *, end_of_day: bool = False) -> datetime:
@@ -63,7 +66,7 @@ class Command(BaseCommand):
         parser.add_argument("--to-model", default="", help="re-run under this model instead of each row's own")
         parser.add_argument("--dry-run", action="store_true", help="change nothing; say what would be done")
         parser.add_argument("--sync", action="store_true", help="run inference in this process (no broker needed)")
-        parser.add_argument("--chunk-size", type=int, default=settings.BATCH_CHUNK_SIZE)
+        parser.add_argument("--chunk-size", type=int, default=settings.PUBLISH_CHUNK_ROWS)
         parser.add_argument(
             "--new-run", action="store_true", help="start afresh instead of resuming an interrupted run"
         )
@@ -85,8 +88,8 @@ class Command(BaseCommand):
             "batch": options["batch"],
         }
         try:
-            selection = services.reprocess_selection(**selectors)
-        except services.SelectionError as exc:
+            selection = reprocess_selection(**selectors)
+        except SelectionError as exc:
             raise CommandError(str(exc)) from exc
         stored = {key: value for key, value in selectors.items() if value}
 
@@ -94,14 +97,14 @@ class Command(BaseCommand):
             self._dry_run(selection, stored, to_model)
             return
 
-        run, resumed = services.reprocess_run_open(
+        run, resumed = reprocess.reprocess_run_open(
             selectors=stored, to_model=to_model, sync=options["sync"], resume=not options["new_run"]
         )
-        pending, in_flight = services.reprocess_pending(run, selection)
+        pending, in_flight = reprocess_pending(run, selection)
         if not resumed:
             ReprocessRun.objects.filter(pk=run.pk).update(selected=len(pending))
             run.selected = len(pending)
-        done_before = services.reprocess_summary(run)["rerun"] if resumed else 0
+        done_before = reprocess_summary(run)["rerun"] if resumed else 0
         self.stdout.write(
             f"selected {len(pending)} prediction(s) to re-run"
             + (f" (resuming run {run.pk}: {done_before} already re-run, skipped)" if resumed else f" (run {run.pk})")
@@ -110,16 +113,14 @@ class Command(BaseCommand):
             + ("; in this process" if options["sync"] else "; queued to workers")
         )
         self._run(run, pending, chunk_size=options["chunk_size"], sync=options["sync"])
-        services.reprocess_runs_close()  # this one too, if nothing of it is left running (sync, or workers done)
-        summary = services.reprocess_summary(run)
+        reprocess.reprocess_runs_close()  # this one too, if nothing of it is left running (sync, or workers done)
+        summary = reprocess_summary(run)
         self.stdout.write(
             "summary: " + ", ".join(f"{key} {value}" for key, value in summary.items() if key != "pending" or value)
         )
         self.stdout.write(json.dumps({"run": run.pk, **summary}))
 
     def _dry_run(self, selection, stored: dict, to_model: str) -> None:
-        from django.db.models import Count
-
         finished = selection.filter(status__in=("succeeded", "failed"))
         by_model = dict(finished.values_list("model_name").annotate(n=Count("pk")).order_by())
         self.stdout.write(
@@ -130,7 +131,5 @@ class Command(BaseCommand):
         )
 
     def _run(self, run, pending: list[int], *, chunk_size: int, sync: bool) -> None:
-        from tqdm import tqdm
-
         with tqdm(total=len(pending), unit="row", file=sys.stderr, disable=not pending) as bar:
-            services.reprocess_dispatch(run, pending, chunk_size=chunk_size, sync=sync, on_chunk=bar.update)
+            reprocess.reprocess_dispatch(run, pending, chunk_size=chunk_size, sync=sync, on_chunk=bar.update)

@@ -7,7 +7,7 @@ import json
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from predictions.services import predictions_sweep
+from predictions.services.worker import predictions_sweep
 
 
 class Command(BaseCommand):

@@ -1,0 +1,132 @@
+"""Publishing run tasks after commit, and one wake-up message per burst of single predictions.
+
+The database row is the source of truth; a message only wakes a worker to claim queued rows. A
+broker failure is logged, never raised: the rows stay queued and the sweeper publishes them again.
+
+Wake-up coalescing (docs/architecture.md, The wake-up protocol). A worker's run task claims other
+queued rows besides its own (services.worker), so under load most per-request messages found their
+row already run by another task. A submission therefore publishes only when no wake-up is pending;
+a Redis key marks one as pending:
+
+- the web, after its INSERT committed, sets the key if it is absent (SET NX, expiring after
+  WAKEUP_COALESCE_MS) and publishes only if it set it;
+- a run task that claims other rows deletes the key *before* its first claim, and claims other
+  rows at least once before it returns.
+
+So a submission that finds the key set committed its row before the pending task's claim, which
+will take it; one that finds it gone publishes. Redis down at submit: the web publishes. A task
+that reaches CLAIM_LOOP_SECONDS with rows still queued sends a wake-up before it returns. Web and
+worker must share REDIS_URL and the queue (the key is per queue). Two fault paths leave rows to
+the sweeper (SWEEP_QUEUED_AFTER), as a lost message does: a worker that cannot delete the key
+(Redis failing between the web's SET and the worker's DELETE: rows submitted until the key
+expires), and a publish that fails after setting it (the key is deleted then; rows submitted
+while the publish was being tried).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from celery import current_app
+from django.conf import settings
+from django.utils import timezone
+
+from predictions.models import Prediction, PredictionStatus
+from predictions.pubsub import redis_client
+
+logger = logging.getLogger(__name__)
+
+RUN_TASK = "predictions.run"  # predictions.tasks.predictions_run_task, sent by name: tasks import services
+
+
+def _run_task_send(ids: Sequence[int], *, task_id: str | None = None) -> None:
+    current_app.tasks[RUN_TASK].apply_async(args=[list(ids)], task_id=task_id, timeout=settings.BROKER_PUBLISH_TIMEOUT)
+
+
+def prediction_publish(prediction: Prediction) -> None:
+    """Send the run task for one row under the task id its INSERT recorded, unless a pending wake-up's
+    claim will take the row; on a broker failure the row is marked unpublished, for the sweeper."""
+    if not wakeup_needed():
+        return
+    try:
+        _run_task_send([prediction.pk], task_id=prediction.task_id)
+    except Exception as exc:
+        logger.error("could not publish prediction %d (%s): %s", prediction.pk, type(exc).__name__, exc)
+        wakeup_taken()  # nothing is pending after all: the next submission publishes
+        Prediction.objects.filter(pk=prediction.pk, status=PredictionStatus.QUEUED).update(published_at=None)
+        prediction.published_at = None
+
+
+def predictions_publish(prediction_ids: Sequence[int]) -> None:
+    """Send the run task for these queued rows in chunks of PUBLISH_CHUNK_ROWS (the sweeper, reprocess).
+
+    Each chunk's rows are marked with its task id and publish time first (committed), then the
+    message is sent.
+    """
+    chunk = settings.PUBLISH_CHUNK_ROWS
+    sends = []
+    for start in range(0, len(prediction_ids), chunk):
+        task_id, ids = str(uuid.uuid4()), list(prediction_ids[start : start + chunk])
+        Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
+            task_id=task_id, published_at=timezone.now()
+        )
+        sends.append((task_id, ids))
+    chunks_send(sends)
+
+
+def chunks_send(sends: Sequence[tuple[str, list[int]]]) -> None:
+    """Publish one run task per (task id, row ids). On a broker failure, that chunk's and the later
+    chunks' rows are marked unpublished, for the sweeper."""
+    for i, (task_id, ids) in enumerate(sends):
+        try:
+            _run_task_send(ids, task_id=task_id)
+        except Exception as exc:  # broker down: these and the remaining rows wait for the sweeper
+            unsent = [tid for tid, _ in sends[i:]]
+            logger.error(
+                "could not publish %d prediction(s) (%s): %s",
+                sum(len(ids) for _, ids in sends[i:]),
+                type(exc).__name__,
+                exc,
+            )
+            Prediction.objects.filter(task_id__in=unsent, status=PredictionStatus.QUEUED).update(published_at=None)
+            return
+
+
+def wakeup_send() -> None:
+    """A run task with no rows of its own: it claims whatever is queued (a task that stops at
+    CLAIM_LOOP_SECONDS while rows are still queued sends one)."""
+    try:
+        _run_task_send([])
+    except Exception as exc:  # the sweeper sends the rows left queued
+        logger.error("could not publish a wake-up (%s): %s", type(exc).__name__, exc)
+
+
+def _wakeup_key() -> str:
+    return f"mlsite:wakeup-pending:{settings.CELERY_TASK_DEFAULT_QUEUE}"
+
+
+def wakeup_needed() -> bool:
+    """True when this submission must publish its own message (and the key now says one is
+    pending); False when a pending wake-up's claim will take its row."""
+    client = redis_client()
+    if client is None or settings.WAKEUP_COALESCE_MS == 0:
+        return True
+    try:
+        return bool(client.set(_wakeup_key(), b"1", nx=True, px=settings.WAKEUP_COALESCE_MS))
+    except Exception as exc:  # Redis cannot say: publish, as without coalescing
+        logger.warning("wake-up coalescing unavailable (%s): %s", type(exc).__name__, exc)
+        return True
+
+
+def wakeup_taken() -> None:
+    """A run task is about to claim other queued rows: submissions from now on publish again.
+    Also called when the publish that set the key failed."""
+    client = redis_client()
+    if client is None:  # cleared whatever this process's WAKEUP_COALESCE_MS: the web's may differ
+        return
+    try:
+        client.delete(_wakeup_key())
+    except Exception as exc:  # the key expires within WAKEUP_COALESCE_MS
+        logger.warning("could not clear the pending wake-up (%s): %s", type(exc).__name__, exc)

@@ -1,0 +1,152 @@
+"""Re-running predictions (manage.py reprocess and the admin's re-run action) without losing earlier results.
+
+Each chosen row's current result (and the review of it) is archived into its history, then the row is
+reset to queued and run again, by the workers or here (``--sync``). A run is resumable: invoked again
+with the same selectors and target, it carries on with the rows it has not dispatched yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from predictions.models import (
+    FINISHED_STATUSES,
+    Prediction,
+    PredictionResult,
+    PredictionStatus,
+    ReprocessRun,
+    model_output_fields,
+)
+from predictions.registry import model_version_or_blank
+from predictions.selectors import reprocess_pending
+from predictions.services.dispatch import predictions_publish
+from predictions.services.worker import predictions_run
+
+logger = logging.getLogger(__name__)
+
+ARCHIVED_FIELDS = tuple(model_output_fields())
+REVIEW_FIELDS = (
+    "corrected_label",
+    "review_note",
+    "reviewed_by",
+    "reviewed_at",
+)  # a review belongs to the result it saw
+
+
+def reprocess_run_open(
+    *, selectors: dict, to_model: str = "", sync: bool = False, source: str = "command", user=None, resume: bool = True
+):
+    """The interrupted run with the same selectors and target (resumed), or a new one. Returns (run, resumed).
+
+    A run is interrupted until it has dispatched every selected row; after that the same command
+    starts a new run (e.g. the same selection again after a model upgrade).
+    """
+    key = hashlib.sha256(
+        json.dumps({"selectors": selectors, "to_model": to_model}, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    interrupted = ReprocessRun.objects.filter(key=key, status=ReprocessRun.Status.RUNNING, dispatched_at__isnull=True)
+    run = interrupted.order_by("-pk").first() if resume else None
+    if run is not None:
+        return run, True
+    run = ReprocessRun.objects.create(
+        key=key,
+        selectors=json.loads(json.dumps(selectors, default=str)),
+        to_model=to_model,
+        sync=sync,
+        source=source,
+        created_by=user,
+    )
+    return run, False
+
+
+def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
+    """Archive the current result of each row into its history, reset it to queued, then run or queue it."""
+    with transaction.atomic():
+        rows = list(
+            Prediction.objects.select_for_update()
+            .filter(pk__in=list(ids), status__in=FINISHED_STATUSES, redacted_at__isnull=True)
+            .exclude(history__run=run)
+            .only("pk", *ARCHIVED_FIELDS, *REVIEW_FIELDS)
+        )
+        PredictionResult.objects.bulk_create(
+            [
+                PredictionResult(
+                    prediction=row, run=run, **{f: getattr(row, f) for f in ARCHIVED_FIELDS + REVIEW_FIELDS}
+                )
+                for row in rows
+            ]
+        )
+        by_model: dict[str, list[int]] = defaultdict(list)
+        for row in rows:
+            by_model[run.to_model or row.model_name].append(row.pk)
+        for model_name, pks in by_model.items():
+            Prediction.objects.filter(pk__in=pks).update(
+                status=PredictionStatus.QUEUED,
+                model_name=model_name,
+                model_version=model_version_or_blank(model_name),
+                label="",
+                score=None,
+                scores=None,
+                labels=None,
+                cached=False,
+                error="",
+                task_id="",
+                started_at=None,
+                finished_at=None,
+                published_at=None,
+                corrected_label="",
+                review_note="",
+                reviewed_by=None,
+                reviewed_at=None,
+            )
+        if not sync:
+            queued = list(ids)
+            transaction.on_commit(lambda: predictions_publish(queued))
+    if sync:
+        predictions_run(ids, task_id=f"reprocess-run-{run.pk}", others=False)
+    logger.info("reprocess run %s: %d row(s) archived and %s", run.pk, len(rows), "run" if sync else "queued")
+
+
+def reprocess_dispatch(
+    run, pending: Sequence[int], *, chunk_size: int, sync: bool, on_chunk: Callable[[int], None] = lambda n: None
+) -> None:
+    """Archive and run (or queue) `pending` in chunks; then mark the run dispatched, so that the
+    same selection invoked again starts a new run rather than resuming this one."""
+    for start in range(0, len(pending), chunk_size):
+        chunk = pending[start : start + chunk_size]
+        reprocess_chunk(run, chunk, sync=sync)
+        on_chunk(len(chunk))
+    ReprocessRun.objects.filter(pk=run.pk, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
+
+
+def reprocess_runs_close() -> int:
+    """Mark finished the dispatched runs none of whose rows is still queued or running."""
+    open_runs = ReprocessRun.objects.filter(status=ReprocessRun.Status.RUNNING, dispatched_at__isnull=False)
+    done = open_runs.exclude(
+        archived_results__prediction__status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]
+    )
+    return done.update(status=ReprocessRun.Status.FINISHED, finished_at=timezone.now())
+
+
+def predictions_rerun(*, queryset, user, to_model: str = "") -> tuple[Any, int]:
+    """The admin's re-run action: the same path as `reprocess` (queued to workers), in chunks."""
+    run, _ = reprocess_run_open(
+        selectors={"admin_selection_at": timezone.now().isoformat()},
+        to_model=to_model,
+        source="admin",
+        user=user,
+        resume=False,
+    )
+    pending, _ = reprocess_pending(run, queryset)
+    ReprocessRun.objects.filter(pk=run.pk).update(selected=len(pending))
+    reprocess_dispatch(run, pending, chunk_size=settings.PUBLISH_CHUNK_ROWS, sync=False)
+    return run, len(pending)

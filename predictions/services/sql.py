@@ -1,0 +1,161 @@
+"""The three statements the ORM cannot send in one round trip, with named parameters, in one place.
+
+- the submission's INSERT of a new prediction, built once and bound server-side
+  (docs/performance.md, Prebuilt INSERT for a new prediction);
+- the worker's claim: pick, mark and return rows in one UPDATE … RETURNING, skipping locked rows;
+- the worker's result write: every row of a forward pass in one UPDATE … FROM (VALUES …)
+  (docs/performance.md, Results written in one UPDATE).
+
+On SQLite (the embedded default), the INSERT and the result write are Django's own save() and
+bulk_update(); the claim runs there too, without row locks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import psycopg
+from django.db import connection, transaction
+from django.utils import timezone
+
+from predictions.models import RESULT_FIELDS, Prediction, PredictionStatus
+
+# In the model's field order, as Model.from_db expects them.
+CLAIMED_FIELDS = tuple(
+    f.attname
+    for f in Prediction._meta.concrete_fields
+    if f.attname
+    in {"id", "batch_id", "text", "text_sha256", "model_name", "attempts", "created_at", "started_at", "request_id"}
+)
+
+
+@functools.cache
+def _insert_statement() -> tuple[str, tuple]:
+    """The INSERT Model.save() sends for a new Prediction, and the fields it takes."""
+    meta = Prediction._meta
+    fields = tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field)
+    assert not any(f.generated or f.has_db_default() for f in fields), "save() would send these differently"
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    values = ", ".join(f"%({f.attname})s" for f in fields)
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({values}) RETURNING {quote(meta.pk.column)}"
+    return sql, fields
+
+
+def prediction_insert(prediction: Prediction) -> None:
+    """prediction.save() of a new row: the same statement and values, built once instead of for each row,
+    and bound server-side so psycopg prepares it on a connection after a few uses. No pre_save/post_save
+    signal is sent: no receiver listens for Prediction (a test checks). Django's cursor wrapper stays
+    around it (query logging, execute wrappers). On SQLite, save() itself."""
+    if connection.vendor != "postgresql":
+        prediction.save()
+        return
+    sql, fields = _insert_statement()
+    values = {f.attname: f.get_db_prep_save(f.pre_save(prediction, True), connection) for f in fields}
+    connection.close_if_health_check_failed()  # as connection.cursor() does: replaces a connection the
+    connection.ensure_connection()  # server closed (a restart) before this request's first statement
+    raw = psycopg.Cursor(connection.connection)
+    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with transaction.mark_for_rollback_on_error(connection.alias), wrapped as cursor:  # as save() does
+        cursor.execute(sql, values)
+        prediction.pk = cursor.fetchone()[0]
+    prediction._state.adding, prediction._state.db = False, connection.alias
+
+
+@functools.lru_cache(maxsize=512)
+def _claim_statement(*, own: int, reclaim: bool, others: bool, skip_locked: bool) -> str:
+    table = connection.ops.quote_name(Prediction._meta.db_table)
+    held = "(status = %(running)s AND task_id = %(task_id)s)" if reclaim else "FALSE"
+    own_ids = ", ".join(f"%(own_{i})s" for i in range(own))
+    mine = f"(status = %(queued)s AND id IN ({own_ids}))" if own else "FALSE"
+    anyone = "status = %(queued)s" if others else "FALSE"
+    lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
+    return (
+        f"UPDATE {table} SET status = %(running)s, started_at = %(now)s, attempts = attempts + 1, "
+        f"task_id = %(task_id)s "
+        f"WHERE id IN (SELECT id FROM {table} WHERE {held} OR {mine} OR {anyone} "
+        f"ORDER BY CASE WHEN {held} THEN 0 WHEN {mine} THEN 1 ELSE 2 END, id LIMIT %(limit)s{lock}) "
+        f"RETURNING {', '.join(CLAIMED_FIELDS)}"
+    )
+
+
+def rows_claim(
+    own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool, now: datetime
+) -> list[Prediction]:
+    """Mark up to `limit` rows as running under `task_id` and return them by id.
+
+    Taken first, with `reclaim`, the rows this task already holds (an earlier delivery of its message
+    whose worker died), then its own queued rows, then, with `others`, any queued row. One statement
+    picks, marks and returns them, so two workers never claim the same row and a claim costs one round trip.
+    """
+    sql = _claim_statement(
+        own=len(own_ids),
+        reclaim=reclaim and bool(task_id),
+        others=others,
+        skip_locked=connection.features.has_select_for_update_skip_locked,
+    )
+    params = {
+        "running": PredictionStatus.RUNNING.value,
+        "queued": PredictionStatus.QUEUED.value,
+        "task_id": task_id,
+        "now": now,
+        "limit": limit,
+        **{f"own_{i}": pk for i, pk in enumerate(own_ids)},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = [
+            Prediction.from_db(connection.alias, CLAIMED_FIELDS, [_aware(v) for v in values])
+            for values in cursor.fetchall()
+        ]
+    return sorted(rows, key=lambda row: row.pk)
+
+
+def _aware(value):
+    """A raw cursor skips Django's converters: SQLite returns naive UTC datetimes (PostgreSQL, aware ones)."""
+    if isinstance(value, datetime) and timezone.is_naive(value):
+        return timezone.make_aware(value, UTC)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _results_statement(rows: int) -> str:
+    fields = [Prediction._meta.get_field(name) for name in RESULT_FIELDS]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    assignments = ", ".join(f"{quote(f.column)} = CAST(v.{quote(f.column)} AS {f.db_type(connection)})" for f in fields)
+    values = ", ".join(
+        "(" + ", ".join([f"%(r{i}_id)s", *(f"%(r{i}_{f.attname})s" for f in fields)]) + ")" for i in range(rows)
+    )
+    return (
+        f"UPDATE {quote(Prediction._meta.db_table)} AS p SET {assignments} "
+        f"FROM (VALUES {values}) AS v(id, {columns}) "
+        f"WHERE p.id = v.id AND p.status = %(running)s AND p.task_id = %(task_id)s RETURNING p.id"
+    )
+
+
+def results_store(rows: Sequence[Prediction], *, task_id: str) -> set[int]:
+    """Write the result fields of the rows still running under `task_id`; returns their ids.
+
+    Only the task holding a row writes it: a slow worker whose row was requeued and taken by another
+    one must not overwrite that newer run. Django's bulk_update built a CASE WHEN per field and row.
+    """
+    if not rows:
+        return set()
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            held = Prediction.objects.filter(status=PredictionStatus.RUNNING, task_id=task_id)
+            ids = set(held.select_for_update().filter(pk__in=[r.pk for r in rows]).values_list("pk", flat=True))
+            held.bulk_update([row for row in rows if row.pk in ids], list(RESULT_FIELDS))
+        return ids
+    fields = [Prediction._meta.get_field(name) for name in RESULT_FIELDS]
+    params: dict = {"running": PredictionStatus.RUNNING.value, "task_id": task_id}
+    for i, row in enumerate(rows):
+        params[f"r{i}_id"] = row.pk
+        for f in fields:
+            params[f"r{i}_{f.attname}"] = f.get_db_prep_save(getattr(row, f.attname), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_results_statement(len(rows)), params)
+        return {pk for (pk,) in cursor.fetchall()}

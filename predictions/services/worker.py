@@ -1,0 +1,240 @@
+"""The worker's side: claim queued rows, run the model on them in one forward pass, write the results,
+and sweep up work whose message or worker was lost (docs/architecture.md, How a prediction is made)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from predictions.cache import CACHED_FIELDS, result_cache_set_many
+from predictions.inference import ModelLoadError
+from predictions.memos import memo
+from predictions.models import Prediction, PredictionStatus
+from predictions.monitoring import forward_pass_observe, prediction_finished_observe
+from predictions.notify import predictions_finished_notify
+from predictions.registry import classifier_get
+from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
+from predictions.services.sql import results_store, rows_claim
+from predictions.services.waiting import finished_fields
+
+logger = logging.getLogger(__name__)
+
+
+def predictions_claim(
+    own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool = False
+) -> list[Prediction]:
+    """Mark up to `limit` rows as running under `task_id` and return them, oldest first.
+
+    First come, with `reclaim`, rows this task already held (an earlier delivery of this message whose
+    worker died), then its own queued rows, then, with `others`, queued rows of any other request: that
+    is how texts from many requests share one forward pass, and how rows whose message waits behind
+    others in the broker get run (services.sql.rows_claim). Rows already started MAX_ATTEMPTS times
+    are failed instead of being run again.
+    """
+    now = timezone.now()
+    rows = rows_claim(list(own_ids), task_id=task_id, limit=limit, others=others, reclaim=reclaim, now=now)
+    given_up = [row.pk for row in rows if row.attempts > settings.MAX_ATTEMPTS]
+    if given_up:
+        Prediction.objects.filter(pk__in=given_up, status=PredictionStatus.RUNNING, task_id=task_id).update(
+            status=PredictionStatus.FAILED,
+            finished_at=now,
+            error=f"gave up after {settings.MAX_ATTEMPTS} attempts: the worker stopped each time it ran this text",
+        )
+        predictions_finished_notify(given_up, [row.batch_id for row in rows if row.pk in given_up and row.batch_id])
+        rows = [row for row in rows if row.attempts <= settings.MAX_ATTEMPTS]
+    return rows
+
+
+_last_pass = {"at": 0.0, "rows": 0}  # this process's previous claim
+
+
+@memo
+def _last_pass_forget() -> None:
+    _last_pass.update(at=0.0, rows=0)
+
+
+def _company_expected(rows: list[Prediction]) -> bool:
+    """Whether waiting CLAIM_WAIT_MS is likely to fill the batch: other rows came with this claim,
+    or with this process's previous one a moment ago. A lone request on an idle service does not wait."""
+    return len(rows) > 1 or (_last_pass["rows"] > 1 and time.monotonic() - _last_pass["at"] < 1.0)
+
+
+def predictions_run(
+    prediction_ids: Iterable[int], *, task_id: str = "", others: bool = True, limit: int | None = None
+) -> dict[str, int]:
+    """Run the model on the unfinished rows among these ids (and, with `others`, on other queued rows).
+
+    Finished rows are skipped (idempotent). Own rows are claimed until none is left; other rows are
+    claimed while any are queued, for at most CLAIM_LOOP_SECONDS, so a busy worker keeps its batches
+    full. If a forward pass fails, its texts are retried one by one so a bad text fails only its row;
+    rows that were started before (their worker died) run one by one, each written as it finishes.
+    """
+    own_ids = list(prediction_ids)
+    own_set = set(own_ids)
+    limit = limit or settings.CLAIM_MAX_ROWS
+    counts = {"succeeded": 0, "failed": 0, "skipped": 0, "batches": 0}
+    done: set[int] = set()
+    deadline = time.monotonic() + settings.CLAIM_LOOP_SECONDS
+    first = True
+    # A task whose own rows fill a forward pass (a chunk of an API batch) leaves other requests' rows
+    # to their own tasks on its first claim, so that idle worker processes run them instead of
+    # waiting while this one holds them; once its own rows are done, it takes other queued rows.
+    fill = others and len(own_ids) < settings.PASS_MAX_TEXTS
+    if others:  # before any claim: submissions from now on publish again (services.dispatch)
+        wakeup_taken()
+    while True:
+        remaining = [pk for pk in own_ids if pk not in done]
+        with_others = others and (fill or not first)
+        rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=with_others, reclaim=first)
+        if first and fill and len(rows) < limit and settings.CLAIM_WAIT_MS > 0 and _company_expected(rows):
+            time.sleep(settings.CLAIM_WAIT_MS / 1000)  # let concurrent requests join this forward pass
+            rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
+        first = False
+        if not rows:
+            if others and not with_others:
+                continue  # own rows all gone: one claim of other rows before returning, which the wake-up needs
+            break
+        _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
+        done.update(r.pk for r in rows)
+        by_model: dict[str, list[Prediction]] = defaultdict(list)
+        for prediction in rows:
+            by_model[prediction.model_name].append(prediction)
+        for model_name, group in by_model.items():
+            retried = [r for r in group if r.attempts > 1]
+            fresh = [r for r in group if r.attempts <= 1]
+            for batch in ([fresh] if fresh else []) + [[r] for r in retried]:
+                counts["batches"] += 1
+                for key, value in _rows_run(model_name, batch, task_id=task_id).items():
+                    counts[key] += value
+        # Own rows may still wait if this claim was full of them; if it took none, the rest are not
+        # claimable here (finished, given up, or held by another worker).
+        own_left = any(r.pk in own_set for r in rows) and any(pk not in done for pk in own_ids)
+        if not own_left and (not others or time.monotonic() > deadline):
+            if others:  # rows may still be queued whose submissions counted on this task
+                wakeup_send()
+            break
+    counts["skipped"] += len(set(own_ids) - done)
+    return counts
+
+
+def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[str, int]:
+    try:
+        classifier = classifier_get(model_name)
+    except (ModelLoadError, KeyError) as exc:
+        results = [ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")] * len(rows)
+        return _results_write(model_name, "", rows, results, task_id=task_id)
+    texts = [row.text for row in rows]
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        results: list = classifier.predict(
+            texts, batch_size=settings.PASS_MAX_TEXTS, max_tokens=settings.PASS_MAX_TOKENS
+        )
+    except SoftTimeLimitExceeded:
+        raise  # out of time: the rows stay running and go back to the queue (sweeper), not one by one
+    except Exception as exc:
+        # The exception's message may quote a text: the traceback goes to DEBUG only.
+        logger.warning(
+            "batch of %d failed for %s (%s); retrying texts one by one", len(rows), model_name, type(exc).__name__
+        )
+        logger.debug("batch of %d failed for %s", len(rows), model_name, exc_info=True)
+        results = []
+        for text in texts:
+            try:
+                results.append(classifier.predict([text])[0])
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception as exc:
+                results.append(exc)
+    else:
+        seconds = time.perf_counter() - started
+        forward_pass_observe(model_name, len(rows), seconds)
+        logger.info(
+            "forward pass of %d text(s) for %s in %.3fs",
+            len(rows),
+            model_name,
+            seconds,
+            extra={
+                "model": model_name,
+                "size": len(rows),
+                "seconds": round(seconds, 4),
+                "cpu_seconds": round(time.process_time() - cpu_started, 4),  # this process's, all threads
+                "prediction_ids": [row.pk for row in rows],
+                # The requests whose texts shared this pass; the task's own request is `request_id`.
+                "request_ids": sorted({row.request_id for row in rows if row.request_id}),
+            },
+        )
+    return _results_write(model_name, classifier.version, rows, results, task_id=task_id)
+
+
+def _results_write(model_name: str, version: str, rows: list[Prediction], results: list, *, task_id: str) -> dict:
+    """Fill the cache, store each result (or exception) on its row, then wake waiting requests.
+
+    The cache is filled first, so once a row reads as finished, the same text is a cache hit (a
+    result is the model's answer to the text whichever row it was computed for).
+    """
+    finished = timezone.now()
+    counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+    result_cache_set_many(
+        {
+            (model_name, version, row.text_sha256): {field: getattr(result, field) for field in CACHED_FIELDS}
+            for row, result in zip(rows, results, strict=True)
+            if not isinstance(result, Exception) and row.text_sha256
+        }
+    )
+    for row, result in zip(rows, results, strict=True):
+        _row_fill(row, result, version=version, finished=finished)
+    held_ids = results_store(rows, task_id=task_id)
+    for row in rows:
+        if row.pk not in held_ids:
+            counts["skipped"] += 1
+            continue
+        counts["succeeded" if row.status == PredictionStatus.SUCCEEDED else "failed"] += 1
+        prediction_finished_observe(model_name, row.status, (finished - row.created_at).total_seconds())
+    predictions_finished_notify(
+        [row.pk for row in rows],
+        [row.batch_id for row in rows if row.batch_id],
+        # Fields only for single submissions: only POST /predictions/?wait waits for one row.
+        {row.pk: finished_fields(row) for row in rows if row.pk in held_ids and not row.batch_id},
+    )
+    return counts
+
+
+def _row_fill(row: Prediction, result, *, version: str, finished: datetime) -> None:
+    """Set the result fields of a row from the model's answer, or from the exception its text raised."""
+    row.model_version, row.finished_at = version, finished
+    if isinstance(result, Exception):
+        row.status, row.error = PredictionStatus.FAILED, f"{type(result).__name__}: {result}"[:2000]
+        row.label, row.score, row.scores, row.labels = "", None, None, None
+    else:
+        row.status, row.error = PredictionStatus.SUCCEEDED, ""
+        row.label, row.score, row.scores, row.labels = result.label, result.score, result.scores, result.labels
+
+
+def predictions_sweep(*, queued_after: float, running_after: float) -> dict[str, int]:
+    """Republish rows whose message may be lost; requeue rows whose worker may have died.
+
+    Queued rows never published (broker down at submit) or published more than `queued_after`
+    seconds ago are sent again; rows `running` for more than `running_after` seconds go back to
+    queued first. Running a row twice is harmless: the task skips finished rows.
+    """
+    now = timezone.now()
+    stuck = Prediction.objects.filter(
+        status=PredictionStatus.RUNNING, started_at__lt=now - timedelta(seconds=running_after)
+    )
+    stuck_ids = list(stuck.values_list("pk", flat=True)[: settings.SWEEP_MAX_ROWS])
+    requeued = stuck.filter(pk__in=stuck_ids).update(status=PredictionStatus.QUEUED)
+    stale = Q(published_at__isnull=True, created_at__lt=now - timedelta(seconds=min(queued_after, 5))) | Q(
+        published_at__lt=now - timedelta(seconds=queued_after)
+    )
+    stale_ids = Prediction.objects.filter(stale, status=PredictionStatus.QUEUED).values_list("pk", flat=True)
+    ids = sorted(set(stale_ids[: settings.SWEEP_MAX_ROWS]) | set(stuck_ids))
+    predictions_publish(ids)
+    return {"requeued_running": requeued, "republished": len(ids)}
