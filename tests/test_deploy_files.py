@@ -1,15 +1,19 @@
-"""docker-compose.yml and the Dockerfile: valid, healthy start order, non-root, and the README's commands."""
+"""docker-compose.yml and the Dockerfile: valid, healthy start order, non-root, one web server command
+(mlsite/webserver.py) everywhere, and the README's worker and beat commands."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mlsite import webserver
 from predictions.management.commands.runstack import stack_commands
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,14 +131,79 @@ def _normalised(command: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("service", ["web", "worker", "beat"])
-def test_compose_runs_the_same_commands_as_make_run_and_the_readme(service, settings):
+@pytest.mark.parametrize("service", ["worker", "beat"])
+def test_compose_runs_the_same_worker_and_beat_commands_as_make_run_and_the_readme(service, settings):
     settings.CELERY_TASK_DEFAULT_QUEUE = "predictions"  # the default; tests run on a queue of their own
     local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)[service]
     assert _normalised(SERVICES[service]["command"]) == _normalised(local)
     readme = (ROOT / "README.md").read_text()
     shown = " ".join(_normalised(local)).replace("<host>", "127.0.0.1").replace("<schedule>", "var/celerybeat-schedule")
     assert shown in readme, f"README does not show: {shown}"
+
+
+def test_the_web_server_runs_granian_with_every_flag_of_the_deployed_command():
+    """The command the image, compose and `make run` ran before mlsite/webserver.py held it, flag for flag."""
+    command = webserver.granian_argv(bind="0.0.0.0:8000", workers=2, threads=16)
+    assert command[0] == os.path.join(os.path.dirname(sys.executable), "granian")
+    assert command[1:] == [
+        *("--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "16"),
+        *("--no-ws", "--http1-buffer-size", "16384", "--blocking-threads-idle-timeout", "600"),
+        *("--respawn-failed-workers", "--workers-kill-timeout", "10", "mlsite.wsgi:application"),
+    ]
+    assert webserver.granian_argv() == webserver.granian_argv(bind="127.0.0.1:8000", workers=2, threads=16)
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "port"),
+    [
+        ("127.0.0.1:8123", "127.0.0.1", "8123"),
+        ("localhost:8000", "127.0.0.1", "8000"),  # granian takes an address, not a name
+        ("[::1]:8000", "::1", "8000"),
+        (":8000", "0.0.0.0", "8000"),
+        ("8000", "0.0.0.0", "8000"),
+    ],
+)
+def test_the_bind_address_becomes_granian_s_host_and_port(bind, host, port):
+    command = webserver.granian_argv(bind=bind)
+    assert command[command.index("--host") + 1] == host and command[command.index("--port") + 1] == port
+
+
+def test_python_m_mlsite_webserver_execs_granian_with_its_options(monkeypatch):
+    """The process becomes granian (same pid): Ctrl-C, docker stop and runstack's terminate reach it."""
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
+    webserver.main(["--bind", "0.0.0.0:9000", "--workers", "3", "--threads", "8"])
+    expected = webserver.granian_argv(bind="0.0.0.0:9000", workers=3, threads=8)
+    assert calls == [(expected[0], expected)]
+    printed = subprocess.run(
+        [sys.executable, "-m", "mlsite.webserver", "--print"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert shlex.split(printed.stdout) == webserver.granian_argv()  # the defaults: 127.0.0.1:8000, 2 × 16
+
+
+def test_the_image_compose_and_make_run_all_start_the_web_from_mlsite_webserver():
+    """One source for granian's flags: no copy of them in the Dockerfile, compose or runstack."""
+    import json
+
+    [image] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
+    assert image == SERVICES["web"]["command"] == ["python", "-m", "mlsite.webserver", "--bind", "0.0.0.0:8000"]
+    local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)["web"]
+    assert local == [
+        sys.executable,
+        "-m",
+        "mlsite.webserver",
+        *("--bind", "127.0.0.1:8000", "--workers", "2", "--threads", "16"),
+    ]
+    for path in ("Dockerfile", "docker-compose.yml", "predictions/management/commands/runstack.py"):
+        assert "--blocking-threads" not in (ROOT / path).read_text(), path
+
+
+def test_make_run_s_web_defaults_are_the_web_server_s():
+    from predictions.management.commands.runstack import Command
+
+    options = Command().create_parser("manage.py", "runstack").parse_args([])
+    assert (options.bind, options.web_workers, options.web_threads) == ("127.0.0.1:8000", 2, 16)
+    assert (webserver.DEFAULT_BIND, webserver.DEFAULT_WORKERS, webserver.DEFAULT_THREADS) == ("127.0.0.1:8000", 2, 16)
 
 
 def test_check_deploy_passes_with_the_production_settings_from_the_environment():
@@ -180,14 +249,6 @@ def test_every_setting_read_from_the_environment_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert len(names) > 20
     assert sorted(name for name in names if f"`{name}`" not in readme) == []
-
-
-def test_the_image_s_default_command_is_the_web_service_s():
-    """`docker run` of the image alone starts the same web server as compose and `make run`."""
-    import json
-
-    [command] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
-    assert command == SERVICES["web"]["command"]
 
 
 @pytest.mark.django_db  # the whole WSGI app: request_started/finished check the database connection
