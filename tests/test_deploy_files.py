@@ -1,5 +1,5 @@
-"""docker-compose.yml and the Dockerfile: valid, healthy start order, non-root, one web server command
-(mlsite/webserver.py) everywhere, and the README's worker and beat commands."""
+"""docker-compose.yml, the Dockerfile and the requirements files: valid, healthy start order, non-root, one web
+server command (mlsite/webserver.py) everywhere, the image installing only what the app imports."""
 
 from __future__ import annotations
 
@@ -110,16 +110,92 @@ def test_web_worker_and_beat_run_from_that_image_as_that_user_writing_only_under
         assert schedule.startswith("/app/var/")
 
 
+def requirement_lines(name: str) -> list[str]:
+    """The lines of a requirements file without comments and blank lines."""
+    lines = [line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines()]
+    return [line for line in lines if line]
+
+
 def test_every_requirement_is_pinned_exactly():
     import re
 
-    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    requirements = [line for line in lines if line]
-    assert len(requirements) > 20
+    runtime, dev = requirement_lines("requirements.txt"), requirement_lines("requirements-dev.txt")
+    assert len(runtime) > 20 and dev[0] == "-r requirements.txt"  # dev installs what the image installs, and more
     loose = [
-        line for line in requirements if not re.fullmatch(r"[A-Za-z0-9._-]+(\[[A-Za-z0-9,._-]+\])?==[\w.+!-]+", line)
+        line
+        for line in runtime + dev[1:]
+        if not re.fullmatch(r"[A-Za-z0-9._-]+(\[[A-Za-z0-9,._-]+\])?==[\w.+!-]+", line)
     ]
     assert loose == [], "pin every requirement with == (a range lets a build pull an unaudited release)"
+    assert "torch==2.13.0" in runtime
+
+
+def test_the_image_installs_requirements_txt_only_and_make_install_both_files():
+    steps = dockerfile_instructions()
+    installs = [args for kind, args in steps if kind == "RUN" and "pip install" in args]
+    assert len(installs) == 1 and installs[0].endswith(" -r requirements.txt")
+    assert ("COPY", "requirements.txt .") in steps
+    assert "requirements-dev" not in (ROOT / "Dockerfile").read_text()
+    assert "$(STAMP): requirements.txt requirements-dev.txt" in (ROOT / "Makefile").read_text()
+
+
+def _distributions_needed(requirements: list[str]) -> set[str]:
+    """The installed distributions these requirement lines pull in, dependencies (and extras) included."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    needed: set[str] = set()
+    todo = [Requirement(line) for line in requirements]
+    done: set[tuple[str, str]] = set()
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        extras = sorted(requirement.extras) or [""]
+        if all((name, extra) in done for extra in extras):
+            continue
+        done.update((name, extra) for extra in extras)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue  # a dependency for another platform or Python
+        needed.add(name)
+        for line in dist.requires or []:
+            dependency = Requirement(line)
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(dependency)
+    return needed
+
+
+def test_the_code_that_ships_imports_only_what_requirements_txt_installs():
+    """The web, worker, beat and management commands (mlsite/, predictions/, manage.py): no import of a
+    package that only requirements-dev.txt brings (the image would fail with ImportError)."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    needed = _distributions_needed(requirement_lines("requirements.txt"))
+    provided_by = packages_distributions()
+    files = [ROOT / "manage.py", *(ROOT / "mlsite").rglob("*.py"), *(ROOT / "predictions").rglob("*.py")]
+    outside: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in (m.split(".")[0] for m in modules):
+                if module in sys.stdlib_module_names or module in ("mlsite", "predictions"):
+                    continue
+                if not {canonicalize_name(d) for d in provided_by.get(module, [])} & needed:
+                    outside.add(f"{module} ({path.relative_to(ROOT)})")
+    assert sorted(outside) == []
+    assert {"psutil", "pytest", "matplotlib", "pip-audit"}.isdisjoint(needed)  # dev tools stay out of the image
 
 
 def _normalised(command: list[str]) -> list[str]:
