@@ -20,4 +20,5 @@ RUN useradd --create-home --uid 10001 mlsite \
 USER mlsite
 
 EXPOSE 8000
-CMD ["granian", "--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "16", "--no-ws", "--http1-buffer-size", "16384", "--blocking-threads-idle-timeout", "600", "--respawn-failed-workers", "--workers-kill-timeout", "10", "mlsite.wsgi:application"]
+# The web server: granian, with the flags in mlsite/webserver.py (compose's web and `make run` run it too).
+CMD ["python", "-m", "mlsite.webserver", "--bind", "0.0.0.0:8000"]

@@ -13,10 +13,10 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt  # the dev file starts with -r requirements.txt: both are installed
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
 migrate: install
@@ -39,7 +39,7 @@ bench: install  ## the service under load against the raw model; BENCH_ARGS="--s
 soak: install  ## the real stack under mixed load while the worker child is killed; SOAK_ARGS="--minutes 2"
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
-audit: install  ## pip-audit on requirements.txt; a known vulnerability fails it (AUDIT_ARGS="--strict": so does an unaudited package)
+audit: install  ## pip-audit on requirements.txt (the image), then requirements-dev.txt; a known vulnerability fails it (AUDIT_ARGS="--strict": so does an unaudited package)
 	$(PY) .ci/audit.py $(AUDIT_ARGS)
 
 fuzz: install  ## schemathesis against the running stack's OpenAPI schema; FUZZ_ARGS="--max-examples 2000 --seed 1 --embedded"

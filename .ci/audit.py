@@ -1,5 +1,8 @@
-"""`make audit`: pip-audit on requirements.txt, judged so that a package nobody could check is never silent.
+"""`make audit`: pip-audit on each requirements file, judged so that a package nobody could check is never silent.
 
+By default it audits requirements.txt (what the image installs), then requirements-dev.txt (what
+`make install` adds for development and CI) for the packages the first did not already cover: each
+file is resolved on its own, as pip installs it, so the image's packages are the versions it ships.
 pip-audit alone exits 0 and prints "No known vulnerabilities found" when the vulnerability service
 could not be asked about a package (it lists it as skipped). This script fails (exit 1) on any known
 vulnerability, lists every package that was not audited and why, and with --strict (or AUDIT_STRICT=1)
@@ -17,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = [ROOT / "requirements.txt", ROOT / "requirements-dev.txt"]
 
 
 def pip_audit_report(requirements: Path, service: str) -> dict:
@@ -28,7 +32,7 @@ def pip_audit_report(requirements: Path, service: str) -> dict:
             "-m",
             "pip_audit",
             "--requirement",
-            str(requirements),
+            str(requirements.resolve()),  # relative to the caller's directory, not ROOT
             "--vulnerability-service",
             service,
             "--progress-spinner",
@@ -75,9 +79,37 @@ def judge(report: dict, *, strict: bool) -> int:
     return 0
 
 
+def audit_all(sources: list[Path], *, saved: bool, service: str, strict: bool) -> int:
+    """Judge each file's report in turn, a package already judged (same version) only once; the worst status:
+    1 vulnerable, else 3 a file could not be audited, else 2 unaudited under strict, else 0."""
+    judged: set[tuple[str, str]] = set()
+    statuses = []
+    for source in sources:
+        print(f"== {source.name}" + (" (the packages not judged above)" if judged else ""), flush=True)
+        try:
+            report = json.loads(source.read_text()) if saved else pip_audit_report(source, service)
+        except (RuntimeError, OSError, ValueError) as exc:
+            print(f"FAILED: could not audit {source.name}: {exc}", file=sys.stderr)
+            statuses.append(3)
+            continue
+        fresh = [d for d in report.get("dependencies", []) if _key(d) not in judged]
+        judged.update(_key(d) for d in fresh)
+        statuses.append(judge({"dependencies": fresh}, strict=strict))
+    return next((code for code in (1, 3, 2) if code in statuses), 0)
+
+
+def _key(dependency: dict) -> tuple[str, str]:
+    return dependency["name"].lower(), dependency.get("version", "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requirements", type=Path, default=ROOT / "requirements.txt")
+    parser.add_argument(
+        "--requirements",
+        type=Path,
+        action="append",
+        help="a requirements file to audit, repeatable (default: requirements.txt, then requirements-dev.txt)",
+    )
     parser.add_argument("--service", default="pypi", choices=["pypi", "osv"], help="pip-audit's vulnerability service")
     parser.add_argument(
         "--strict",
@@ -85,16 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("AUDIT_STRICT", "") not in ("", "0"),
         help="also fail when a package could not be audited (AUDIT_STRICT=1)",
     )
-    parser.add_argument("--report", type=Path, help="judge this saved pip-audit JSON report instead of running it")
+    parser.add_argument(
+        "--report", type=Path, action="append", help="judge this saved pip-audit JSON report instead (repeatable)"
+    )
     args = parser.parse_args(argv)
-    try:
-        report = (
-            json.loads(args.report.read_text()) if args.report else pip_audit_report(args.requirements, args.service)
-        )
-    except (RuntimeError, OSError, ValueError) as exc:
-        print(f"FAILED: could not audit: {exc}", file=sys.stderr)
-        return 3
-    return judge(report, strict=args.strict)
+    sources = args.report or args.requirements or REQUIREMENTS
+    return audit_all(sources, saved=bool(args.report), service=args.service, strict=args.strict)
 
 
 if __name__ == "__main__":

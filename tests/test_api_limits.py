@@ -249,7 +249,7 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
     from rest_framework.authtoken.models import Token
 
     from bench.stack import ROOT, free_port
-    from predictions.management.commands.runstack import web_command
+    from mlsite import webserver
 
     token = Token.objects.create(user=owner).key
     database = settings.DATABASES["default"]
@@ -264,7 +264,7 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
         "MLSITE_MODELS": ",".join(f"{k}={v}" for k, v in settings.MLSITE_MODELS.items()),
         "DEBUG": "0",
     }
-    command = web_command(bind=f"127.0.0.1:{port}", web_workers=1, web_threads=2)
+    command = webserver.command(bind=f"127.0.0.1:{port}", workers=1, threads=2)
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

@@ -1,15 +1,19 @@
-"""docker-compose.yml and the Dockerfile: valid, healthy start order, non-root, and the README's commands."""
+"""docker-compose.yml, the Dockerfile and the requirements files: valid, healthy start order, non-root, one web
+server command (mlsite/webserver.py) everywhere, the image installing only what the app imports."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mlsite import webserver
 from predictions.management.commands.runstack import stack_commands
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,16 +110,92 @@ def test_web_worker_and_beat_run_from_that_image_as_that_user_writing_only_under
         assert schedule.startswith("/app/var/")
 
 
+def requirement_lines(name: str) -> list[str]:
+    """The lines of a requirements file without comments and blank lines."""
+    lines = [line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines()]
+    return [line for line in lines if line]
+
+
 def test_every_requirement_is_pinned_exactly():
     import re
 
-    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    requirements = [line for line in lines if line]
-    assert len(requirements) > 20
+    runtime, dev = requirement_lines("requirements.txt"), requirement_lines("requirements-dev.txt")
+    assert len(runtime) > 20 and dev[0] == "-r requirements.txt"  # dev installs what the image installs, and more
     loose = [
-        line for line in requirements if not re.fullmatch(r"[A-Za-z0-9._-]+(\[[A-Za-z0-9,._-]+\])?==[\w.+!-]+", line)
+        line
+        for line in runtime + dev[1:]
+        if not re.fullmatch(r"[A-Za-z0-9._-]+(\[[A-Za-z0-9,._-]+\])?==[\w.+!-]+", line)
     ]
     assert loose == [], "pin every requirement with == (a range lets a build pull an unaudited release)"
+    assert "torch==2.13.0" in runtime
+
+
+def test_the_image_installs_requirements_txt_only_and_make_install_both_files():
+    steps = dockerfile_instructions()
+    installs = [args for kind, args in steps if kind == "RUN" and "pip install" in args]
+    assert len(installs) == 1 and installs[0].endswith(" -r requirements.txt")
+    assert ("COPY", "requirements.txt .") in steps
+    assert "requirements-dev" not in (ROOT / "Dockerfile").read_text()
+    assert "$(STAMP): requirements.txt requirements-dev.txt" in (ROOT / "Makefile").read_text()
+
+
+def _distributions_needed(requirements: list[str]) -> set[str]:
+    """The installed distributions these requirement lines pull in, dependencies (and extras) included."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    needed: set[str] = set()
+    todo = [Requirement(line) for line in requirements]
+    done: set[tuple[str, str]] = set()
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        extras = sorted(requirement.extras) or [""]
+        if all((name, extra) in done for extra in extras):
+            continue
+        done.update((name, extra) for extra in extras)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue  # a dependency for another platform or Python
+        needed.add(name)
+        for line in dist.requires or []:
+            dependency = Requirement(line)
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(dependency)
+    return needed
+
+
+def test_the_code_that_ships_imports_only_what_requirements_txt_installs():
+    """The web, worker, beat and management commands (mlsite/, predictions/, manage.py): no import of a
+    package that only requirements-dev.txt brings (the image would fail with ImportError)."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    needed = _distributions_needed(requirement_lines("requirements.txt"))
+    provided_by = packages_distributions()
+    files = [ROOT / "manage.py", *(ROOT / "mlsite").rglob("*.py"), *(ROOT / "predictions").rglob("*.py")]
+    outside: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in (m.split(".")[0] for m in modules):
+                if module in sys.stdlib_module_names or module in ("mlsite", "predictions"):
+                    continue
+                if not {canonicalize_name(d) for d in provided_by.get(module, [])} & needed:
+                    outside.add(f"{module} ({path.relative_to(ROOT)})")
+    assert sorted(outside) == []
+    assert {"psutil", "pytest", "matplotlib", "pip-audit"}.isdisjoint(needed)  # dev tools stay out of the image
 
 
 def _normalised(command: list[str]) -> list[str]:
@@ -127,14 +207,79 @@ def _normalised(command: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("service", ["web", "worker", "beat"])
-def test_compose_runs_the_same_commands_as_make_run_and_the_readme(service, settings):
+@pytest.mark.parametrize("service", ["worker", "beat"])
+def test_compose_runs_the_same_worker_and_beat_commands_as_make_run_and_the_readme(service, settings):
     settings.CELERY_TASK_DEFAULT_QUEUE = "predictions"  # the default; tests run on a queue of their own
     local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)[service]
     assert _normalised(SERVICES[service]["command"]) == _normalised(local)
     readme = (ROOT / "README.md").read_text()
     shown = " ".join(_normalised(local)).replace("<host>", "127.0.0.1").replace("<schedule>", "var/celerybeat-schedule")
     assert shown in readme, f"README does not show: {shown}"
+
+
+def test_the_web_server_runs_granian_with_every_flag_of_the_deployed_command():
+    """The command the image, compose and `make run` ran before mlsite/webserver.py held it, flag for flag."""
+    command = webserver.granian_argv(bind="0.0.0.0:8000", workers=2, threads=16)
+    assert command[0] == os.path.join(os.path.dirname(sys.executable), "granian")
+    assert command[1:] == [
+        *("--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "16"),
+        *("--no-ws", "--http1-buffer-size", "16384", "--blocking-threads-idle-timeout", "600"),
+        *("--respawn-failed-workers", "--workers-kill-timeout", "10", "mlsite.wsgi:application"),
+    ]
+    assert webserver.granian_argv() == webserver.granian_argv(bind="127.0.0.1:8000", workers=2, threads=16)
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "port"),
+    [
+        ("127.0.0.1:8123", "127.0.0.1", "8123"),
+        ("localhost:8000", "127.0.0.1", "8000"),  # granian takes an address, not a name
+        ("[::1]:8000", "::1", "8000"),
+        (":8000", "0.0.0.0", "8000"),
+        ("8000", "0.0.0.0", "8000"),
+    ],
+)
+def test_the_bind_address_becomes_granian_s_host_and_port(bind, host, port):
+    command = webserver.granian_argv(bind=bind)
+    assert command[command.index("--host") + 1] == host and command[command.index("--port") + 1] == port
+
+
+def test_python_m_mlsite_webserver_execs_granian_with_its_options(monkeypatch):
+    """The process becomes granian (same pid): Ctrl-C, docker stop and runstack's terminate reach it."""
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
+    webserver.main(["--bind", "0.0.0.0:9000", "--workers", "3", "--threads", "8"])
+    expected = webserver.granian_argv(bind="0.0.0.0:9000", workers=3, threads=8)
+    assert calls == [(expected[0], expected)]
+    printed = subprocess.run(
+        [sys.executable, "-m", "mlsite.webserver", "--print"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert shlex.split(printed.stdout) == webserver.granian_argv()  # the defaults: 127.0.0.1:8000, 2 × 16
+
+
+def test_the_image_compose_and_make_run_all_start_the_web_from_mlsite_webserver():
+    """One source for granian's flags: no copy of them in the Dockerfile, compose or runstack."""
+    import json
+
+    [image] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
+    assert image == SERVICES["web"]["command"] == ["python", "-m", "mlsite.webserver", "--bind", "0.0.0.0:8000"]
+    local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)["web"]
+    assert local == [
+        sys.executable,
+        "-m",
+        "mlsite.webserver",
+        *("--bind", "127.0.0.1:8000", "--workers", "2", "--threads", "16"),
+    ]
+    for path in ("Dockerfile", "docker-compose.yml", "predictions/management/commands/runstack.py"):
+        assert "--blocking-threads" not in (ROOT / path).read_text(), path
+
+
+def test_make_run_s_web_defaults_are_the_web_server_s():
+    from predictions.management.commands.runstack import Command
+
+    options = Command().create_parser("manage.py", "runstack").parse_args([])
+    assert (options.bind, options.web_workers, options.web_threads) == ("127.0.0.1:8000", 2, 16)
+    assert (webserver.DEFAULT_BIND, webserver.DEFAULT_WORKERS, webserver.DEFAULT_THREADS) == ("127.0.0.1:8000", 2, 16)
 
 
 def test_check_deploy_passes_with_the_production_settings_from_the_environment():
@@ -180,14 +325,6 @@ def test_every_setting_read_from_the_environment_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert len(names) > 20
     assert sorted(name for name in names if f"`{name}`" not in readme) == []
-
-
-def test_the_image_s_default_command_is_the_web_service_s():
-    """`docker run` of the image alone starts the same web server as compose and `make run`."""
-    import json
-
-    [command] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
-    assert command == SERVICES["web"]["command"]
 
 
 @pytest.mark.django_db  # the whole WSGI app: request_started/finished check the database connection

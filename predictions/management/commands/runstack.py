@@ -12,53 +12,14 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-
-def web_command(*, bind: str, web_workers: int, web_threads: int) -> list[str]:
-    """granian serving the WSGI app: `web_workers` processes, each running requests on `web_threads` threads.
-
-    granian parses HTTP in Rust, outside the GIL; gunicorn's gthread loop, in Python, took about a
-    third of the web's CPU (README, Throughput). It keeps no access log: Django writes one JSON line
-    per request, with its request id (mlsite/middleware.py). Request line and headers together are
-    capped at 16 KiB (the app answers a URL over MAX_URL_BYTES with its own JSON 414); idle request
-    threads are kept 10 minutes (the most granian allows), with their database connections. A
-    worker process that dies is started again, unless it dies again within about 5 seconds: then
-    granian exits, runstack stops the stack, and docker-compose restarts the container.
-    A request with ?wait holds its thread while it waits, and connections need not spread evenly
-    over the processes: 16 threads a process (the default) let one process hold 16 waiting clients
-    (README, Throughput, item 27).
-    """
-    host, _, port = bind.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    return [
-        os.path.join(os.path.dirname(sys.executable), "granian"),
-        "--interface",
-        "wsgi",
-        "--host",
-        "127.0.0.1" if host == "localhost" else host,  # granian takes an address, not a name
-        "--port",
-        port,
-        "--workers",
-        str(web_workers),
-        "--blocking-threads",
-        str(web_threads),
-        "--no-ws",
-        "--http1-buffer-size",
-        "16384",
-        "--blocking-threads-idle-timeout",
-        "600",
-        "--respawn-failed-workers",
-        "--workers-kill-timeout",
-        "10",
-        "mlsite.wsgi:application",
-    ]
+from mlsite import webserver
 
 
 def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str, list[str]]:
-    """The three processes, as the README and docker-compose.yml run them."""
-    python = sys.executable
-    bin_dir = os.path.dirname(python)
+    """The three processes, as docker-compose.yml runs them; the web is mlsite/webserver.py, as in the image."""
+    bin_dir = os.path.dirname(sys.executable)
     return {
-        "web": web_command(bind=bind, web_workers=web_workers, web_threads=web_threads),
+        "web": webserver.command(bind=bind, workers=web_workers, threads=web_threads),
         "worker": [
             os.path.join(bin_dir, "celery"),
             "-A",
@@ -86,9 +47,9 @@ class Command(BaseCommand):
     help = "Run web (granian), worker and beat together until Ctrl-C."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--bind", default="127.0.0.1:8000")
-        parser.add_argument("--web-workers", type=int, default=2)
-        parser.add_argument("--web-threads", type=int, default=16)
+        parser.add_argument("--bind", default=webserver.DEFAULT_BIND, help="the web server's HOST:PORT")
+        parser.add_argument("--web-workers", type=int, default=webserver.DEFAULT_WORKERS, help="web server processes")
+        parser.add_argument("--web-threads", type=int, default=webserver.DEFAULT_THREADS, help="threads a web process")
 
     def handle(self, *args, bind: str, web_workers: int, web_threads: int, **options) -> None:
         from predictions.monitoring import metrics_dir_reset
