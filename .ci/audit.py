@@ -67,7 +67,7 @@ def judge(report: dict, *, strict: bool) -> int:
     if skipped and not audited:
         print(
             "NOT AUDITED: the vulnerability service answered for none of the packages, so no vulnerability "
-            "check happened (see README, Audit)."
+            "check happened (see docs/operations.md, Audit)."
         )
     if vulnerable:
         print(f"FAILED: {len(vulnerable)} package(s) with known vulnerabilities; upgrade to a fixed release.")

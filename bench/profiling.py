@@ -1,4 +1,4 @@
-"""`make profile`: the measurements behind the throughput settings (README, Throughput).
+"""`make profile`: the measurements behind the throughput settings (docs/performance.md, Where the time goes).
 
 1. The model alone, in this process, on the SST-2 dev sentences: torch threads × how texts reach
    it (sorted over the whole set, as RAW; in arrival order, a few at a time, as a service sees

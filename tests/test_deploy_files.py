@@ -1,5 +1,6 @@
 """docker-compose.yml, the Dockerfile and the requirements files: valid, healthy start order, non-root, one web
-server command (mlsite/webserver.py) everywhere, the image installing only what the app imports."""
+server command (mlsite/webserver.py) everywhere, the image installing only what the app imports, and the commands
+docs/operations.md shows."""
 
 from __future__ import annotations
 
@@ -208,13 +209,19 @@ def _normalised(command: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("service", ["worker", "beat"])
-def test_compose_runs_the_same_worker_and_beat_commands_as_make_run_and_the_readme(service, settings):
+def test_compose_runs_the_same_worker_and_beat_commands_as_make_run_and_the_docs(service, settings):
     settings.CELERY_TASK_DEFAULT_QUEUE = "predictions"  # the default; tests run on a queue of their own
     local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)[service]
     assert _normalised(SERVICES[service]["command"]) == _normalised(local)
-    readme = (ROOT / "README.md").read_text()
+    operations = (ROOT / "docs" / "operations.md").read_text()
     shown = " ".join(_normalised(local)).replace("<host>", "127.0.0.1").replace("<schedule>", "var/celerybeat-schedule")
-    assert shown in readme, f"README does not show: {shown}"
+    assert shown in operations, f"docs/operations.md does not show: {shown}"
+
+
+def test_the_docs_show_make_run_s_web_command():
+    local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)["web"]
+    shown = " ".join(_normalised(local))
+    assert shown in (ROOT / "docs" / "operations.md").read_text(), f"docs/operations.md does not show: {shown}"
 
 
 def test_the_web_server_runs_granian_with_every_flag_of_the_deployed_command():
@@ -317,14 +324,14 @@ def test_a_bad_setting_value_stops_start_up_naming_the_variable():
     assert result.returncode != 0 and "API_BATCH_MAX_TEXTS='lots': expected an integer" in result.stderr
 
 
-def test_every_setting_read_from_the_environment_is_documented_in_the_readme():
+def test_every_setting_read_from_the_environment_is_documented_in_the_configuration_page():
     import re
 
     settings_source = (ROOT / "mlsite" / "settings.py").read_text()
     names = set(re.findall(r'env_(?:str|int|bool|list|models|choice|rate)\(\s*"([A-Z0-9_]+)"', settings_source))
-    readme = (ROOT / "README.md").read_text()
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
     assert len(names) > 20
-    assert sorted(name for name in names if f"`{name}`" not in readme) == []
+    assert sorted(name for name in names if f"`{name}`" not in configuration) == []
 
 
 @pytest.mark.django_db  # the whole WSGI app: request_started/finished check the database connection

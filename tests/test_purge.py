@@ -6,6 +6,7 @@ import io
 import json
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -69,10 +70,11 @@ def test_delete_removes_old_finished_rows_with_history_reviews_and_emptied_batch
         "cache_keys": 4,  # three texts under the served version, and the old text under its history's "v0"
         "unfinished_left": 1,
     }
-    assert line == (  # the example in the README
+    assert line == (  # the example in docs/operations.md
         "deleted 3 finished prediction(s) created more than 30 day(s) ago (1 earlier result(s), 1 review(s), "
         "1 emptied batch(es)); 4 result-cache key(s) cleared; 1 queued or running left alone."
     )
+    assert line in (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
 
 
 @needs_redis
