@@ -86,8 +86,8 @@ class ReviewForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         labels = list((self.instance.scores or {}).keys())
         if not labels:
-            from predictions.inference import ModelLoadError
             from predictions.registry import model_exists, model_info_get
+            from textclf import ModelLoadError
 
             if model_exists(self.instance.model_name):
                 try:

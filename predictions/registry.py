@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from functools import cache
+from pathlib import Path
 
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+# The models this app ships, one directory each: what a `bundled:NAME` source in MLSITE_MODELS names.
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "bundled_models"
 
 
 class UnknownModel(KeyError):
@@ -37,9 +41,9 @@ _lock = threading.Lock()
 
 @cache
 def _classifier(name: str, source: str, device: str, int8: bool, packed: bool):
-    from predictions.inference.loading import classifier_load
+    from textclf.serving.loading import classifier_load
 
-    return classifier_load(name, source, device=device, int8=int8, packed=packed)
+    return classifier_load(name, source, bundled_dir=BUNDLED_MODELS_DIR, device=device, int8=int8, packed=packed)
 
 
 def classifier_get(name: str):
@@ -75,9 +79,9 @@ def model_version(name: str) -> str:
 
 @cache
 def _info(source: str):
-    from predictions.inference.loading import model_info
+    from textclf.serving.loading import model_info
 
-    return model_info(source)
+    return model_info(source, bundled_dir=BUNDLED_MODELS_DIR)
 
 
 def registry_clear() -> None:

@@ -385,7 +385,7 @@ def _wakeup_send() -> None:
 def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[str, int]:
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from predictions.inference import ModelLoadError
+    from textclf import ModelLoadError
 
     try:
         classifier = classifier_get(model_name)
@@ -889,8 +889,8 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
 
 def _version_or_blank(model_name: str) -> str:
     """The model's version, or "" if its files can't be read now (the worker then fails the row, saying why)."""
-    from predictions.inference import ModelLoadError
     from predictions.registry import UnknownModel
+    from textclf import ModelLoadError
 
     try:
         return model_version(model_name)

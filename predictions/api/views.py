@@ -268,7 +268,7 @@ class BatchDetailView(generics.RetrieveAPIView):
 class ModelListView(APIView):
     @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **READ_ERRORS})
     def get(self, request: Request) -> Response:
-        from predictions.inference import ModelLoadError
+        from textclf import ModelLoadError
 
         described = []
         for name in model_names():

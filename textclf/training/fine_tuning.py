@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
-from .classifier import MeanPooledClassifier
-from .datasets import Example
-from .evaluation import gold_matrix
-from .loading import ADAPTER_FILE, ADAPTER_FORMAT
-from .lora import lora_attach, lora_state_dict
-from .metrics import accuracy, multilabel_scores, thresholds_tune
-from .types import ModelKind
+from textclf.serving.base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
+from textclf.serving.classifier import MeanPooledClassifier
+from textclf.serving.loading import ADAPTER_FILE, ADAPTER_FORMAT
+from textclf.training.datasets import Example
+from textclf.training.evaluation import gold_matrix
+from textclf.training.lora import lora_attach, lora_state_dict
+from textclf.training.metrics import accuracy, multilabel_scores, thresholds_tune
+from textclf.types import ModelKind
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The padding-free forward pass (predictions/inference/packed.py) against the padded one, through
-the real loading code: the bundled adapter over the real MiniLM encoder, and tiny random BERTs."""
+"""The padding-free forward pass (textclf/serving/packed.py) against the padded one, through
+the real loading code: a bundled (trained) adapter over the real MiniLM encoder, and tiny random BERTs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from predictions.inference.loading import classifier_load
-from predictions.inference.packed import PackedBatch, bert_packed_hidden
+from textclf.serving.loading import classifier_load
+from textclf.serving.packed import PackedBatch, bert_packed_hidden
 
 # One word to far past max_length (truncated), so a batch pads some texts by dozens of tokens.
 TEXTS = [
@@ -31,8 +31,8 @@ def both(name: str, source: str, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def bundled_sentiment():
-    return both("sentiment", "bundled:sentiment")
+def bundled_sentiment(trained_models_dir):
+    return both("sentiment", "bundled:sentiment", bundled_dir=trained_models_dir)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
@@ -71,9 +71,9 @@ def test_every_token_gets_the_hidden_state_the_padded_encoder_gives_it(bundled_s
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment):
+def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment, trained_models_dir):
     fp32, _ = bundled_sentiment
-    packed, padded = both("sentiment", "bundled:sentiment", int8=True)
+    packed, padded = both("sentiment", "bundled:sentiment", bundled_dir=trained_models_dir, int8=True)
     # One text has no padding: both paths quantize the same activations.
     for text in TEXTS[:3]:
         assert torch.allclose(packed.logits([text]), padded.logits([text]), atol=1e-4)
@@ -128,18 +128,6 @@ def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir, tm
     classifier = classifier_load("d", f"path:{directory}", device="cpu")
     assert not classifier.packed
     assert len(classifier.predict(["good film", "bad plot and awful acting"], batch_size=2)) == 2
-
-
-def test_the_setting_turns_packing_off(settings):
-    from predictions.registry import classifier_get, registry_clear
-
-    registry_clear()
-    try:
-        assert classifier_get("sentiment").packed
-        settings.INFERENCE_PACKED = False
-        assert not classifier_get("sentiment").packed
-    finally:
-        registry_clear()
 
 
 def test_a_packed_batch_finds_every_token_again():

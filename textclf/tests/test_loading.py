@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from predictions.inference import ModelKind, ModelLoadError
-from predictions.inference.checksum import file_sha256
-from predictions.inference.loading import classifier_load, model_info, source_parse
+import textclf
+from textclf import ModelKind, ModelLoadError
+from textclf.serving.checksum import file_sha256
+from textclf.serving.loading import classifier_load, model_info, source_parse
 
 
 def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment_dir):
@@ -45,6 +49,27 @@ def test_a_multi_label_checkpoint_uses_sigmoid_and_its_thresholds(tiny_emotions_
     assert len(result.scores) == 4
     assert sum(result.scores.values()) != pytest.approx(1.0)  # independent sigmoids, not a softmax
     assert result.labels == ["joy"]  # only joy's threshold can be met
+
+
+def test_a_bundled_source_reads_the_directory_the_caller_names_and_needs_one(tiny_sentiment_dir):
+    source = f"bundled:{tiny_sentiment_dir.name}"
+    assert model_info(source, bundled_dir=tiny_sentiment_dir.parent) == model_info(f"path:{tiny_sentiment_dir}")
+    assert classifier_load("s", source, bundled_dir=tiny_sentiment_dir.parent, device="cpu").source == source
+    with pytest.raises(ModelLoadError, match="no directory of bundled models"):
+        model_info(source)
+
+
+def test_errors_types_and_model_info_cost_no_torch(tiny_sentiment_dir):
+    """A web process reads a model's version and labels without importing torch or transformers."""
+    code = (
+        "import sys, textclf, textclf.serving, textclf.serving.loading as loading; "
+        f"loading.model_info({f'path:{tiny_sentiment_dir}'!r}); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    importable_from = Path(textclf.__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=importable_from)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_a_hub_id_goes_through_the_hub_client_and_fails_clearly_offline(monkeypatch):

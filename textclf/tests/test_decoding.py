@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from predictions.inference import ModelKind
-from predictions.inference.decoding import logits_decode
-from predictions.inference.metrics import multilabel_scores, thresholds_tune
+from textclf import ModelKind
+from textclf.serving.decoding import logits_decode
+from textclf.training.metrics import multilabel_scores, thresholds_tune
 
 
 def test_single_label_scores_are_a_softmax_and_the_top_one_is_the_label():

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .decoding import logits_decode
-from .packed import PackedBatch, bert_packable, bert_packed_hidden
-from .types import LabelScores, ModelKind
+from textclf.serving.decoding import logits_decode
+from textclf.serving.packed import PackedBatch, bert_packable, bert_packed_hidden
+from textclf.types import LabelScores, ModelKind
 
 
 class MeanPooledClassifier(nn.Module):
@@ -32,7 +32,7 @@ class MeanPooledClassifier(nn.Module):
         return bert_packable(self.encoder)
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
-        """The same logits as forward(), from unpadded texts (predictions/inference/packed.py)."""
+        """The same logits as forward(), from unpadded texts (textclf/serving/packed.py)."""
         return self.head(self.dropout(batch.mean(bert_packed_hidden(self.encoder, batch))))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from predictions.inference import DatasetFormatError
-from predictions.inference.datasets import goemotions_read, sst2_read
+from textclf import DatasetFormatError
+from textclf.training.datasets import goemotions_read, sst2_read
 
 
 def test_sst2_rows_are_read_with_their_labels(tmp_path):

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from predictions.inference import ChecksumMismatch, ModelKind
-from predictions.inference.base_encoder import base_encoder_load
-from predictions.inference.classifier import MeanPooledClassifier
-from predictions.inference.datasets import Example
-from predictions.inference.loading import adapter_metadata, classifier_load, model_info
-from predictions.inference.lora import lora_attach
-from predictions.inference.training import TrainConfig, adapter_write, model_train
+from textclf import ChecksumMismatch, ModelKind
+from textclf.serving.base_encoder import base_encoder_load
+from textclf.serving.classifier import MeanPooledClassifier
+from textclf.serving.loading import adapter_metadata, classifier_load, model_info
+from textclf.training.datasets import Example
+from textclf.training.fine_tuning import TrainConfig, adapter_write, model_train
+from textclf.training.lora import lora_attach
 
 
 @pytest.fixture(scope="module")

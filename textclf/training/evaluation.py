@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .classifier import TextClassifier
-from .datasets import Example
-from .metrics import accuracy, multilabel_scores
-from .types import ModelKind
+from textclf.serving.classifier import TextClassifier
+from textclf.training.datasets import Example
+from textclf.training.metrics import accuracy, multilabel_scores
+from textclf.types import ModelKind
 
 
 def gold_matrix(examples: Sequence[Example], n_labels: int) -> torch.Tensor:

