@@ -56,9 +56,10 @@ profile: install  ## what the model costs by thread count and arrival order, one
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test-app PYTEST_ARGS="tests/test_admin_browser.py"
 
-lint: install
+lint: install  ## ruff, then the import contracts in pyproject.toml (textclf imports no Django, serving no training)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff check --fix .
