@@ -56,14 +56,15 @@ profile: install  ## what the model costs by thread count and arrival order, one
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test-app PYTEST_ARGS="tests/test_admin_browser.py"
 
-lint: install  ## ruff, then the import contracts in pyproject.toml (textclf imports no Django, serving no training)
+lint: install  ## ruff; the import contracts in pyproject.toml (textclf imports no Django, serving no training); mypy --strict on textclf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy textclf
 
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -49,12 +49,12 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def tiny_bert_save(directory: Path, *, labels: list[str], multi_label: bool = False, seed: int = 0) -> Path:
     """A 2-layer, 32-wide random BERT classifier with its tokenizer, saved like a hub checkpoint."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = directory / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab_file=str(vocab), do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),
@@ -63,7 +63,6 @@ def tiny_bert_save(directory: Path, *, labels: list[str], multi_label: bool = Fa
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=128,
-        num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",

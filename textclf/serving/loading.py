@@ -69,14 +69,15 @@ def _weights_file(directory: Path) -> Path | None:
     return next((directory / f for f in (ADAPTER_FILE, *HF_WEIGHT_FILES) if (directory / f).is_file()), None)
 
 
-def safetensors_metadata(path: Path) -> dict:
+def safetensors_metadata(path: Path) -> dict[str, str]:
     """The __metadata__ of a safetensors file, read from its JSON header (no tensor is loaded)."""
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         if length > 100 * 1024 * 1024:
             raise ModelLoadError(f"{path}: not a safetensors file")
         header = json.loads(handle.read(length))
-    return header.get("__metadata__") or {}
+    metadata: dict[str, str] = header.get("__metadata__") or {}
+    return metadata
 
 
 def model_info(source: str, *, bundled_dir: Path | None = None) -> ModelInfo:
@@ -132,11 +133,11 @@ def _placed(classifier: TextClassifier, *, device: str | None, int8: bool, packe
         classifier.int8 = True
     classifier.network.to(target)
     classifier.device = target
-    classifier.packed = packed and getattr(classifier.network, "packable", lambda: False)()
+    classifier.packed = packed and classifier.network.packable()
     return classifier
 
 
-def adapter_metadata(path: Path) -> dict:
+def adapter_metadata(path: Path) -> dict[str, str]:
     metadata = safetensors_metadata(path)
     if metadata.get("format") != ADAPTER_FORMAT:
         raise ModelLoadError(f"{path} is not an {ADAPTER_FORMAT} file (format={metadata.get('format')!r})")

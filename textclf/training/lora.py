@@ -29,13 +29,15 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T
-        return self.base(x) + update * self.scale
+        dropped: torch.Tensor = self.dropout(x)
+        update = (dropped @ self.lora_A.T) @ self.lora_B.T
+        base: torch.Tensor = self.base(x)
+        return base + update * self.scale
 
 
-def _target_names(model: nn.Module) -> list[str]:
+def _targets(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [
-        name
+        (name, module)
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_SUFFIXES
     ]
@@ -51,11 +53,10 @@ def lora_attach(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0
     """Freeze the model and wrap every target linear layer; returns the wrapped names."""
     for parameter in model.parameters():
         parameter.requires_grad = False
-    names = _target_names(model)
-    for name in names:
-        base = model.get_submodule(name)
+    targets = _targets(model)
+    for name, base in targets:
         _set_submodule(model, name, LoRALinear(base, rank=rank, alpha=alpha, dropout=dropout))
-    return names
+    return [name for name, _ in targets]
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from textclf.serving.base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256
+from textclf.training.evaluation import EvaluationResult
 from textclf.training.fine_tuning import TrainConfig, TrainResult
 
 
@@ -17,8 +18,8 @@ def model_card_write(
     result: TrainResult,
     dataset: str,
     command: str,
-    metrics: dict,
-    metrics_int8: dict,
+    metrics: EvaluationResult,
+    metrics_int8: EvaluationResult,
     environment: str,
 ) -> Path:
     hyper = {k: v for k, v in asdict(config).items() if k not in ("labels", "kind", "name", "extra")}

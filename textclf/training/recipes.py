@@ -17,7 +17,7 @@ class Recipe:
     name: str
     kind: ModelKind
     dataset: str
-    defaults: dict = field(default_factory=dict)
+    defaults: dict[str, int | float] = field(default_factory=dict)
 
     def labels(self, datasets_dir: Path) -> list[str]:
         if self.dataset == "sst2":
