@@ -52,12 +52,13 @@ def tiny_bert_save(directory: Path, *, labels: list[str], multi_label: bool = Fa
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(vocab), do_lower_case=True)
+    tokens = SPECIAL + WORDS
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    # transformers 5's BertTokenizer takes the vocabulary itself: given only vocab_file, it knows the special tokens alone.
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(SPECIAL) + len(WORDS),
+        vocab_size=len(tokens),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,

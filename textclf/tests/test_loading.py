@@ -31,6 +31,13 @@ def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment
         assert batched.scores == pytest.approx(classifier.predict([text])[0].scores, abs=1e-4)
 
 
+def test_a_tiny_model_s_tokenizer_knows_its_words_and_nothing_else(tiny_sentiment_dir: Path) -> None:
+    tokenizer = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu").tokenizer
+    known, unknown = tokenizer(["Good film", "zebra"])["input_ids"]
+    assert tokenizer.unk_token_id not in known and len(set(known)) == 4  # [CLS] good film [SEP]
+    assert unknown[1:-1] == [tokenizer.unk_token_id]
+
+
 def test_the_version_is_the_weight_file_hash_and_info_needs_no_model_load(tiny_sentiment_dir: Path) -> None:
     info = model_info(f"path:{tiny_sentiment_dir}")
     assert info.version == file_sha256(tiny_sentiment_dir / "model.safetensors")[:12]
