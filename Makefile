@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint format migrate clean screenshots bench profile audit soak fuzz
+.PHONY: install run test test-ml test-app lint format migrate clean screenshots bench profile audit soak fuzz
 
 install: $(STAMP)
 
@@ -26,12 +26,17 @@ run: migrate
 	$(PY) manage.py bootstrap_demo
 	$(PY) manage.py runstack
 
-test: install
+test: test-ml test-app  ## textclf's tests without Django, then the app's
+
+test-ml: install  ## textclf's tests alone, with the Django plugin off: they pass only if textclf needs no Django
+	$(PY) -m pytest -p no:django textclf/tests $(ML_PYTEST_ARGS)
+
+test-app: install  ## the app's tests on the real services; PYTEST_ARGS="tests/test_commands.py -x" in place of tests/
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	CELERY_QUEUE=$${CELERY_QUEUE:-mlsite-test} \
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(or $(PYTEST_ARGS),tests)
 
 bench: install  ## the service under load against the raw model; BENCH_ARGS="--seconds 10 --clients 1,16 --int8"
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -49,15 +54,17 @@ profile: install  ## what the model costs by thread count and arrival order, one
 	$(PY) bench/profiling.py $(PROFILE_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
-	SCREENSHOTS_DIR=docs $(MAKE) test PYTEST_ARGS="tests/test_admin_browser.py"
+	SCREENSHOTS_DIR=docs $(MAKE) test-app PYTEST_ARGS="tests/test_admin_browser.py"
 
-lint: install
+lint: install  ## ruff; the import contracts in pyproject.toml (textclf imports no Django, serving no training); mypy --strict on textclf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy textclf
 
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

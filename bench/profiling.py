@@ -33,11 +33,14 @@ from bench.run import sst2_texts, unique_texts  # noqa: E402
 def model_grid(datasets_dir: Path) -> None:
     import torch
 
-    from predictions.inference.loading import classifier_load
+    from predictions.registry import BUNDLED_MODELS_DIR
+    from textclf.serving.loading import classifier_load
 
     texts = unique_texts(sst2_texts(datasets_dir), 872, "p")
     classifiers = {
-        packed: classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=False, packed=packed)
+        packed: classifier_load(
+            "sentiment", "bundled:sentiment", bundled_dir=BUNDLED_MODELS_DIR, device="cpu", int8=False, packed=packed
+        )
         for packed in (False, True)
     }
     for classifier in classifiers.values():

@@ -248,10 +248,13 @@ class Raw:
     def __init__(self, texts: list[str], *, int8: bool, packed: bool, batch_size: int, repeats: int = 2) -> None:
         import torch
 
-        from predictions.inference.loading import classifier_load
+        from predictions.registry import BUNDLED_MODELS_DIR
+        from textclf.serving.loading import classifier_load
 
         torch.set_num_threads(os.cpu_count() or 1)
-        self.classifier = classifier_load("sentiment", "bundled:sentiment", device="cpu", int8=int8, packed=packed)
+        self.classifier = classifier_load(
+            "sentiment", "bundled:sentiment", bundled_dir=BUNDLED_MODELS_DIR, device="cpu", int8=int8, packed=packed
+        )
         self.classifier.predict(texts[:64])  # warm-up
         self.texts, self.batch_size, self.repeats = texts, batch_size, repeats
         self.measurements: list[float] = []

@@ -28,6 +28,7 @@ from predictions.registry import model_exists, model_info_get
 from predictions.selectors import reprocess_summary
 from predictions.services.reprocess import predictions_rerun
 from predictions.services.review import prediction_review, predictions_mark_reviewed
+from textclf import ModelLoadError
 
 EXPORT_COLUMNS = [
     ("id", "id"),
@@ -89,14 +90,11 @@ class ReviewForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         labels = list((self.instance.scores or {}).keys())
-        if not labels:
-            from predictions.inference import ModelLoadError
-
-            if model_exists(self.instance.model_name):
-                try:
-                    labels = model_info_get(self.instance.model_name).labels
-                except (ModelLoadError, OSError):
-                    labels = []
+        if not labels and model_exists(self.instance.model_name):
+            try:
+                labels = model_info_get(self.instance.model_name).labels
+            except (ModelLoadError, OSError):
+                labels = []
         self.fields["corrected_label"].choices = [("", "— model is right / no correction —")] + [(x, x) for x in labels]
 
 

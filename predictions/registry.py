@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import threading
 from functools import cache
+from pathlib import Path
 
 from django.conf import settings
 
-from predictions.inference import ModelLoadError
+from textclf import ModelLoadError
 
 logger = logging.getLogger(__name__)
+
+# The models this app ships, one directory each: what a `bundled:NAME` source in MLSITE_MODELS names.
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "bundled_models"
 
 
 class UnknownModel(KeyError):
@@ -39,9 +43,9 @@ _lock = threading.Lock()
 
 @cache
 def _classifier(name: str, source: str, device: str, int8: bool, packed: bool):
-    from predictions.inference.loading import classifier_load
+    from textclf.serving.loading import classifier_load
 
-    return classifier_load(name, source, device=device, int8=int8, packed=packed)
+    return classifier_load(name, source, bundled_dir=BUNDLED_MODELS_DIR, device=device, int8=int8, packed=packed)
 
 
 def classifier_get(name: str):
@@ -86,9 +90,9 @@ def model_version_or_blank(name: str) -> str:
 
 @cache
 def _info(source: str):
-    from predictions.inference.loading import model_info
+    from textclf.serving.loading import model_info
 
-    return model_info(source)
+    return model_info(source, bundled_dir=BUNDLED_MODELS_DIR)
 
 
 def registry_clear() -> None:

@@ -7,12 +7,9 @@ import os
 
 import pytest
 
-from tests.factories import tiny_bert_save
+from textclf.testing import TINY_EMOTION_LABELS, TINY_SENTIMENT_LABELS, tiny_bert_save
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-TINY_SENTIMENT_LABELS = ["negative", "positive"]
-TINY_EMOTION_LABELS = ["joy", "anger", "fear", "neutral"]
 
 
 @pytest.fixture(scope="session")

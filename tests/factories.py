@@ -1,9 +1,10 @@
-"""Tiny models the tests build themselves, and small helpers for users and rows."""
+"""Tiny models the tests build themselves (textclf.testing builds them), and a cache that is down."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from textclf.testing import tiny_bert_save
+
+__all__ = ["DEAD_REDIS", "tiny_bert_save"]
 
 # A cache that is down: the Redis backend pointed at a port nothing listens on, with short timeouts.
 DEAD_REDIS = {
@@ -13,70 +14,3 @@ DEAD_REDIS = {
         "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
     }
 }
-
-WORDS = [
-    "good",
-    "great",
-    "gorgeous",
-    "witty",
-    "film",
-    "movie",
-    "bad",
-    "awful",
-    "boring",
-    "dull",
-    "plot",
-    "acting",
-    "love",
-    "hate",
-    "the",
-    "a",
-    "an",
-    "is",
-    "was",
-    "not",
-    "very",
-    "so",
-    "and",
-    "but",
-    "it",
-    "this",
-    "that",
-    "happy",
-    "sad",
-    "angry",
-    "joy",
-    "fear",
-    "surprise",
-]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def tiny_bert_save(directory: Path, *, labels: list[str], multi_label: bool = False, seed: int = 0) -> Path:
-    """A 2-layer, 32-wide random BERT classifier with its tokenizer, saved like a hub checkpoint."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(SPECIAL) + len(WORDS),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
-    )
-    model = BertForSequenceClassification(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    if multi_label:
-        (directory / "thresholds.json").write_text(json.dumps({label: 0.5 for label in labels}))
-    return directory

@@ -295,7 +295,7 @@ def test_results_are_stored_in_one_statement_with_their_types(owner, django_asse
     from django.db import connection
     from django.utils import timezone
 
-    from predictions.inference import LabelScores
+    from textclf import LabelScores
 
     rows = queued(owner, "good film", "bad film", "so-so film")
     claimed = worker.predictions_claim([r.pk for r in rows], task_id="t-store", limit=10, others=False)

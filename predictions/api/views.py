@@ -22,13 +22,13 @@ from predictions.api.serializers import (
     WaitQuerySerializer,
     prediction_input_fast,
 )
-from predictions.inference import ModelLoadError
 from predictions.memos import memo
 from predictions.middleware import MAX_URL_BYTES
 from predictions.models import Batch, IdempotencyEndpoint, Prediction
 from predictions.registry import model_info_get, model_names
 from predictions.selectors import batches_visible_to, predictions_filter, predictions_visible_to
 from predictions.services import submission, waiting
+from textclf import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from predictions.cache import CACHED_FIELDS, result_cache_set_many
-from predictions.inference import ModelLoadError
 from predictions.memos import memo
 from predictions.models import Prediction, PredictionStatus
 from predictions.monitoring import forward_pass_observe, prediction_finished_observe
@@ -24,6 +23,7 @@ from predictions.registry import classifier_get
 from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
 from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
+from textclf import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

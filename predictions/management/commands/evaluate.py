@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from predictions.registry import UnknownModel, model_exists
+from predictions.registry import BUNDLED_MODELS_DIR, UnknownModel, model_exists
 
 
 class Command(BaseCommand):
@@ -25,10 +25,10 @@ class Command(BaseCommand):
         parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: INFERENCE_DEVICE)")
 
     def handle(self, *args, model: str, path: Path, batch_size: int, int8: bool, device: str | None, **options) -> None:
-        from predictions.inference import DatasetFormatError, ModelLoadError
-        from predictions.inference.evaluation import classifier_evaluate
-        from predictions.inference.loading import classifier_load
-        from predictions.inference.recipes import dataset_reader
+        from textclf import DatasetFormatError, ModelLoadError
+        from textclf.serving.loading import classifier_load
+        from textclf.training.evaluation import classifier_evaluate
+        from textclf.training.recipes import dataset_reader
 
         if not model_exists(model):
             raise CommandError(str(UnknownModel(model)))
@@ -39,7 +39,12 @@ class Command(BaseCommand):
         device = "cpu" if int8 else (device or settings.INFERENCE_DEVICE)
         try:
             classifier = classifier_load(
-                model, settings.MLSITE_MODELS[model], device=device, int8=int8, packed=settings.INFERENCE_PACKED
+                model,
+                settings.MLSITE_MODELS[model],
+                bundled_dir=BUNDLED_MODELS_DIR,
+                device=device,
+                int8=int8,
+                packed=settings.INFERENCE_PACKED,
             )
             examples = dataset_reader(classifier.kind, n_labels=len(classifier.labels))(path)
         except (DatasetFormatError, ModelLoadError) as exc:

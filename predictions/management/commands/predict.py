@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", dest="as_json", help="one JSON object per text")
 
     def handle(self, *args, model: str, texts: list[str], top: int, as_json: bool, **options) -> None:
-        from predictions.inference import ModelLoadError
+        from textclf import ModelLoadError
 
         if not model_exists(model):
             raise CommandError(str(UnknownModel(model)))

@@ -29,12 +29,13 @@ class Command(BaseCommand):
         import torch
         from tqdm import tqdm
 
-        from predictions.inference.classifier import device_resolve
-        from predictions.inference.evaluation import classifier_evaluate
-        from predictions.inference.loading import BUNDLED_DIR, classifier_load
-        from predictions.inference.model_card import model_card_write
-        from predictions.inference.recipes import RECIPES
-        from predictions.inference.training import TrainConfig, model_train
+        from predictions.registry import BUNDLED_MODELS_DIR
+        from textclf.serving.classifier import device_resolve
+        from textclf.serving.loading import classifier_load
+        from textclf.training.evaluation import classifier_evaluate
+        from textclf.training.fine_tuning import TrainConfig, model_train
+        from textclf.training.model_card import model_card_write
+        from textclf.training.recipes import RECIPES
 
         recipe = RECIPES[options["model"]]
         datasets_dir = options["datasets_dir"] or settings.DATASETS_DIR
@@ -62,7 +63,7 @@ class Command(BaseCommand):
             batch_size=options["batch_size"],
             **hyper,
         )
-        out_dir = options["out"] or BUNDLED_DIR / recipe.name
+        out_dir = options["out"] or BUNDLED_MODELS_DIR / recipe.name
         self.stdout.write(
             f"training {recipe.name} on {len(train):,} rows of {train_path.name} ({device}), writing to {out_dir}"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import ChecksumMismatch
+from textclf.errors import ChecksumMismatch
 
 
 def file_sha256(path: Path, *, chunk_size: int = 1 << 20) -> str:

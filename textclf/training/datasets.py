@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DatasetFormatError
+from textclf.errors import DatasetFormatError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Plain data types shared by the inference code and its callers."""
+"""Plain data types shared by serving, training and their callers."""
 
 from __future__ import annotations
 

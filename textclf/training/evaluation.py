@@ -6,10 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .classifier import TextClassifier
-from .datasets import Example
-from .metrics import accuracy, multilabel_scores
-from .types import ModelKind
+from textclf.serving.classifier import TextClassifier
+from textclf.training.datasets import Example
+from textclf.training.metrics import accuracy, multilabel_scores
+from textclf.types import ModelKind
+
+# The evaluate command's JSON object: model, version, n, then the metrics.
+EvaluationResult = dict[str, str | int | float]
 
 
 def gold_matrix(examples: Sequence[Example], n_labels: int) -> torch.Tensor:
@@ -19,10 +22,12 @@ def gold_matrix(examples: Sequence[Example], n_labels: int) -> torch.Tensor:
     return gold
 
 
-def classifier_evaluate(classifier: TextClassifier, examples: Sequence[Example], *, batch_size: int = 64) -> dict:
+def classifier_evaluate(
+    classifier: TextClassifier, examples: Sequence[Example], *, batch_size: int = 64
+) -> EvaluationResult:
     """The evaluate command's JSON: accuracy for single-label, macro/micro-F1 and top-1 for multi-label."""
     logits = classifier.logits([e.text for e in examples], batch_size=batch_size)
-    result: dict = {"model": classifier.name, "version": classifier.version, "n": len(examples)}
+    result: EvaluationResult = {"model": classifier.name, "version": classifier.version, "n": len(examples)}
     if classifier.kind is ModelKind.SINGLE_LABEL:
         gold = torch.tensor([e.label_ids[0] for e in examples])
         result["accuracy"] = round(accuracy(logits.argmax(dim=1), gold), 4)

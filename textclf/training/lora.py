@@ -1,8 +1,7 @@
-"""Low-rank adapters (LoRA) on the encoder's linear layers: trained small, merged at load time.
+"""Low-rank adapters (LoRA) on the encoder's linear layers, for training.
 
-Training wraps each target nn.Linear so only the low-rank factors learn. For serving, the
-factors are folded into the base weights (W + scale * B @ A), so inference costs exactly
-what the plain encoder costs and int8 quantization sees ordinary nn.Linear layers.
+Training wraps each target nn.Linear so only the low-rank factors learn; the factors saved by
+`lora_state_dict` are what serving merges into the base weights (textclf/serving/lora.py).
 """
 
 from __future__ import annotations
@@ -30,13 +29,15 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T
-        return self.base(x) + update * self.scale
+        dropped: torch.Tensor = self.dropout(x)
+        update = (dropped @ self.lora_A.T) @ self.lora_B.T
+        base: torch.Tensor = self.base(x)
+        return base + update * self.scale
 
 
-def _target_names(model: nn.Module) -> list[str]:
+def _targets(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [
-        name
+        (name, module)
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_SUFFIXES
     ]
@@ -52,11 +53,10 @@ def lora_attach(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0
     """Freeze the model and wrap every target linear layer; returns the wrapped names."""
     for parameter in model.parameters():
         parameter.requires_grad = False
-    names = _target_names(model)
-    for name in names:
-        base = model.get_submodule(name)
+    targets = _targets(model)
+    for name, base in targets:
         _set_submodule(model, name, LoRALinear(base, rank=rank, alpha=alpha, dropout=dropout))
-    return names
+    return [name for name, _ in targets]
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,17 +67,3 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             state[f"{name}.lora_A"] = module.lora_A.detach().cpu()
             state[f"{name}.lora_B"] = module.lora_B.detach().cpu()
     return state
-
-
-@torch.no_grad()
-def lora_merge(model: nn.Module, factors: dict[str, torch.Tensor], *, scale: float) -> int:
-    """Fold saved factors into the plain linear layers of a fresh encoder; returns layers merged."""
-    layer_names = sorted({key.rsplit(".", 1)[0] for key in factors})
-    for name in layer_names:
-        linear = model.get_submodule(name)
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"adapter targets {name!r}, which is not a linear layer")
-        a = factors[f"{name}.lora_A"].to(linear.weight.dtype)
-        b = factors[f"{name}.lora_B"].to(linear.weight.dtype)
-        linear.weight += scale * (b @ a)
-    return len(layer_names)

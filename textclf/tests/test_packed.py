@@ -1,15 +1,19 @@
-"""The padding-free forward pass (predictions/inference/packed.py) against the padded one, through
-the real loading code: the bundled adapter over the real MiniLM encoder, and tiny random BERTs."""
+"""The padding-free forward pass (textclf/serving/packed.py) against the padded one, through
+the real loading code: a bundled (trained) adapter over the real MiniLM encoder, and tiny random BERTs."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
+from transformers import BertForSequenceClassification, BertModel
 
-from predictions.inference.loading import classifier_load
-from predictions.inference.packed import PackedBatch, bert_packed_hidden
+from textclf.serving.classifier import MeanPooledClassifier, SequenceClassifierLogits, TextClassifier
+from textclf.serving.loading import classifier_load
+from textclf.serving.packed import PackedBatch, bert_packed_hidden
 
 # One word to far past max_length (truncated), so a batch pads some texts by dozens of tokens.
 TEXTS = [
@@ -23,20 +27,25 @@ TEXTS = [
 ]
 
 
-def both(name: str, source: str, **kwargs):
-    packed = classifier_load(name, source, device="cpu", **kwargs)
-    padded = classifier_load(name, source, device="cpu", packed=False, **kwargs)
+PackedAndPadded = tuple[TextClassifier, TextClassifier]
+
+
+def both(name: str, source: str, *, bundled_dir: Path | None = None, int8: bool = False) -> PackedAndPadded:
+    packed = classifier_load(name, source, bundled_dir=bundled_dir, device="cpu", int8=int8)
+    padded = classifier_load(name, source, bundled_dir=bundled_dir, device="cpu", int8=int8, packed=False)
     assert packed.packed and not padded.packed
     return packed, padded
 
 
 @pytest.fixture(scope="module")
-def bundled_sentiment():
-    return both("sentiment", "bundled:sentiment")
+def bundled_sentiment(trained_models_dir: Path) -> PackedAndPadded:
+    return both("sentiment", "bundled:sentiment", bundled_dir=trained_models_dir)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_the_bundled_model_gives_the_padded_logits_without_padding(bundled_sentiment, batch_size):
+def test_the_bundled_model_gives_the_padded_logits_without_padding(
+    bundled_sentiment: PackedAndPadded, batch_size: int
+) -> None:
     packed, padded = bundled_sentiment
     expected = padded.logits(TEXTS, batch_size=batch_size)
     got = packed.logits(TEXTS, batch_size=batch_size)
@@ -47,19 +56,22 @@ def test_the_bundled_model_gives_the_padded_logits_without_padding(bundled_senti
     assert [r.label for r in packed.predict(TEXTS, batch_size=batch_size)] == [r.label for r in padded.predict(TEXTS)]
 
 
-def test_the_packed_forward_pass_is_the_one_that_runs(bundled_sentiment, monkeypatch):
+def test_the_packed_forward_pass_is_the_one_that_runs(
+    bundled_sentiment: PackedAndPadded, monkeypatch: pytest.MonkeyPatch
+) -> None:
     packed, padded = bundled_sentiment
     expected = padded.logits(TEXTS)
 
-    def refuse(*args, **kwargs):
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
         raise AssertionError("the padded forward pass ran")
 
     monkeypatch.setattr(type(packed.network), "forward", refuse)
     assert torch.allclose(packed.logits(TEXTS), expected, atol=1e-4)
 
 
-def test_every_token_gets_the_hidden_state_the_padded_encoder_gives_it(bundled_sentiment):
+def test_every_token_gets_the_hidden_state_the_padded_encoder_gives_it(bundled_sentiment: PackedAndPadded) -> None:
     packed, _ = bundled_sentiment
+    assert isinstance(packed.network, MeanPooledClassifier) and isinstance(packed.network.encoder, BertModel)
     encoder = packed.network.encoder
     (_, sequences), *_ = packed.chunks(TEXTS, batch_size=len(TEXTS))
     padded = packed.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
@@ -71,9 +83,9 @@ def test_every_token_gets_the_hidden_state_the_padded_encoder_gives_it(bundled_s
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment):
+def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment: PackedAndPadded, trained_models_dir: Path) -> None:
     fp32, _ = bundled_sentiment
-    packed, padded = both("sentiment", "bundled:sentiment", int8=True)
+    packed, padded = both("sentiment", "bundled:sentiment", bundled_dir=trained_models_dir, int8=True)
     # One text has no padding: both paths quantize the same activations.
     for text in TEXTS[:3]:
         assert torch.allclose(packed.logits([text]), padded.logits([text]), atol=1e-4)
@@ -86,12 +98,18 @@ def test_int8_packs_too_and_stays_close_to_fp32(bundled_sentiment):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sentiment_dir", "tiny_emotions_dir"])
-def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(fixture, request):
+def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
     directory = request.getfixturevalue(fixture)
     packed, padded = both("m", f"path:{directory}")
     for classifier in (packed, padded):  # a random tiny model's logits barely differ by text: magnify them
+        network = classifier.network
+        assert isinstance(network, SequenceClassifierLogits) and isinstance(
+            network.model, BertForSequenceClassification
+        )
         with torch.no_grad():
-            classifier.network.model.classifier.weight.mul_(1000)
+            network.model.classifier.weight.mul_(1000)
     texts = ["good film", "awful boring plot and bad acting all the way, not good, so bad", "a", "happy joy"]
     expected = padded.logits(texts)
     assert (expected[0] - expected[1]).abs().max() > 0.01  # rows a mix-up would show
@@ -102,7 +120,7 @@ def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(fixture,
         assert got.scores == pytest.approx(want.scores, abs=1e-3)
 
 
-def test_texts_of_one_length_and_texts_past_the_position_limit(tiny_sentiment_dir):
+def test_texts_of_one_length_and_texts_past_the_position_limit(tiny_sentiment_dir: Path) -> None:
     packed, padded = both("m", f"path:{tiny_sentiment_dir}")
     assert packed.max_length == 128  # the model's 128 positions, not the tokenizer's 512
     same = ["good film", "bad plot", "dull acting"]  # 4 tokens each: a pass without padding
@@ -113,7 +131,7 @@ def test_texts_of_one_length_and_texts_past_the_position_limit(tiny_sentiment_di
     assert torch.allclose(int8.logits(["good film"]), int8_padded.logits(["good film"]), atol=1e-4)
 
 
-def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir, tmp_path):
+def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir: Path, tmp_path: Path) -> None:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     directory = tmp_path / "distil"
@@ -121,33 +139,28 @@ def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir, tm
     for weights in directory.glob("model.safetensors"):
         weights.unlink()
     config = DistilBertConfig(
-        vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=37, max_position_embeddings=128, num_labels=2
+        vocab_size=64,
+        dim=32,
+        n_layers=1,
+        n_heads=2,
+        hidden_dim=37,
+        max_position_embeddings=128,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
     )
-    config.id2label, config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
     DistilBertForSequenceClassification(config).save_pretrained(directory)
     classifier = classifier_load("d", f"path:{directory}", device="cpu")
     assert not classifier.packed
     assert len(classifier.predict(["good film", "bad plot and awful acting"], batch_size=2)) == 2
 
 
-def test_the_setting_turns_packing_off(settings):
-    from predictions.registry import classifier_get, registry_clear
-
-    registry_clear()
-    try:
-        assert classifier_get("sentiment").packed
-        settings.INFERENCE_PACKED = False
-        assert not classifier_get("sentiment").packed
-    finally:
-        registry_clear()
-
-
-def test_a_packed_batch_finds_every_token_again():
+def test_a_packed_batch_finds_every_token_again() -> None:
     batch = PackedBatch.from_ids([[5, 6, 7], [8], [9, 10]])
     assert batch.ids.tolist() == [5, 6, 7, 8, 9, 10]
     assert batch.positions.tolist() == [0, 1, 2, 0, 0, 1]
     assert batch.text_index.tolist() == [0, 0, 0, 1, 2, 2]
     assert batch.starts.tolist() == [0, 3, 4]
+    assert batch.key_mask is not None
     assert batch.key_mask[:, 0, 0].tolist() == [[True, True, True], [True, False, False], [True, True, False]]
     values = torch.arange(12.0).view(6, 2)
     padded = batch.padded(values)

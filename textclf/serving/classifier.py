@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from torch import nn
 
-from .decoding import logits_decode
-from .packed import PackedBatch, bert_packable, bert_packed_hidden
-from .types import LabelScores, ModelKind
+from textclf.serving.decoding import logits_decode
+from textclf.serving.packed import PackedBatch, bert_packable, bert_packed_hidden
+from textclf.types import LabelScores, ModelKind
+
+if TYPE_CHECKING:
+    from transformers import BertForSequenceClassification, BertModel, PreTrainedTokenizerBase
 
 
-class MeanPooledClassifier(nn.Module):
+class ClassifierNetwork(nn.Module):
+    """What a TextClassifier runs: logits from padded token ids, and from a PackedBatch where packable()."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def packable(self) -> bool:
+        return False
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MeanPooledClassifier(ClassifierNetwork):
     """Encoder → mean over real tokens → linear head; the shape all-MiniLM-L6-v2 was trained for."""
 
     def __init__(self, encoder: nn.Module, head: nn.Linear, *, dropout: float = 0.0) -> None:
@@ -23,20 +40,23 @@ class MeanPooledClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden: torch.Tensor = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
+        logits: torch.Tensor = self.head(self.dropout(pooled))
+        return logits
 
     def packable(self) -> bool:
         return bert_packable(self.encoder)
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
-        """The same logits as forward(), from unpadded texts (predictions/inference/packed.py)."""
-        return self.head(self.dropout(batch.mean(bert_packed_hidden(self.encoder, batch))))
+        """The same logits as forward(), from unpadded texts (textclf/serving/packed.py); runs only where packable()."""
+        encoder = cast("BertModel", self.encoder)  # packable() checked that it is one
+        logits: torch.Tensor = self.head(self.dropout(batch.mean(bert_packed_hidden(encoder, batch))))
+        return logits
 
 
-class SequenceClassifierLogits(nn.Module):
+class SequenceClassifierLogits(ClassifierNetwork):
     """Adapts a transformers *ForSequenceClassification model to return bare logits."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -44,7 +64,8 @@ class SequenceClassifierLogits(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits
 
     def packable(self) -> bool:
         from transformers import BertForSequenceClassification
@@ -56,9 +77,12 @@ class SequenceClassifierLogits(nn.Module):
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
         """BertForSequenceClassification's logits from unpadded texts: the pooler reads each [CLS]."""
-        bert = self.model.bert
+        model = cast("BertForSequenceClassification", self.model)  # packable() checked it, and its pooler
+        bert = model.bert
+        assert bert.pooler is not None
         first_tokens = bert_packed_hidden(bert, batch)[batch.starts]
-        return self.model.classifier(self.model.dropout(bert.pooler(first_tokens.unsqueeze(1))))
+        logits: torch.Tensor = model.classifier(model.dropout(bert.pooler(first_tokens.unsqueeze(1))))
+        return logits
 
 
 def device_resolve(device: str | None) -> torch.device:
@@ -68,7 +92,10 @@ def device_resolve(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def quantize_int8(network: nn.Module) -> nn.Module:
+NetworkT = TypeVar("NetworkT", bound=nn.Module)
+
+
+def quantize_int8(network: NetworkT) -> NetworkT:
     """Dynamic int8 quantization of every linear layer (CPU only), with one scale per output channel.
 
     Per-tensor scales cost the 28-label emotions model 1.5 points of macro-F1 on GoEmotions dev;
@@ -76,7 +103,8 @@ def quantize_int8(network: nn.Module) -> nn.Module:
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    return quantize_dynamic(network, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    quantized: NetworkT = quantize_dynamic(network, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    return quantized
 
 
 @dataclass
@@ -87,8 +115,8 @@ class TextClassifier:
     version: str
     labels: list[str]
     kind: ModelKind
-    network: nn.Module
-    tokenizer: Callable
+    network: ClassifierNetwork
+    tokenizer: PreTrainedTokenizerBase
     max_length: int = 128
     thresholds: list[float] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -96,7 +124,7 @@ class TextClassifier:
     packed: bool = False  # run texts unpadded (network.forward_packed); set by loading when the network can
     source: str = ""
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
             "version": self.version,
@@ -131,7 +159,10 @@ class TextClassifier:
         if self.packed:
             return self.network.forward_packed(PackedBatch.from_ids(sequences, self.device))
         padded = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
-        return self.network(**{key: padded[key].to(self.device) for key in ("input_ids", "attention_mask")})
+        logits: torch.Tensor = self.network(
+            **{key: padded[key].to(self.device) for key in ("input_ids", "attention_mask")}
+        )
+        return logits
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> torch.Tensor:
         """Raw logits in input order, shape [len(texts), len(labels)]."""

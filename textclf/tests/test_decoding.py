@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from predictions.inference import ModelKind
-from predictions.inference.decoding import logits_decode
-from predictions.inference.metrics import multilabel_scores, thresholds_tune
+from textclf import ModelKind
+from textclf.serving.decoding import logits_decode
+from textclf.training.metrics import multilabel_scores, thresholds_tune
 
 
-def test_single_label_scores_are_a_softmax_and_the_top_one_is_the_label():
+def test_single_label_scores_are_a_softmax_and_the_top_one_is_the_label() -> None:
     [result] = logits_decode(torch.tensor([[0.0, 2.0]]), labels=["negative", "positive"], kind=ModelKind.SINGLE_LABEL)
     assert result.label == "positive"
     assert result.scores["positive"] == pytest.approx(0.880797, abs=1e-6)
@@ -18,7 +18,7 @@ def test_single_label_scores_are_a_softmax_and_the_top_one_is_the_label():
     assert result.labels == ["positive"]
 
 
-def test_multi_label_keeps_every_label_over_its_own_threshold_best_first():
+def test_multi_label_keeps_every_label_over_its_own_threshold_best_first() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]])  # sigmoids: .881 .5 .269 .731
     [result] = logits_decode(
         logits, labels=["joy", "anger", "fear", "love"], kind=ModelKind.MULTI_LABEL, thresholds=[0.9, 0.5, 0.2, 0.7]
@@ -28,19 +28,19 @@ def test_multi_label_keeps_every_label_over_its_own_threshold_best_first():
     assert result.scores["anger"] == pytest.approx(0.5)
 
 
-def test_a_multi_label_row_may_have_no_label_over_threshold():
+def test_a_multi_label_row_may_have_no_label_over_threshold() -> None:
     [result] = logits_decode(torch.tensor([[-3.0, -2.0]]), labels=["a", "b"], kind=ModelKind.MULTI_LABEL)
     assert result.label == "b" and result.labels == []
 
 
-def test_mismatched_shapes_are_refused():
+def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="do not match 3 labels"):
         logits_decode(torch.zeros((1, 2)), labels=["a", "b", "c"], kind=ModelKind.SINGLE_LABEL)
     with pytest.raises(ValueError, match="1 thresholds for 2 labels"):
         logits_decode(torch.zeros((1, 2)), labels=["a", "b"], kind=ModelKind.MULTI_LABEL, thresholds=[0.5])
 
 
-def test_tuned_thresholds_maximise_each_labels_f1():
+def test_tuned_thresholds_maximise_each_labels_f1() -> None:
     probabilities = torch.tensor([[0.9, 0.2], [0.35, 0.6], [0.3, 0.1], [0.1, 0.45]])
     gold = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 1]]).bool()
     thresholds = thresholds_tune(probabilities, gold, grid=torch.tensor([0.25, 0.32, 0.5, 0.7]))

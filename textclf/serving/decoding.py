@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .types import LabelScores, ModelKind
+from textclf.types import LabelScores, ModelKind
 
 
 def logits_decode(

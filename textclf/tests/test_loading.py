@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from predictions.inference import ModelKind, ModelLoadError
-from predictions.inference.checksum import file_sha256
-from predictions.inference.loading import classifier_load, model_info, source_parse
+import textclf
+from textclf import ModelKind, ModelLoadError
+from textclf.serving.checksum import file_sha256
+from textclf.serving.loading import classifier_load, model_info, source_parse
 
 
-def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment_dir):
+def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment_dir: Path) -> None:
     classifier = classifier_load("sentiment", f"path:{tiny_sentiment_dir}", device="cpu")
     texts = ["good film", "awful boring plot and bad acting all the way", "a"]
     results = classifier.predict(texts, batch_size=2)
@@ -27,7 +31,14 @@ def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment
         assert batched.scores == pytest.approx(classifier.predict([text])[0].scores, abs=1e-4)
 
 
-def test_the_version_is_the_weight_file_hash_and_info_needs_no_model_load(tiny_sentiment_dir):
+def test_a_tiny_model_s_tokenizer_knows_its_words_and_nothing_else(tiny_sentiment_dir: Path) -> None:
+    tokenizer = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu").tokenizer
+    known, unknown = tokenizer(["Good film", "zebra"])["input_ids"]
+    assert tokenizer.unk_token_id not in known and len(set(known)) == 4  # [CLS] good film [SEP]
+    assert unknown[1:-1] == [tokenizer.unk_token_id]
+
+
+def test_the_version_is_the_weight_file_hash_and_info_needs_no_model_load(tiny_sentiment_dir: Path) -> None:
     info = model_info(f"path:{tiny_sentiment_dir}")
     assert info.version == file_sha256(tiny_sentiment_dir / "model.safetensors")[:12]
     assert info.kind is ModelKind.SINGLE_LABEL
@@ -35,7 +46,7 @@ def test_the_version_is_the_weight_file_hash_and_info_needs_no_model_load(tiny_s
     assert classifier_load("x", f"path:{tiny_sentiment_dir}", device="cpu").version == info.version
 
 
-def test_a_multi_label_checkpoint_uses_sigmoid_and_its_thresholds(tiny_emotions_dir, tmp_path):
+def test_a_multi_label_checkpoint_uses_sigmoid_and_its_thresholds(tiny_emotions_dir: Path, tmp_path: Path) -> None:
     directory = tmp_path / "emo"
     shutil.copytree(tiny_emotions_dir, directory)
     (directory / "thresholds.json").write_text(json.dumps({"joy": 0.0, "anger": 1.01, "fear": 1.01, "neutral": 1.01}))
@@ -47,24 +58,45 @@ def test_a_multi_label_checkpoint_uses_sigmoid_and_its_thresholds(tiny_emotions_
     assert result.labels == ["joy"]  # only joy's threshold can be met
 
 
-def test_a_hub_id_goes_through_the_hub_client_and_fails_clearly_offline(monkeypatch):
+def test_a_bundled_source_reads_the_directory_the_caller_names_and_needs_one(tiny_sentiment_dir: Path) -> None:
+    source = f"bundled:{tiny_sentiment_dir.name}"
+    assert model_info(source, bundled_dir=tiny_sentiment_dir.parent) == model_info(f"path:{tiny_sentiment_dir}")
+    assert classifier_load("s", source, bundled_dir=tiny_sentiment_dir.parent, device="cpu").source == source
+    with pytest.raises(ModelLoadError, match="no directory of bundled models"):
+        model_info(source)
+
+
+def test_errors_types_and_model_info_cost_no_torch(tiny_sentiment_dir: Path) -> None:
+    """A web process reads a model's version and labels without importing torch or transformers."""
+    code = (
+        "import sys, textclf, textclf.serving, textclf.serving.loading as loading; "
+        f"loading.model_info({f'path:{tiny_sentiment_dir}'!r}); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    importable_from = Path(textclf.__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=importable_from)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_hub_id_goes_through_the_hub_client_and_fails_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="could not fetch 'someone/some-model' from the Hugging Face hub"):
         classifier_load("remote", "hub:someone/some-model@main", device="cpu")
 
 
-def test_a_directory_without_weights_is_refused(tmp_path):
+def test_a_directory_without_weights_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no adapter.safetensors or model.safetensors"):
         classifier_load("empty", f"path:{tmp_path}", device="cpu")
 
 
 @pytest.mark.parametrize("source", ["sentiment", "ftp:x", "path:", "bundled"])
-def test_a_malformed_source_is_refused(source):
+def test_a_malformed_source_is_refused(source: str) -> None:
     with pytest.raises(ValueError, match="must look like"):
         source_parse(source)
 
 
-def test_int8_quantization_keeps_the_answers_close(tiny_sentiment_dir):
+def test_int8_quantization_keeps_the_answers_close(tiny_sentiment_dir: Path) -> None:
     fp32 = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu")
     int8 = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu", int8=True)
     texts = ["good film", "bad plot"]

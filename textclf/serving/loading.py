@@ -1,8 +1,9 @@
 """Build a TextClassifier from a source string.
 
 Sources:
-- ``bundled:NAME``   an adapter shipped in predictions/bundled_models/NAME/ over the base encoder;
-- ``path:/dir``      a directory holding either an adapter.safetensors (from ``train_model --out``)
+- ``bundled:NAME``   the directory NAME/ under the caller's `bundled_dir`, where an application keeps
+                     the models it ships (an adapter over the base encoder);
+- ``path:/dir``      a directory holding either an adapter.safetensors (written by textclf.training)
                      or a transformers *ForSequenceClassification checkpoint;
 - ``hub:org/name[@revision]``  a checkpoint fetched with huggingface_hub (needs the network or a warm cache).
 """
@@ -15,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checksum import file_sha256
-from .errors import ModelLoadError
-from .types import ModelKind
+from textclf.errors import ModelLoadError
+from textclf.serving.checksum import file_sha256
+from textclf.types import ModelKind
 
 if TYPE_CHECKING:
-    from .classifier import TextClassifier
+    from textclf.serving.classifier import TextClassifier
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled_models"
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_FORMAT = "mlsite-adapter/1"
 VERSION_LENGTH = 12
@@ -37,11 +37,14 @@ def source_parse(source: str) -> tuple[str, str]:
     return scheme, target
 
 
-def source_directory(source: str) -> Path:
-    """The local directory a source reads from, fetching from the hub when needed."""
+def source_directory(source: str, *, bundled_dir: Path | None = None) -> Path:
+    """The local directory a source reads from, fetching from the hub when needed; `bundled:NAME`
+    reads `bundled_dir`/NAME, a directory the application names (this package ships no models)."""
     scheme, target = source_parse(source)
     if scheme == "bundled":
-        return BUNDLED_DIR / target
+        if bundled_dir is None:
+            raise ModelLoadError(f"{source}: no directory of bundled models given (bundled_dir)")
+        return bundled_dir / target
     if scheme == "path":
         return Path(target).expanduser()
     repo_id, _, revision = target.partition("@")
@@ -66,19 +69,20 @@ def _weights_file(directory: Path) -> Path | None:
     return next((directory / f for f in (ADAPTER_FILE, *HF_WEIGHT_FILES) if (directory / f).is_file()), None)
 
 
-def safetensors_metadata(path: Path) -> dict:
+def safetensors_metadata(path: Path) -> dict[str, str]:
     """The __metadata__ of a safetensors file, read from its JSON header (no tensor is loaded)."""
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         if length > 100 * 1024 * 1024:
             raise ModelLoadError(f"{path}: not a safetensors file")
         header = json.loads(handle.read(length))
-    return header.get("__metadata__") or {}
+    metadata: dict[str, str] = header.get("__metadata__") or {}
+    return metadata
 
 
-def model_info(source: str) -> ModelInfo:
+def model_info(source: str, *, bundled_dir: Path | None = None) -> ModelInfo:
     """Version, kind and labels of a source, from its weight file hash and metadata or config.json."""
-    directory = source_directory(source)
+    directory = source_directory(source, bundled_dir=bundled_dir)
     weights = _weights_file(directory) if directory.is_dir() else None
     if weights is None:
         raise ModelLoadError(f"{source}: no {ADAPTER_FILE} or {' / '.join(HF_WEIGHT_FILES)} in {directory}")
@@ -94,13 +98,19 @@ def model_info(source: str) -> ModelInfo:
 
 
 def classifier_load(
-    name: str, source: str, *, device: str | None = "auto", int8: bool = False, packed: bool = True
+    name: str,
+    source: str,
+    *,
+    bundled_dir: Path | None = None,
+    device: str | None = "auto",
+    int8: bool = False,
+    packed: bool = True,
 ) -> TextClassifier:
     """Load, merge adapters, move to the device and (optionally) quantize; ready for predict().
 
     With `packed`, a network that can (a BERT encoder) runs its texts without padding
-    (predictions/inference/packed.py); other architectures, or packed=False, pad each pass."""
-    directory = source_directory(source)
+    (textclf/serving/packed.py); other architectures, or packed=False, pad each pass."""
+    directory = source_directory(source, bundled_dir=bundled_dir)
     if not directory.is_dir():
         raise ModelLoadError(f"model {name!r}: {directory} is not a directory")
     if (directory / ADAPTER_FILE).is_file():
@@ -112,7 +122,7 @@ def classifier_load(
 
 
 def _placed(classifier: TextClassifier, *, device: str | None, int8: bool, packed: bool) -> TextClassifier:
-    from .classifier import device_resolve, quantize_int8
+    from textclf.serving.classifier import device_resolve, quantize_int8
 
     target = device_resolve(device)
     classifier.network.eval()
@@ -123,11 +133,11 @@ def _placed(classifier: TextClassifier, *, device: str | None, int8: bool, packe
         classifier.int8 = True
     classifier.network.to(target)
     classifier.device = target
-    classifier.packed = packed and getattr(classifier.network, "packable", lambda: False)()
+    classifier.packed = packed and classifier.network.packable()
     return classifier
 
 
-def adapter_metadata(path: Path) -> dict:
+def adapter_metadata(path: Path) -> dict[str, str]:
     metadata = safetensors_metadata(path)
     if metadata.get("format") != ADAPTER_FORMAT:
         raise ModelLoadError(f"{path} is not an {ADAPTER_FORMAT} file (format={metadata.get('format')!r})")
@@ -139,9 +149,9 @@ def _adapter_load(name: str, path: Path) -> TextClassifier:
     from safetensors.torch import load_file
     from torch import nn
 
-    from .base_encoder import base_encoder_load
-    from .classifier import MeanPooledClassifier, TextClassifier
-    from .lora import lora_merge
+    from textclf.serving.base_encoder import base_encoder_load
+    from textclf.serving.classifier import MeanPooledClassifier, TextClassifier
+    from textclf.serving.lora import lora_merge
 
     metadata = adapter_metadata(path)
     tensors = load_file(str(path))
@@ -174,7 +184,7 @@ def _adapter_load(name: str, path: Path) -> TextClassifier:
 def _sequence_classifier_load(name: str, directory: Path) -> TextClassifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .classifier import SequenceClassifierLogits, TextClassifier
+    from textclf.serving.classifier import SequenceClassifierLogits, TextClassifier
 
     weights = _weights_file(directory)
     if weights is None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from predictions.inference import DatasetFormatError
-from predictions.inference.datasets import goemotions_read, sst2_read
+from textclf import DatasetFormatError
+from textclf.training.datasets import goemotions_read, sst2_read
 
 
-def test_sst2_rows_are_read_with_their_labels(tmp_path):
+def test_sst2_rows_are_read_with_their_labels(tmp_path: Path) -> None:
     path = tmp_path / "dev.tsv"
     path.write_text("label\tsentence\n1\ta gorgeous film\n0\tdull\n")
     assert [(e.text, e.label_ids) for e in sst2_read(path)] == [("a gorgeous film", (1,)), ("dull", (0,))]
@@ -23,14 +25,14 @@ def test_sst2_rows_are_read_with_their_labels(tmp_path):
         ("label\tsentence\n", "no examples"),
     ],
 )
-def test_malformed_sst2_names_the_line(tmp_path, content, message):
+def test_malformed_sst2_names_the_line(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.tsv"
     path.write_text(content)
     with pytest.raises(DatasetFormatError, match=message):
         sst2_read(path)
 
 
-def test_goemotions_rows_carry_every_label(tmp_path):
+def test_goemotions_rows_carry_every_label(tmp_path: Path) -> None:
     path = tmp_path / "dev.tsv"
     path.write_text("so happy\t17,27\tabc\nangry\t2\tdef\n")
     assert [e.label_ids for e in goemotions_read(path, n_labels=28)] == [(17, 27), (2,)]
@@ -44,7 +46,7 @@ def test_goemotions_rows_carry_every_label(tmp_path):
         ("ok\t28\tid\n", ":1: label id 28 outside 0..27"),
     ],
 )
-def test_malformed_goemotions_names_the_line(tmp_path, content, message):
+def test_malformed_goemotions_names_the_line(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.tsv"
     path.write_text(content)
     with pytest.raises(DatasetFormatError, match=message):

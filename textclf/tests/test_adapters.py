@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from torch import nn
 
-from predictions.inference import ChecksumMismatch, ModelKind
-from predictions.inference.base_encoder import base_encoder_load
-from predictions.inference.classifier import MeanPooledClassifier
-from predictions.inference.datasets import Example
-from predictions.inference.loading import adapter_metadata, classifier_load, model_info
-from predictions.inference.lora import lora_attach
-from predictions.inference.training import TrainConfig, adapter_write, model_train
+from textclf import ChecksumMismatch, ModelKind
+from textclf.serving.base_encoder import base_encoder_load
+from textclf.serving.classifier import MeanPooledClassifier
+from textclf.serving.loading import adapter_metadata, classifier_load, model_info
+from textclf.training.datasets import Example
+from textclf.training.fine_tuning import TrainConfig, adapter_write, model_train
+from textclf.training.lora import lora_attach
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# An adapter's directory, the unmerged model it was written from, and the base encoder's tokenizer.
+RandomAdapter = tuple[Path, MeanPooledClassifier, "PreTrainedTokenizerBase"]
 
 
 @pytest.fixture(scope="module")
-def random_adapter(tmp_path_factory):
+def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> RandomAdapter:
     """An adapter with non-zero random LoRA factors, and the unmerged model it came from."""
     torch.manual_seed(1)
     tokenizer, encoder = base_encoder_load()
@@ -35,7 +43,7 @@ def random_adapter(tmp_path_factory):
     return directory, model, tokenizer
 
 
-def test_a_merged_adapter_answers_like_the_unmerged_model_it_came_from(random_adapter):
+def test_a_merged_adapter_answers_like_the_unmerged_model_it_came_from(random_adapter: RandomAdapter) -> None:
     directory, model, tokenizer = random_adapter
     texts = ["a gorgeous, witty film", "dull and lifeless", "it is what it is, neither good nor bad"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
@@ -46,7 +54,7 @@ def test_a_merged_adapter_answers_like_the_unmerged_model_it_came_from(random_ad
     assert not any("LoRA" in type(m).__name__ for m in loaded.network.modules())  # merged, plain linear layers
 
 
-def test_the_adapter_file_carries_labels_kind_and_base_checksum(random_adapter):
+def test_the_adapter_file_carries_labels_kind_and_base_checksum(random_adapter: RandomAdapter) -> None:
     directory, _, _ = random_adapter
     metadata = adapter_metadata(directory / "adapter.safetensors")
     assert json.loads(metadata["labels"]) == ["negative", "positive"]
@@ -56,7 +64,7 @@ def test_the_adapter_file_carries_labels_kind_and_base_checksum(random_adapter):
     assert info.labels == ["negative", "positive"] and len(info.version) == 12
 
 
-def test_a_base_encoder_with_another_checksum_is_refused(random_adapter, tmp_path):
+def test_a_base_encoder_with_another_checksum_is_refused(random_adapter: RandomAdapter, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     directory, _, _ = random_adapter
@@ -71,7 +79,7 @@ def test_a_base_encoder_with_another_checksum_is_refused(random_adapter, tmp_pat
         classifier_load("sentiment", f"path:{tampered}", device="cpu")
 
 
-def test_training_writes_an_adapter_with_tuned_thresholds_for_a_multi_label_model(tmp_path):
+def test_training_writes_an_adapter_with_tuned_thresholds_for_a_multi_label_model(tmp_path: Path) -> None:
     labels = ["joy", "anger", "neutral"]
     rows = ["i am so happy", "this makes me furious", "the bus comes at nine", "what a joy", "i hate this", "ok"]
     train = [Example(text, (i % 3,)) for i, text in enumerate(rows * 4)]

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import Example, goemotions_read, labels_read, sst2_read
-from .types import ModelKind
+from textclf.training.datasets import Example, goemotions_read, labels_read, sst2_read
+from textclf.types import ModelKind
 
 SST2_LABELS = ["negative", "positive"]
 
@@ -17,7 +17,7 @@ class Recipe:
     name: str
     kind: ModelKind
     dataset: str
-    defaults: dict = field(default_factory=dict)
+    defaults: dict[str, int | float] = field(default_factory=dict)
 
     def labels(self, datasets_dir: Path) -> list[str]:
         if self.dataset == "sst2":

@@ -6,8 +6,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256
-from .training import TrainConfig, TrainResult
+from textclf.serving.base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256
+from textclf.training.evaluation import EvaluationResult
+from textclf.training.fine_tuning import TrainConfig, TrainResult
 
 
 def model_card_write(
@@ -17,8 +18,8 @@ def model_card_write(
     result: TrainResult,
     dataset: str,
     command: str,
-    metrics: dict,
-    metrics_int8: dict,
+    metrics: EvaluationResult,
+    metrics_int8: EvaluationResult,
     environment: str,
 ) -> Path:
     hyper = {k: v for k, v in asdict(config).items() if k not in ("labels", "kind", "name", "extra")}

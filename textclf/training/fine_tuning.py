@@ -11,21 +11,25 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
-from .classifier import MeanPooledClassifier
-from .datasets import Example
-from .evaluation import gold_matrix
-from .loading import ADAPTER_FILE, ADAPTER_FORMAT
-from .lora import lora_attach, lora_state_dict
-from .metrics import accuracy, multilabel_scores, thresholds_tune
-from .types import ModelKind
+from textclf.serving.base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
+from textclf.serving.classifier import MeanPooledClassifier
+from textclf.serving.loading import ADAPTER_FILE, ADAPTER_FORMAT
+from textclf.training.datasets import Example
+from textclf.training.evaluation import gold_matrix
+from textclf.training.lora import lora_attach, lora_state_dict
+from textclf.training.metrics import accuracy, multilabel_scores, thresholds_tune
+from textclf.types import ModelKind
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -48,7 +52,7 @@ class TrainConfig:
     tune_fraction: float = 0.1
     seed: int = 0
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,7 +77,7 @@ def _length_buckets(lengths: Sequence[int], batch_size: int, generator: random.R
     indexes = list(range(len(lengths)))
     generator.shuffle(indexes)
     window = batch_size * 50
-    batches = []
+    batches: list[list[int]] = []
     for start in range(0, len(indexes), window):
         chunk = sorted(indexes[start : start + window], key=lengths.__getitem__)
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
@@ -89,7 +93,11 @@ def _targets(examples: Sequence[Example], config: TrainConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def _logits(
-    model: nn.Module, tokenizer, texts: Sequence[str], config: TrainConfig, device: torch.device
+    model: MeanPooledClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    config: TrainConfig,
+    device: torch.device,
 ) -> torch.Tensor:
     model.eval()
     encoded = tokenizer(list(texts), truncation=True, max_length=config.max_length)["input_ids"]
@@ -109,7 +117,7 @@ def model_train(
     dev: Sequence[Example],
     out_dir: Path,
     *,
-    progress: Callable[[Sequence], Sequence] = lambda steps: steps,
+    progress: Callable[[list[list[int]]], Iterable[list[int]]] = lambda steps: steps,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train, tune thresholds (multi-label) on a held-out slice of train, write the adapter file."""

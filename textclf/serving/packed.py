@@ -2,10 +2,11 @@
 
 A padded batch costs every text the length of the longest one: in a worker's pass of texts in
 arrival order (5 SST-2 sentences), the linear layers multiply 1.37 times the real tokens: over a
-quarter of their work is padding (README, Throughput, item 24). Only attention mixes the tokens of a sentence; every other layer works on
-each token alone. So the tokens of all texts are packed into one [tokens, hidden] matrix for the
-linear layers, layer norms and activations (each weight matrix is still read once per pass), and
-padded to [texts, longest, …] only around attention, where a key mask keeps each text to itself.
+quarter of their work is padding (docs/performance.md, Padding-free forward pass). Only attention
+mixes the tokens of a sentence; every other layer works on each token alone. So the tokens of all
+texts are packed into one [tokens, hidden] matrix for the linear layers, layer norms and activations
+(each weight matrix is still read once per pass), and padded to [texts, longest, …] only around
+attention, where a key mask keeps each text to itself.
 
 The layers run are the encoder's own modules (LoRA-merged or int8-quantized linears included), in
 the order and with the arithmetic of transformers' BertModel; tests compare the logits with the
@@ -14,12 +15,17 @@ padded forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 from torch.nn import functional
+
+if TYPE_CHECKING:
+    from transformers import BertModel
+    from transformers.models.bert.modeling_bert import BertLayer
 
 
 def bert_packable(encoder: nn.Module) -> bool:
@@ -64,16 +70,16 @@ class PackedBatch:
         positions = torch.arange(int(lengths.sum())) - starts[text_index]
         many = len(sequences) > 1
         key_mask = (torch.arange(longest)[None, :] < lengths[:, None])[:, None, None, :] if many else None
-        tensors = {
-            "ids": torch.tensor([token for sequence in sequences for token in sequence]),
-            "positions": positions,
-            "text_index": text_index,
-            "lengths": lengths,
-            "starts": starts,
-            "slots": text_index * longest + positions,
-            "key_mask": key_mask,
-        }
-        return cls(**{k: v.to(device) if v is not None else None for k, v in tensors.items()}, longest=longest)
+        return cls(
+            ids=torch.tensor([token for sequence in sequences for token in sequence]).to(device),
+            positions=positions.to(device),
+            text_index=text_index.to(device),
+            lengths=lengths.to(device),
+            starts=starts.to(device),
+            slots=(text_index * longest + positions).to(device),
+            key_mask=key_mask.to(device) if key_mask is not None else None,
+            longest=longest,
+        )
 
     @property
     def texts(self) -> int:
@@ -98,14 +104,14 @@ class PackedBatch:
         return sums / self.lengths[:, None].to(packed.dtype)
 
 
-def bert_packed_hidden(encoder: nn.Module, batch: PackedBatch) -> torch.Tensor:
+def bert_packed_hidden(encoder: BertModel, batch: PackedBatch) -> torch.Tensor:
     """The last hidden state of every real token, [tokens, hidden]: BertModel's forward pass
     (embeddings, then each layer's self-attention and feed-forward, post-norm) without padding."""
     config = encoder.config
     heads = config.num_attention_heads
     head_size = config.hidden_size // heads
     embeddings = encoder.embeddings
-    hidden = (
+    hidden: torch.Tensor = (
         embeddings.word_embeddings(batch.ids)
         + embeddings.token_type_embeddings.weight[0]  # one segment: token type 0 throughout
         + embeddings.position_embeddings(batch.positions)
@@ -116,7 +122,7 @@ def bert_packed_hidden(encoder: nn.Module, batch: PackedBatch) -> torch.Tensor:
         padded = batch.padded(projected)
         return padded.view(padded.shape[0], padded.shape[1], heads, head_size).transpose(1, 2)
 
-    for layer in encoder.encoder.layer:
+    for layer in cast("Iterable[BertLayer]", encoder.encoder.layer):
         attention = layer.attention.self
         context = functional.scaled_dot_product_attention(
             heads_split(attention.query(hidden)),

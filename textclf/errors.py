@@ -1,4 +1,4 @@
-"""Errors the inference layer raises; callers map them to user-facing messages."""
+"""Errors textclf raises; callers map them to user-facing messages."""
 
 
 class ModelLoadError(RuntimeError):
