@@ -2,7 +2,8 @@
 
 Django's `RedisCacheClient.get_client` wraps the connection pool in a new `redis.Redis` on every
 cache call, and building one copies redis-py's table of response callbacks: under W3 of `make bench`
-(cache hits) that was 6 % of the web's CPU, as much as the GET's own round trip. A `redis.Redis`
+(cache hits) that was 6 % of the web's CPU, as much as the GET's own round trip (docs/performance.md,
+One Redis client per pool). A `redis.Redis`
 holds no connection of its own (it takes one from its pool per command) and is safe to share, so
 one per pool serves every call; pools, timeouts and errors are Django's, unchanged.
 """

@@ -148,11 +148,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery's Django fixup closes the database connection before and after every task unless this is
 # set: a new PostgreSQL connection per task, about 10 ms before the first query (docs/performance.md,
-# Decisions). With it, a worker process keeps its connection like a web process does; mlsite.celery
+# Database connections kept across tasks). With it, a worker process keeps its connection like a web process does; mlsite.celery
 # closes it before a task when it is unusable or older than DB_CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 100_000
 # One process per core (each with one torch thread) runs more texts per second on CPU than one
-# process with every core (docs/performance.md, Decisions). Celery reads it as worker_concurrency.
+# process with every core (docs/performance.md, One worker process per core). Celery reads it as worker_concurrency.
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", min(os.cpu_count() or 1, 4), minimum=1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -187,7 +187,7 @@ MLSITE_MODELS = env_models("MLSITE_MODELS", {"sentiment": "bundled:sentiment", "
 DEFAULT_MODEL = env_str("DEFAULT_MODEL", "sentiment")
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 INFERENCE_INT8 = env_bool("INFERENCE_INT8", False)
-# BERT encoders run texts unpadded (docs/performance.md, Padding-free forward pass).
+# BERT encoders run texts unpadded (docs/performance.md, Packed forward passes).
 INFERENCE_PACKED = env_bool("INFERENCE_PACKED", True)
 TORCH_THREADS = env_int("TORCH_THREADS", 0, minimum=0)  # 0: one per core, split among worker processes
 MAX_TEXT_CHARS = env_int("MAX_TEXT_CHARS", 10_000, minimum=1)

@@ -22,7 +22,7 @@ def granian_argv(
     """granian serving the WSGI app: `workers` processes, each running requests on `threads` threads.
 
     granian parses HTTP in Rust, outside the GIL; gunicorn's gthread loop, in Python, took about a
-    third of the web's CPU (README, Throughput). It keeps no access log: Django writes one JSON line
+    third of the web's CPU (docs/performance.md, granian as the web server). It keeps no access log: Django writes one JSON line
     per request, with its request id (mlsite/middleware.py). Request line and headers together are
     capped at 16 KiB (the app answers a URL over MAX_URL_BYTES with its own JSON 414); idle request
     threads are kept 10 minutes (the most granian allows), with their database connections. A
@@ -30,7 +30,7 @@ def granian_argv(
     granian exits, runstack stops the stack, and docker-compose restarts the container.
     A request with ?wait holds its thread while it waits, and connections need not spread evenly
     over the processes: 16 threads a process (the default) let one process hold 16 waiting clients
-    (README, Throughput, item 27).
+    (docs/performance.md, Sixteen web threads per process).
     """
     host, _, port = bind.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"

@@ -3,7 +3,7 @@
 With persistent connections (CONN_MAX_AGE) and CONN_HEALTH_CHECKS, Django sends `SELECT 1` before
 the first query of every request, so a connection the server closed (a restart, an admin's
 pg_terminate_backend) is replaced instead of failing the request. Under load that check was one
-round trip in four of a cache-hit POST (README, Throughput). A server that closes a connection
+round trip in four of a cache-hit POST (docs/performance.md, Quiet-connection health check). A server that closes a connection
 first sends on it (a FATAL message, then end of file): an idle connection whose socket has nothing
 to read has not been closed by the server, so the check is skipped; when the socket is readable,
 or psycopg already knows the connection is broken, Django's own check runs and reconnects.

@@ -88,7 +88,7 @@ def prediction_input_fast(data) -> dict | None:
     serializer, or None for anything else: the serializer then validates it and names what is wrong.
 
     A serializer deep-copies its declared fields and their validators for every instance: about
-    0.15 ms of a cache-hit POST, a twentieth of its CPU (README, Throughput). This accepts a subset of
+    0.15 ms of a cache-hit POST, a twentieth of its CPU (docs/performance.md, Fast input parser). This accepts a subset of
     what the serializer accepts (a JSON object whose text is a non-blank string within MAX_TEXT_CHARS,
     without NUL or lone surrogates, and whose model, if any, is a registry name as it stands) and
     returns the same data; tests/test_api_predictions.py pins both on generated bodies.

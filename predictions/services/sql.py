@@ -1,10 +1,10 @@
 """The three statements the ORM cannot send in one round trip, with named parameters, in one place.
 
 - the submission's INSERT of a new prediction, built once and bound server-side
-  (docs/performance.md, Prebuilt INSERT for a new prediction);
+  (docs/performance.md, Hand-built INSERT);
 - the worker's claim: pick, mark and return rows in one UPDATE … RETURNING, skipping locked rows;
 - the worker's result write: every row of a forward pass in one UPDATE … FROM (VALUES …)
-  (docs/performance.md, Results written in one UPDATE).
+  (docs/performance.md, One-statement result write).
 
 On SQLite (the embedded default), the INSERT and the result write are Django's own save() and
 bulk_update(); the claim runs there too, without row locks.

@@ -1,5 +1,5 @@
 """The worker's side: claim queued rows, run the model on them in one forward pass, write the results,
-and sweep up work whose message or worker was lost (docs/architecture.md, How a prediction is made)."""
+and sweep up work whose message or worker was lost (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A padded batch costs every text the length of the longest one: in a worker's pass of texts in
 arrival order (5 SST-2 sentences), the linear layers multiply 1.37 times the real tokens: over a
-quarter of their work is padding (docs/performance.md, Padding-free forward pass). Only attention
+quarter of their work is padding (docs/performance.md, Packed forward passes). Only attention
 mixes the tokens of a sentence; every other layer works on each token alone. So the tokens of all
 texts are packed into one [tokens, hidden] matrix for the linear layers, layer norms and activations
 (each weight matrix is still read once per pass), and padded to [texts, longest, …] only around
