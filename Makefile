@@ -56,11 +56,11 @@ profile: install  ## what the model costs by thread count and arrival order, one
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test-app PYTEST_ARGS="tests/test_admin_browser.py"
 
-lint: install  ## ruff; the import contracts in pyproject.toml (textclf imports no Django, serving no training); mypy --strict on textclf
+lint: install  ## ruff; the import contracts in pyproject.toml (textclf imports no Django, serving no training); mypy (pyproject.toml: the app, textclf strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy textclf
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff check --fix .

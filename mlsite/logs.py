@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -96,7 +96,7 @@ def logging_config(*, log_format: str, level: str) -> dict:
 
 # --- Celery: the id travels in the task message and is set while the task runs ----------------
 
-_task_tokens: dict[str, object] = {}
+_task_tokens: dict[str, Token[str | None]] = {}
 
 
 def task_message_stamp(headers: dict | None = None, **_) -> None:

@@ -27,7 +27,7 @@ def _scrubbed(app):
     def application(environ, start_response):
         return app(environ_scrub(environ, process_environ), start_response)
 
-    application.process_environ = process_environ
+    application.process_environ = process_environ  # type: ignore[attr-defined]  # read by tests
     return application
 
 

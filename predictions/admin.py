@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from typing import cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -95,7 +96,8 @@ class ReviewForm(forms.ModelForm):
                 labels = model_info_get(self.instance.model_name).labels
             except (ModelLoadError, OSError):
                 labels = []
-        self.fields["corrected_label"].choices = [("", "— model is right / no correction —")] + [(x, x) for x in labels]
+        corrected = cast(forms.ChoiceField, self.fields["corrected_label"])
+        corrected.choices = [("", "— model is right / no correction —")] + [(x, x) for x in labels]
 
 
 class Echo:
@@ -174,7 +176,7 @@ class PredictionAdmin(admin.ModelAdmin):
     ]
     # Everything shown is read-only but the reviewer's two fields (model output is never edited here).
     readonly_fields = [
-        field
+        field  # type: ignore[misc]  # these fieldsets list single names, no groups
         for _, options in fieldsets
         for field in options["fields"]
         if field not in ("corrected_label", "review_note")
@@ -277,7 +279,7 @@ class PredictionAdmin(admin.ModelAdmin):
                         "" if r.score is None else f"{r.score:.3f}",
                         ", ".join(f"{k} {v:.2f}" for k, v in sorted((r.scores or {}).items(), key=lambda i: -i[1])[:5]),
                         r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else "—",
-                        f"run {r.run_id} ({r.run.source})" if r.run_id else "—",
+                        f"run {r.run_id} ({r.run.source})" if r.run else "—",
                     )
                     for r in rows
                 ),

@@ -51,7 +51,7 @@ def stacked_columns_svg(
     ]
     for i, (label, values) in enumerate(columns):
         x = left + i * step
-        y = legend + plot_height
+        y: float = legend + plot_height
         for j, name in enumerate(series):
             value = values.get(name, 0)
             if not value:

@@ -46,7 +46,7 @@ def overview_figures(*, days: int = 30) -> dict:
         labels.setdefault(model_name, []).append((label, n))
     finished = per_status.get(PredictionStatus.SUCCEEDED, 0) + per_status.get(PredictionStatus.FAILED, 0)
     latencies = [
-        (done - created).total_seconds()
+        (done - created).total_seconds()  # type: ignore[operator]  # finished_at__isnull=False: never None
         for created, done in Prediction.objects.filter(status__in=FINISHED_STATUSES, finished_at__isnull=False)
         .order_by("-pk")
         .values_list("created_at", "finished_at")[:LATENCY_SAMPLE]

@@ -10,10 +10,15 @@ import logging
 import threading
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from textclf import ModelLoadError
+from textclf.serving.loading import ModelInfo, classifier_load, model_info
+
+if TYPE_CHECKING:
+    from textclf.serving.classifier import TextClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +47,11 @@ _lock = threading.Lock()
 
 
 @cache
-def _classifier(name: str, source: str, device: str, int8: bool, packed: bool):
-    from textclf.serving.loading import classifier_load
-
+def _classifier(name: str, source: str, device: str, int8: bool, packed: bool) -> TextClassifier:
     return classifier_load(name, source, bundled_dir=BUNDLED_MODELS_DIR, device=device, int8=int8, packed=packed)
 
 
-def classifier_get(name: str):
+def classifier_get(name: str) -> TextClassifier:
     """The loaded TextClassifier for a registered model name."""
     if not model_exists(name):
         raise UnknownModel(name)
@@ -68,7 +71,7 @@ def models_preload() -> None:
             logger.exception("could not preload model %r", name)
 
 
-def model_info_get(name: str):
+def model_info_get(name: str) -> ModelInfo:
     """Version, kind and labels of a registered model, read from its files without loading torch."""
     if not model_exists(name):
         raise UnknownModel(name)
@@ -89,9 +92,7 @@ def model_version_or_blank(name: str) -> str:
 
 
 @cache
-def _info(source: str):
-    from textclf.serving.loading import model_info
-
+def _info(source: str) -> ModelInfo:
     return model_info(source, bundled_dir=BUNDLED_MODELS_DIR)
 
 

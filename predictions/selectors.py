@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, F, Q, QuerySet
 
@@ -14,10 +15,14 @@ from predictions.models import (
     Prediction,
     PredictionResult,
     PredictionStatus,
+    ReprocessRun,
 )
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
-def sees_everyones(user, model_name: str) -> bool:
+
+def sees_everyones(user: User | AnonymousUser, model_name: str) -> bool:
     """Whether the API shows this user every owner's rows of a model: only to those the admin shows them to,
     staff with the view or change permission (the reviewers group, superusers). is_staff alone is not enough."""
     if not (user.is_staff and user.is_active):
@@ -25,18 +30,18 @@ def sees_everyones(user, model_name: str) -> bool:
     return user.has_perm(f"predictions.view_{model_name}") or user.has_perm(f"predictions.change_{model_name}")
 
 
-def predictions_visible_to(user) -> QuerySet[Prediction]:
+def predictions_visible_to(user: User) -> QuerySet[Prediction]:
     """Users see their own predictions; reviewers and superusers see everyone's."""
     queryset = Prediction.objects.all()
     return queryset if sees_everyones(user, "prediction") else queryset.filter(owner=user)
 
 
-def batches_visible_to(user) -> QuerySet[Batch]:
+def batches_visible_to(user: User) -> QuerySet[Batch]:
     queryset = Batch.objects.all()
     return queryset if sees_everyones(user, "batch") else queryset.filter(owner=user)
 
 
-def predictions_filter(queryset: QuerySet[Prediction], filters: dict) -> QuerySet[Prediction]:
+def predictions_filter(queryset: QuerySet[Prediction], filters: Mapping[str, Any]) -> QuerySet[Prediction]:
     """Apply the validated list filters (status, model, label, batch, created range)."""
     lookups = {
         "status": "status",
@@ -68,7 +73,7 @@ def predictions_in_flight_count() -> int:
     return Prediction.objects.filter(status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]).count()
 
 
-def idempotency_key_get(*, owner, key: str, endpoint: str) -> IdempotencyKey | None:
+def idempotency_key_get(*, owner: User, key: str, endpoint: str) -> IdempotencyKey | None:
     """The stored first response for this user's key on this endpoint, expired or not."""
     return IdempotencyKey.objects.filter(owner=owner, key=key, endpoint=endpoint).first()
 
@@ -86,11 +91,11 @@ def reprocess_selection(
     statuses: Sequence[str] = (),
     model: str = "",
     model_version: str = "",
-    since=None,
-    until=None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     ids: Sequence[int] = (),
     batch: int | None = None,
-):
+) -> QuerySet[Prediction]:
     """The predictions the selectors match (they combine with AND); refuses an empty selection."""
     if not (everything or statuses or model or model_version or since or until or ids or batch):
         raise SelectionError(
@@ -117,7 +122,7 @@ def reprocess_selection(
     return queryset
 
 
-def reprocess_pending(run, selection) -> tuple[list[int], int]:
+def reprocess_pending(run: ReprocessRun, selection: QuerySet[Prediction]) -> tuple[list[int], int]:
     """Ids still to do in this run, oldest first, and how many selected rows were skipped as in flight.
 
     Still to do: rows this run archived but did not finish (an interrupted run), then matching
@@ -136,7 +141,7 @@ def reprocess_pending(run, selection) -> tuple[list[int], int]:
     return sorted(set(unfinished) | set(fresh)), in_flight
 
 
-def reprocess_summary(run) -> dict[str, int]:
+def reprocess_summary(run: ReprocessRun) -> dict[str, int]:
     """Selected, re-run (finished), unchanged label, changed label, failed, and still pending."""
     finished = Q(prediction__status__in=FINISHED_STATUSES)
     succeeded = Q(prediction__status=PredictionStatus.SUCCEEDED)

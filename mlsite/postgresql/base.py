@@ -17,6 +17,9 @@ from django.db.backends.postgresql import base
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    health_check_enabled: bool  # set by Django's BaseDatabaseWrapper; absent from django-stubs
+    health_check_done: bool
+
     def close_if_health_check_failed(self) -> None:
         if (
             not self.pool

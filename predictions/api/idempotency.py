@@ -8,13 +8,14 @@ first response: duplicates never both create, and no request is ever left "in fl
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.db import IntegrityError, transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from predictions.api.serializers import idempotency_key_validate
 from predictions.models import IdempotencyKey
@@ -24,6 +25,9 @@ from predictions.services.idempotency import (
     idempotency_key_response_replace,
     request_fingerprint,
 )
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
@@ -44,7 +48,7 @@ def idempotency_key_from(request: Request) -> str | None:
     return None if raw is None else idempotency_key_validate(raw)
 
 
-class IdempotentCreateMixin:
+class IdempotentCreateMixin(APIView):
     """A create endpoint whose POST may carry an Idempotency-Key.
 
     The view says what to create and how to answer: `create(data)` calls the service and returns the
@@ -54,7 +58,6 @@ class IdempotentCreateMixin:
     """
 
     idempotency_endpoint: ClassVar[str]
-    request: Request
 
     def create(self, data: dict) -> Any:
         raise NotImplementedError
@@ -69,7 +72,8 @@ class IdempotentCreateMixin:
         if key is None:
             obj = self.create(data)
             return self.answer(self.settle(obj) or obj)
-        owner, endpoint, fingerprint = self.request.user, self.idempotency_endpoint, request_fingerprint(data)
+        owner = cast("User", self.request.user)  # IsAuthenticated: never AnonymousUser
+        endpoint, fingerprint = self.idempotency_endpoint, request_fingerprint(data)
         found = idempotency_key_find(owner=owner, key=key, endpoint=endpoint, fingerprint=fingerprint)
         if found is not None:
             return _replay(found)

@@ -125,7 +125,7 @@ class QuerySerializer(serializers.Serializer):
         empty = [name for name in self.fields if name in data and data.get(name) == ""]
         if empty:
             raise serializers.ValidationError(
-                {name: ["May not be empty; leave the parameter out instead."] for name in empty}
+                {name: ["May not be empty; leave the parameter out instead."] for name in empty}  # type: ignore[misc]  # drf-stubs: a BindingDict iterates its names
             )
         return super().to_internal_value(data)
 
@@ -160,7 +160,7 @@ class WaitQuerySerializer(QuerySerializer):
 class PredictionListQuerySerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=PredictionStatus.choices, required=False)
     model = serializers.CharField(required=False)
-    label = serializers.CharField(required=False)
+    label = serializers.CharField(required=False)  # type: ignore[assignment]  # a field: DRF's metaclass takes it off the class
     batch = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
@@ -244,8 +244,8 @@ class BatchSerializer(serializers.ModelSerializer):
 
     def _rows(self, batch: Batch) -> list[Prediction]:
         if not hasattr(batch, "_rows_cache"):
-            batch._rows_cache = list(batch.predictions.order_by("position"))
-        return batch._rows_cache
+            batch._rows_cache = list(batch.predictions.order_by("position"))  # type: ignore[attr-defined]  # a memo on the instance
+        return batch._rows_cache  # type: ignore[attr-defined]
 
     def get_counts(self, batch: Batch) -> dict[str, int]:
         counts = {status: 0 for status in PredictionStatus.values}
@@ -257,7 +257,7 @@ class BatchSerializer(serializers.ModelSerializer):
         return all(row.is_finished for row in self._rows(batch))
 
     def get_results(self, batch: Batch) -> list[dict]:
-        return PredictionSerializer(self._rows(batch), many=True, context=self.context).data
+        return PredictionSerializer(self._rows(batch), many=True, context=self.context).data  # type: ignore[return-value]  # many=True: a list; drf-stubs says ReturnDict
 
 
 class ModelDescriptionSerializer(serializers.Serializer):

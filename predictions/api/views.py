@@ -115,7 +115,7 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     idempotency_endpoint = IdempotencyEndpoint.PREDICTIONS
 
     def get_queryset(self):
-        return predictions_visible_to(self.request.user)
+        return predictions_visible_to(self.request.user)  # type: ignore[arg-type]  # IsAuthenticated: never AnonymousUser
 
     @extend_schema(
         operation_id="predictions_list",
@@ -156,7 +156,7 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return self.create_once(data, key=key)
 
     def create(self, data: dict) -> Prediction:
-        return submission.prediction_create(owner=self.request.user, text=data["text"], model_name=data["model"])
+        return submission.prediction_create(owner=self.request.user, text=data["text"], model_name=data["model"])  # type: ignore[arg-type]  # as above
 
     def settle(self, prediction: Prediction) -> Prediction | None:
         """With ?wait, the row once it finished in time (None when it was finished already or did not)."""
@@ -175,7 +175,7 @@ class PredictionDetailView(generics.RetrieveAPIView):
     serializer_class = PredictionSerializer
 
     def get_queryset(self):
-        return predictions_visible_to(self.request.user)
+        return predictions_visible_to(self.request.user)  # type: ignore[arg-type]  # IsAuthenticated: never AnonymousUser
 
     @extend_schema(responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND})
     def get(self, request, *args, **kwargs):
@@ -199,7 +199,7 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return self.create_once(payload.validated_data, key=key)
 
     def create(self, data: dict) -> Batch:
-        return submission.batch_create(owner=self.request.user, texts=data["texts"], model_name=data["model"])
+        return submission.batch_create(owner=self.request.user, texts=data["texts"], model_name=data["model"])  # type: ignore[arg-type]  # as above
 
     def answer(self, batch: Batch) -> Response:
         location = f"/api/v1/batches/{batch.pk}/"
@@ -212,7 +212,7 @@ class BatchDetailView(generics.RetrieveAPIView):
     serializer_class = BatchSerializer
 
     def get_queryset(self):
-        return batches_visible_to(self.request.user)
+        return batches_visible_to(self.request.user)  # type: ignore[arg-type]  # IsAuthenticated: never AnonymousUser
 
     @extend_schema(
         parameters=[BATCH_WAIT_PARAMETER],

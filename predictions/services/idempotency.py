@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -18,17 +19,20 @@ from django.utils import timezone
 from predictions.models import IdempotencyKey
 from predictions.selectors import idempotency_key_get
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 
 class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was used before, by this user on this endpoint, with a different request."""
 
 
-def request_fingerprint(data: dict) -> str:
+def request_fingerprint(data: Mapping[str, Any]) -> str:
     """SHA-256 of the validated request: equal for requests that mean the same thing."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def idempotency_key_find(*, owner, key: str, endpoint: str, fingerprint: str) -> IdempotencyKey | None:
+def idempotency_key_find(*, owner: User, key: str, endpoint: str, fingerprint: str) -> IdempotencyKey | None:
     """The live record of this user's key on this endpoint, or None (an expired one is deleted here, so
     the key can be used afresh). Raises IdempotencyKeyReused when it was recorded for another request."""
     record = idempotency_key_get(owner=owner, key=key, endpoint=endpoint)
@@ -47,7 +51,7 @@ def idempotency_key_find(*, owner, key: str, endpoint: str, fingerprint: str) ->
 
 
 def idempotency_key_record(
-    *, owner, key: str, endpoint: str, fingerprint: str, status_code: int, body: Any, location: str
+    *, owner: User, key: str, endpoint: str, fingerprint: str, status_code: int, body: Any, location: str
 ) -> IdempotencyKey:
     """Record the first response to a key. Raises IntegrityError when a concurrent request with the same
     key recorded it first (the key's unique index): the caller rolls its own rows back and replays that one."""

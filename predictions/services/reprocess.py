@@ -12,10 +12,11 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from predictions.models import (
@@ -31,6 +32,9 @@ from predictions.selectors import reprocess_pending
 from predictions.services.dispatch import predictions_publish
 from predictions.services.worker import predictions_run
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 logger = logging.getLogger(__name__)
 
 ARCHIVED_FIELDS = tuple(model_output_fields())
@@ -43,8 +47,14 @@ REVIEW_FIELDS = (
 
 
 def reprocess_run_open(
-    *, selectors: dict, to_model: str = "", sync: bool = False, source: str = "command", user=None, resume: bool = True
-):
+    *,
+    selectors: dict[str, Any],
+    to_model: str = "",
+    sync: bool = False,
+    source: str = "command",
+    user: User | None = None,
+    resume: bool = True,
+) -> tuple[ReprocessRun, bool]:
     """The interrupted run with the same selectors and target (resumed), or a new one. Returns (run, resumed).
 
     A run is interrupted until it has dispatched every selected row; after that the same command
@@ -68,7 +78,7 @@ def reprocess_run_open(
     return run, False
 
 
-def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
+def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> None:
     """Archive the current result of each row into its history, reset it to queued, then run or queue it."""
     with transaction.atomic():
         rows = list(
@@ -117,7 +127,12 @@ def reprocess_chunk(run, ids: Sequence[int], *, sync: bool) -> None:
 
 
 def reprocess_dispatch(
-    run, pending: Sequence[int], *, chunk_size: int, sync: bool, on_chunk: Callable[[int], None] = lambda n: None
+    run: ReprocessRun,
+    pending: Sequence[int],
+    *,
+    chunk_size: int,
+    sync: bool,
+    on_chunk: Callable[[int], None] = lambda n: None,
 ) -> None:
     """Archive and run (or queue) `pending` in chunks; then mark the run dispatched, so that the
     same selection invoked again starts a new run rather than resuming this one."""
@@ -137,7 +152,7 @@ def reprocess_runs_close() -> int:
     return done.update(status=ReprocessRun.Status.FINISHED, finished_at=timezone.now())
 
 
-def predictions_rerun(*, queryset, user, to_model: str = "") -> tuple[Any, int]:
+def predictions_rerun(*, queryset: QuerySet[Prediction], user: User, to_model: str = "") -> tuple[ReprocessRun, int]:
     """The admin's re-run action: the same path as `reprocess` (queued to workers), in chunks."""
     run, _ = reprocess_run_open(
         selectors={"admin_selection_at": timezone.now().isoformat()},

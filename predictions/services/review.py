@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from predictions.models import Prediction, PredictionReview
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
-def prediction_review(*, prediction: Prediction, reviewer, corrected_label: str, note: str) -> None:
+
+def prediction_review(*, prediction: Prediction, reviewer: User, corrected_label: str, note: str) -> None:
     """Set the correction and note, stamp who and when, and append the review to the trail."""
     now = timezone.now()
     Prediction.objects.filter(pk=prediction.pk).update(
@@ -21,7 +27,7 @@ def prediction_review(*, prediction: Prediction, reviewer, corrected_label: str,
     prediction.reviewed_by, prediction.reviewed_at = reviewer, now
 
 
-def predictions_mark_reviewed(*, queryset, reviewer) -> int:
+def predictions_mark_reviewed(*, queryset: QuerySet[Prediction], reviewer: User) -> int:
     """Mark rows reviewed as they stand (no correction), each recorded in the trail; in chunks."""
     ids = list(queryset.order_by("pk").values_list("pk", flat=True))
     now = timezone.now()

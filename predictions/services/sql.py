@@ -15,9 +15,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import psycopg
 from django.db import connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from predictions.models import RESULT_FIELDS, Prediction, PredictionStatus
@@ -38,9 +40,9 @@ def _insert_statement() -> tuple[str, tuple]:
     fields = tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field)
     assert not any(f.generated or f.has_db_default() for f in fields), "save() would send these differently"
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(f.column) for f in fields)  # type: ignore[arg-type]  # a concrete field has a column
     values = ", ".join(f"%({f.attname})s" for f in fields)
-    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({values}) RETURNING {quote(meta.pk.column)}"
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({values}) RETURNING {quote(meta.pk.column)}"  # type: ignore[arg-type]  # as above
     return sql, fields
 
 
@@ -57,7 +59,7 @@ def prediction_insert(prediction: Prediction) -> None:
     connection.close_if_health_check_failed()  # as connection.cursor() does: replaces a connection the
     connection.ensure_connection()  # server closed (a restart) before this request's first statement
     raw = psycopg.Cursor(connection.connection)
-    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)  # type: ignore[arg-type]  # django-stubs: these wrap a DB-API cursor
     with transaction.mark_for_rollback_on_error(connection.alias), wrapped as cursor:  # as save() does
         cursor.execute(sql, values)
         prediction.pk = cursor.fetchone()[0]
@@ -96,7 +98,7 @@ def rows_claim(
         others=others,
         skip_locked=connection.features.has_select_for_update_skip_locked,
     )
-    params = {
+    params: dict[str, Any] = {
         "running": PredictionStatus.RUNNING.value,
         "queued": PredictionStatus.QUEUED.value,
         "task_id": task_id,
@@ -113,7 +115,7 @@ def rows_claim(
     return sorted(rows, key=lambda row: row.pk)
 
 
-def _aware(value):
+def _aware(value: object) -> object:
     """A raw cursor skips Django's converters: SQLite returns naive UTC datetimes (PostgreSQL, aware ones)."""
     if isinstance(value, datetime) and timezone.is_naive(value):
         return timezone.make_aware(value, UTC)
@@ -122,10 +124,10 @@ def _aware(value):
 
 @functools.lru_cache(maxsize=256)
 def _results_statement(rows: int) -> str:
-    fields = [Prediction._meta.get_field(name) for name in RESULT_FIELDS]
+    fields = [cast(Field, Prediction._meta.get_field(name)) for name in RESULT_FIELDS]
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
-    assignments = ", ".join(f"{quote(f.column)} = CAST(v.{quote(f.column)} AS {f.db_type(connection)})" for f in fields)
+    columns = ", ".join(quote(f.column) for f in fields)  # type: ignore[arg-type]  # a concrete field has a column
+    assignments = ", ".join(f"{quote(f.column)} = CAST(v.{quote(f.column)} AS {f.db_type(connection)})" for f in fields)  # type: ignore[arg-type]  # as above
     values = ", ".join(
         "(" + ", ".join([f"%(r{i}_id)s", *(f"%(r{i}_{f.attname})s" for f in fields)]) + ")" for i in range(rows)
     )
@@ -150,7 +152,7 @@ def results_store(rows: Sequence[Prediction], *, task_id: str) -> set[int]:
             ids = set(held.select_for_update().filter(pk__in=[r.pk for r in rows]).values_list("pk", flat=True))
             held.bulk_update([row for row in rows if row.pk in ids], list(RESULT_FIELDS))
         return ids
-    fields = [Prediction._meta.get_field(name) for name in RESULT_FIELDS]
+    fields = [cast(Field, Prediction._meta.get_field(name)) for name in RESULT_FIELDS]
     params: dict = {"running": PredictionStatus.RUNNING.value, "task_id": task_id}
     for i, row in enumerate(rows):
         params[f"r{i}_id"] = row.pk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -17,9 +18,20 @@ from predictions.services.backpressure import queue_admit
 from predictions.services.dispatch import chunks_send, prediction_publish
 from predictions.services.sql import prediction_insert
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 
 def _prediction_build(
-    *, owner, text: str, digest: str, model_name: str, version: str, hit: dict | None, batch=None, position: int = 0
+    *,
+    owner: User,
+    text: str,
+    digest: str,
+    model_name: str,
+    version: str,
+    hit: dict[str, Any] | None,
+    batch: Batch | None = None,
+    position: int = 0,
 ) -> Prediction:
     """An unsaved row: succeeded from the cache hit when the same model version answered this text before."""
     prediction = Prediction(
@@ -42,7 +54,7 @@ def _prediction_build(
     return prediction
 
 
-def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
+def prediction_create(*, owner: User, text: str, model_name: str) -> Prediction:
     """Save one prediction; queue it for a worker after commit unless the cache answered it.
     Raises QueueFull, storing nothing, when MAX_QUEUED predictions are already in flight."""
     queue_admit(adding=1)
@@ -60,7 +72,7 @@ def prediction_create(*, owner, text: str, model_name: str) -> Prediction:
     return prediction
 
 
-def batch_create(*, owner, texts: Sequence[str], model_name: str) -> Batch:
+def batch_create(*, owner: User, texts: Sequence[str], model_name: str) -> Batch:
     """Save a batch and one prediction per text; uncached ones are queued in chunks after commit.
     Raises QueueFull, storing nothing, when the batch would take the queue over MAX_QUEUED.
 

@@ -23,7 +23,7 @@ from predictions.registry import classifier_get
 from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
 from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
-from textclf import ModelLoadError
+from textclf import LabelScores, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -129,14 +129,13 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
     try:
         classifier = classifier_get(model_name)
     except (ModelLoadError, KeyError) as exc:
-        results = [ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")] * len(rows)
-        return _results_write(model_name, "", rows, results, task_id=task_id)
+        unloaded = ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")
+        return _results_write(model_name, "", rows, [unloaded] * len(rows), task_id=task_id)
     texts = [row.text for row in rows]
     started, cpu_started = time.perf_counter(), time.process_time()
+    results: Sequence[LabelScores | Exception]
     try:
-        results: list = classifier.predict(
-            texts, batch_size=settings.PASS_MAX_TEXTS, max_tokens=settings.PASS_MAX_TOKENS
-        )
+        results = classifier.predict(texts, batch_size=settings.PASS_MAX_TEXTS, max_tokens=settings.PASS_MAX_TOKENS)
     except SoftTimeLimitExceeded:
         raise  # out of time: the rows stay running and go back to the queue (sweeper), not one by one
     except Exception as exc:
@@ -145,14 +144,15 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
             "batch of %d failed for %s (%s); retrying texts one by one", len(rows), model_name, type(exc).__name__
         )
         logger.debug("batch of %d failed for %s", len(rows), model_name, exc_info=True)
-        results = []
+        one_by_one: list[LabelScores | Exception] = []
         for text in texts:
             try:
-                results.append(classifier.predict([text])[0])
+                one_by_one.append(classifier.predict([text])[0])
             except SoftTimeLimitExceeded:
                 raise
             except Exception as exc:
-                results.append(exc)
+                one_by_one.append(exc)
+        results = one_by_one
     else:
         seconds = time.perf_counter() - started
         forward_pass_observe(model_name, len(rows), seconds)
@@ -174,7 +174,9 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
     return _results_write(model_name, classifier.version, rows, results, task_id=task_id)
 
 
-def _results_write(model_name: str, version: str, rows: list[Prediction], results: list, *, task_id: str) -> dict:
+def _results_write(
+    model_name: str, version: str, rows: list[Prediction], results: Sequence[LabelScores | Exception], *, task_id: str
+) -> dict[str, int]:
     """Fill the cache, store each result (or exception) on its row, then wake waiting requests.
 
     The cache is filled first, so once a row reads as finished, the same text is a cache hit (a
@@ -207,7 +209,7 @@ def _results_write(model_name: str, version: str, rows: list[Prediction], result
     return counts
 
 
-def _row_fill(row: Prediction, result, *, version: str, finished: datetime) -> None:
+def _row_fill(row: Prediction, result: LabelScores | Exception, *, version: str, finished: datetime) -> None:
     """Set the result fields of a row from the model's answer, or from the exception its text raised."""
     row.model_version, row.finished_at = version, finished
     if isinstance(result, Exception):

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -51,7 +52,7 @@ class Command(BaseCommand):
         train, dev = reader(train_path), reader(dev_path)
         if options["limit"]:
             train = train[: options["limit"]]
-        hyper = dict(recipe.defaults)
+        hyper: dict[str, Any] = dict(recipe.defaults)
         if options["epochs"]:
             hyper["epochs"] = options["epochs"]
         config = TrainConfig(
