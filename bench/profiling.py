@@ -140,7 +140,8 @@ def request_cost(requests: int) -> None:
 
         def post() -> None:
             response = client.post("/api/v1/predictions/", data=body, content_type="application/json")
-            assert response.status_code == 200 and response.json()["cached"], response.content
+            assert response.status_code == 200, response.content
+            assert response.json()["cached"], response.content
 
         for _ in range(30):
             post()

@@ -103,7 +103,7 @@ class Load:
                 self.batch_ids.add(batch)
 
 
-def client_loop(stack: Stack, load: Load, *, number: int, stop_at: float, seed: int) -> None:
+def client_loop(stack: Stack, load: Load, *, number: int, stop_at: float, seed: int) -> None:  # noqa: C901 (the traffic mix reads as one loop)
     """Mixed traffic until `stop_at`: 40% single POST ?wait=10, 15% batch polled to the end, 20% a
     repeated text (cache hits), 25% GETs of a prediction, a batch or the list."""
     rng = random.Random(seed * 1000 + number)
@@ -300,6 +300,32 @@ def progress(began: float, load: Load, faults: list[str]) -> None:
     )
 
 
+def violations_found(checks: dict, load: Load, *, grew: list[str], injected: bool) -> list[str]:
+    """What failed the soak: rows lost, unfinished, finished twice or re-run, HTTP errors, memory growth,
+    or no fault injected when kills were asked for."""
+    violations = []
+    checked = (
+        "lost",
+        "unfinished",
+        "failed_without_reason",
+        "finished_twice",
+        "finished_never_recorded",
+        "over_attempts",
+    )
+    for name in checked:
+        if checks[name]:
+            violations.append(f"{name}: {len(checks[name])} (ids {checks[name][:10]})")
+    if checks["history_rows"]:
+        violations.append(f"history rows: {checks['history_rows']} (nothing should have been re-run)")
+    if load.errors:
+        violations.append(f"HTTP errors: {dict(load.errors)}")
+    if grew:
+        violations.append(f"memory grew: {', '.join(grew)}")
+    if not injected:
+        violations.append("no fault was injected")
+    return violations
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10, help="how long the load runs (default 10)")
@@ -388,26 +414,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kills = [f for f in faults if f.startswith("SIGKILL")]
     memory_lines, grew = memory_verdict(samples, tolerance=args.rss_tolerance, slack_mb=args.rss_slack_mb)
-    violations = []
-    checked = (
-        "lost",
-        "unfinished",
-        "failed_without_reason",
-        "finished_twice",
-        "finished_never_recorded",
-        "over_attempts",
-    )
-    for name in checked:
-        if checks[name]:
-            violations.append(f"{name}: {len(checks[name])} (ids {checks[name][:10]})")
-    if checks["history_rows"]:
-        violations.append(f"history rows: {checks['history_rows']} (nothing should have been re-run)")
-    if load.errors:
-        violations.append(f"HTTP errors: {dict(load.errors)}")
-    if grew:
-        violations.append(f"memory grew: {', '.join(grew)}")
-    if args.kill_every > 0 and not kills:
-        violations.append("no fault was injected")
+    violations = violations_found(checks, load, grew=grew, injected=bool(kills) or args.kill_every <= 0)
 
     print()
     print(

@@ -86,7 +86,7 @@ class ReviewForm(forms.ModelForm):
 
     class Meta:
         model = Prediction
-        fields = ["corrected_label", "review_note"]
+        fields = ("corrected_label", "review_note")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -123,7 +123,7 @@ def spreadsheet_safe(value):
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
     form = ReviewForm
-    list_display = [
+    list_display = (
         "id",
         "short_text",
         "label",
@@ -137,24 +137,24 @@ class PredictionAdmin(admin.ModelAdmin):
         "finished_at",
         "duration",
         "corrected_label",
-    ]
-    list_filter = [
+    )
+    list_filter = (
         "status",
         "model_name",
         LabelFilter,
         ReviewedFilter,
         "cached",
         ("owner", admin.RelatedOnlyFieldListFilter),
-    ]
+    )
     date_hierarchy = "created_at"
-    search_fields = ["=id", "text"]
+    search_fields = ("=id", "text")
     search_help_text = "Search by text, or by an exact prediction id."
-    ordering = ["-id"]
-    list_select_related = ["owner", "batch"]
+    ordering = ("-id",)
+    list_select_related = ("owner", "batch")
     list_per_page = 50
     show_full_result_count = False
-    actions = ["rerun", "mark_reviewed", "export_csv"]
-    fieldsets = [
+    actions = ("rerun", "mark_reviewed", "export_csv")
+    fieldsets = (
         (None, {"fields": ["text_display", "label", "score_bars", "labels", "status", "error"]}),
         ("Model", {"fields": ["model_name", "model_version", "cached", "task_link", "attempts"]}),
         ("Review", {"fields": ["corrected_label", "review_note", "reviewed_by", "reviewed_at", "review_trail"]}),
@@ -173,14 +173,14 @@ class PredictionAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-    ]
+    )
     # Everything shown is read-only but the reviewer's two fields (model output is never edited here).
-    readonly_fields = [
+    readonly_fields = tuple(
         field  # type: ignore[misc]  # these fieldsets list single names, no groups
         for _, options in fieldsets
         for field in options["fields"]
         if field not in ("corrected_label", "review_note")
-    ]
+    )
 
     # --- permissions: model output is read-only; deletes are for superusers ---------------------
     def has_add_permission(self, request) -> bool:
@@ -390,27 +390,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(PredictionResult)
 class PredictionResultAdmin(ReadOnlyAdmin):
-    list_display = ["id", "prediction", "model_name", "model_version", "status", "label", "score", "archived_at", "run"]
-    list_filter = ["model_name", "status"]
-    list_select_related = ["prediction", "run"]
-    raw_id_fields = ["prediction", "run"]
-    search_fields = ["=prediction__id"]
+    list_display = ("id", "prediction", "model_name", "model_version", "status", "label", "score", "archived_at", "run")
+    list_filter = ("model_name", "status")
+    list_select_related = ("prediction", "run")
+    raw_id_fields = ("prediction", "run")
+    search_fields = ("=prediction__id",)
     show_full_result_count = False
 
 
 @admin.register(PredictionReview)
 class PredictionReviewAdmin(ReadOnlyAdmin):
-    list_display = ["id", "prediction", "reviewer", "corrected_label", "note", "created_at"]
-    list_select_related = ["prediction", "reviewer"]
-    raw_id_fields = ["prediction", "reviewer"]
+    list_display = ("id", "prediction", "reviewer", "corrected_label", "note", "created_at")
+    list_select_related = ("prediction", "reviewer")
+    raw_id_fields = ("prediction", "reviewer")
     show_full_result_count = False
 
 
 @admin.register(ReprocessRun)
 class ReprocessRunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "source", "created_by", "to_model", "selected", "status", "sync", "created_at", "finished_at"]
-    list_select_related = ["created_by"]
-    readonly_fields = ["summary"]
+    list_display = ("id", "source", "created_by", "to_model", "selected", "status", "sync", "created_at", "finished_at")
+    list_select_related = ("created_by",)
+    readonly_fields = ("summary",)
 
     @admin.display(description="summary")
     def summary(self, obj: ReprocessRun):
@@ -419,7 +419,7 @@ class ReprocessRunAdmin(ReadOnlyAdmin):
 
 @admin.register(Batch)
 class BatchAdmin(ReadOnlyAdmin):
-    list_display = ["id", "model_name", "size", "owner", "created_at"]
-    list_select_related = ["owner"]
-    raw_id_fields = ["owner"]
+    list_display = ("id", "model_name", "size", "owner", "created_at")
+    list_select_related = ("owner",)
+    raw_id_fields = ("owner",)
     show_full_result_count = False

@@ -67,7 +67,6 @@ def empty_cache():
 
     with contextlib.suppress(Exception):
         cache.clear()
-    yield
 
 
 @pytest.fixture

@@ -78,7 +78,8 @@ def test_a_reviewer_can_set_a_correction_and_it_records_who_and_when(client, rev
     client.force_login(reviewer)
     url = reverse("admin:predictions_prediction_change", args=[row.pk])
     page = client.get(url)
-    assert page.status_code == 200 and b"No earlier results: this is the first run." in page.content
+    assert page.status_code == 200
+    assert b"No earlier results: this is the first run." in page.content
     response = client.post(
         url,
         {
@@ -90,9 +91,12 @@ def test_a_reviewer_can_set_a_correction_and_it_records_who_and_when(client, rev
     )
     assert response.status_code == 302
     row.refresh_from_db()
-    assert row.corrected_label == "positive" and row.review_note == "sarcasm, actually positive"
-    assert row.reviewed_by == reviewer and row.reviewed_at is not None
-    assert row.text == "text 0" and row.label == "negative"  # model output and text are read-only
+    assert row.corrected_label == "positive"
+    assert row.review_note == "sarcasm, actually positive"
+    assert row.reviewed_by == reviewer
+    assert row.reviewed_at is not None
+    assert row.text == "text 0"
+    assert row.label == "negative"  # model output and text are read-only
     review = PredictionReview.objects.get()
     assert (review.reviewer, review.corrected_label) == (reviewer, "positive")
 
@@ -101,7 +105,8 @@ def test_a_correction_must_be_one_of_the_models_labels(client, reviewer, owner):
     [row] = rows(owner, 1)
     client.force_login(reviewer)
     response = client.post(reverse("admin:predictions_prediction_change", args=[row.pk]), {"corrected_label": "banana"})
-    assert response.status_code == 200 and b"Select a valid choice" in response.content
+    assert response.status_code == 200
+    assert b"Select a valid choice" in response.content
     assert not PredictionReview.objects.exists()
 
 
@@ -158,11 +163,14 @@ def test_the_csv_export_streams_every_selected_row(client, superuser, owner):
     Prediction.objects.filter(pk=selected[0].pk).update(text='comma, "quote"\nnewline')
     client.force_login(superuser)
     response = client.post(CHANGELIST, {"action": "export_csv", "_selected_action": [r.pk for r in selected]})
-    assert response.status_code == 200 and response.streaming
+    assert response.status_code == 200
+    assert response.streaming
     assert response["Content-Type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert len(table) == 5 and table[0]["text"] == 'comma, "quote"\nnewline'
-    assert table[0]["owner"] == "owner" and table[0]["model"] == "sentiment"
+    assert len(table) == 5
+    assert table[0]["text"] == 'comma, "quote"\nnewline'
+    assert table[0]["owner"] == "owner"
+    assert table[0]["model"] == "sentiment"
 
 
 def test_the_csv_export_reads_rows_in_chunks_not_all_at_once(owner):
@@ -185,7 +193,8 @@ def test_the_overview_shows_volume_errors_and_latency(client, superuser, owner):
     html = response.content.decode()
     assert '<strong id="total">5</strong>' in html
     assert '<strong id="error-rate">20.00%</strong>' in html
-    assert html.count("<svg") >= 3 and "cdn" not in html.lower()
+    assert html.count("<svg") >= 3
+    assert "cdn" not in html.lower()
     assert "Label distribution: sentiment" in html
 
 

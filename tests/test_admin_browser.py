@@ -144,7 +144,8 @@ def test_a_reviewer_filters_searches_opens_and_corrects_a_prediction(page, live_
     page.wait_for_selector(".messagelist .success")
 
     sarcastic = Prediction.objects.get(text__contains="sequel")
-    assert sarcastic.corrected_label == "negative" and sarcastic.reviewed_by.username == "rita"
+    assert sarcastic.corrected_label == "negative"
+    assert sarcastic.reviewed_by.username == "rita"
     assert sarcastic.label == "positive"  # the model's answer stays as it was
     assert PredictionReview.objects.get().note == "sarcasm: this is negative"
 

@@ -96,7 +96,8 @@ def test_a_batch_over_max_batch_size_is_400(api, nothing_changes, settings):
 
 def test_the_default_batch_limit_is_1000(api, nothing_changes):
     response = api.post("/api/v1/batches/", {"texts": ["t"] * 1001})
-    assert response.status_code == 400 and "At most 1000 texts" in response.json()["texts"][0]
+    assert response.status_code == 400
+    assert "At most 1000 texts" in response.json()["texts"][0]
 
 
 def test_max_text_chars_is_read_from_settings(api, nothing_changes, settings):
@@ -123,7 +124,8 @@ def test_a_url_over_max_url_bytes_is_414_and_a_long_one_under_it_is_served(api, 
     assert response.json()["detail"].endswith(f"is over the limit of {MAX_URL_BYTES} bytes.")
     # The path counts as sent: 1,400 "é" are 8,400 bytes percent-encoded (UTF-8); 600 are 3,600.
     response = api.get("/api/v1/predictions/" + "%C3%A9" * 1400 + "/")
-    assert response.status_code == 414 and "URL of 8421 bytes" in response.json()["detail"]
+    assert response.status_code == 414
+    assert "URL of 8421 bytes" in response.json()["detail"]
     assert api.get("/api/v1/predictions/" + "%C3%A9" * 600 + "/").status_code == 404
 
 
@@ -136,7 +138,8 @@ def test_another_users_prediction_is_404(api, stranger_api):
 
 def test_a_huge_batch_filter_is_400_not_a_500(api):
     response = api.get("/api/v1/predictions/?batch=100000000000000000000")
-    assert response.status_code == 400 and "batch" in response.json()
+    assert response.status_code == 400
+    assert "batch" in response.json()
 
 
 def test_the_remembered_negotiation_chooses_as_drf_does_and_never_keeps_a_406():
@@ -178,4 +181,5 @@ def test_the_remembered_negotiation_chooses_as_drf_does_and_never_keeps_a_406():
                     answers.append(type(exc))
             assert answers[0] == answers[1], (accept, query, answers)
     kept = RememberedContentNegotiation._chosen
-    assert len(kept) == 8 and ("image/png", None, None, (JSONRenderer, BrowsableAPIRenderer)) not in kept
+    assert len(kept) == 8
+    assert ("image/png", None, None, (JSONRenderer, BrowsableAPIRenderer)) not in kept

@@ -20,7 +20,8 @@ def test_a_batch_saves_one_prediction_per_text_and_answers_in_input_order(api):
     detail = api.get(response["Location"]).json()
     assert [r["text"] for r in detail["results"]] == texts
     assert detail["counts"] == {"queued": 0, "running": 0, "succeeded": 4, "failed": 0}
-    assert detail["finished"] is True and detail["size"] == 4
+    assert detail["finished"] is True
+    assert detail["size"] == 4
     assert Prediction.objects.filter(batch_id=body["id"]).count() == 4
 
 
@@ -74,7 +75,8 @@ def test_waiting_on_a_batch_that_does_not_finish_answers_its_state_after_the_wai
     response = api.get(f"/api/v1/batches/{body['id']}/?wait=0.5")
     assert 0.5 <= time.monotonic() - began < 5
     assert response.status_code == 200
-    assert response.json()["finished"] is False and response.json()["counts"]["queued"] == 1
+    assert response.json()["finished"] is False
+    assert response.json()["counts"]["queued"] == 1
 
 
 def test_waiting_on_a_finished_batch_answers_at_once(api):
@@ -84,7 +86,8 @@ def test_waiting_on_a_finished_batch_answers_at_once(api):
     began = time.monotonic()
     detail = api.get(f"/api/v1/batches/{body['id']}/?wait=30").json()
     assert time.monotonic() - began < 2
-    assert detail["finished"] is True and detail["counts"]["succeeded"] == 2
+    assert detail["finished"] is True
+    assert detail["counts"]["succeeded"] == 2
 
 
 def _batch_with_callbacks(owner, capture, n: int):

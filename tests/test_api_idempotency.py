@@ -37,16 +37,20 @@ def keyed(key: str) -> dict:
 
 def test_a_retry_with_the_same_key_replays_the_first_response_and_creates_nothing(api, published):
     first = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("order-1"))
-    assert first.status_code == 202 and first["Idempotent-Replayed"] == "false"
+    assert first.status_code == 202
+    assert first["Idempotent-Replayed"] == "false"
     assert len(published) == 1  # the task ran (eagerly): the row has finished since
     assert Prediction.objects.get().status == "succeeded"
 
     again = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("order-1"))
-    assert again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    assert again.status_code == 202
+    assert again["Idempotent-Replayed"] == "true"
     assert again.content == first.content  # byte for byte: the row as it was then (queued)
     assert again.json()["status"] == "queued"
     assert again["Location"] == first["Location"]
-    assert Prediction.objects.count() == 1 and len(published) == 1 and IdempotencyKey.objects.count() == 1
+    assert Prediction.objects.count() == 1
+    assert len(published) == 1
+    assert IdempotencyKey.objects.count() == 1
 
 
 def test_a_batch_retry_with_the_same_key_replays_and_creates_nothing(api, recorded):
@@ -54,9 +58,11 @@ def test_a_batch_retry_with_the_same_key_replays_and_creates_nothing(api, record
     first = api.post("/api/v1/batches/", body, **keyed("batch-7"))
     again = api.post("/api/v1/batches/", body, **keyed("batch-7"))
     assert first.status_code == again.status_code == 202
-    assert again.content == first.content and again["Location"] == first["Location"]
+    assert again.content == first.content
+    assert again["Location"] == first["Location"]
     assert again["Idempotent-Replayed"] == "true"
-    assert Batch.objects.count() == 1 and Prediction.objects.count() == 3
+    assert Batch.objects.count() == 1
+    assert Prediction.objects.count() == 3
     assert recorded == [[p.pk for p in Prediction.objects.order_by("position")]]
 
 
@@ -67,27 +73,34 @@ def test_the_same_key_with_a_different_body_is_422_naming_the_header(api, record
     assert "different request" in response.json()["Idempotency-Key"][0]
     other_model = api.post("/api/v1/predictions/", {"text": "good film", "model": "emotions"}, **keyed("k"))
     assert other_model.status_code == 422
-    assert Prediction.objects.count() == 1 and len(recorded) == 1
+    assert Prediction.objects.count() == 1
+    assert len(recorded) == 1
 
 
 def test_an_explicit_default_model_is_the_same_request(api, recorded):
     first = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("k"))
     again = api.post("/api/v1/predictions/", {"text": "good film", "model": "sentiment"}, **keyed("k"))
-    assert again.status_code == 202 and again.json() == first.json() and Prediction.objects.count() == 1
+    assert again.status_code == 202
+    assert again.json() == first.json()
+    assert Prediction.objects.count() == 1
 
 
 def test_keys_are_per_user_and_per_endpoint(api, stranger_api, recorded):
     mine = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("shared"))
     theirs = stranger_api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("shared"))
     assert mine.status_code == theirs.status_code == 202
-    assert mine.json()["id"] != theirs.json()["id"] and theirs["Idempotent-Replayed"] == "false"
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert theirs["Idempotent-Replayed"] == "false"
     batch = api.post("/api/v1/batches/", {"texts": ["good film"]}, **keyed("shared"))
-    assert batch.status_code == 202 and batch["Idempotent-Replayed"] == "false"
-    assert Prediction.objects.count() == 3 and Batch.objects.count() == 1 and IdempotencyKey.objects.count() == 3
+    assert batch.status_code == 202
+    assert batch["Idempotent-Replayed"] == "false"
+    assert Prediction.objects.count() == 3
+    assert Batch.objects.count() == 1
+    assert IdempotencyKey.objects.count() == 3
 
 
 @pytest.mark.parametrize(
-    "key, why",
+    ("key", "why"),
     [("x" * 256, "got 256 characters"), ("", "got 0 characters"), ("clé-été", "not all ASCII"), ("a\tb", "")],
     ids=["too long", "empty", "not ascii", "control character"],
 )
@@ -95,8 +108,11 @@ def test_a_bad_key_is_400_naming_the_header_and_stores_nothing(api, recorded, ke
     response = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed(key))
     assert response.status_code == 400
     message = response.json()["Idempotency-Key"][0]
-    assert "1 to 255 printable ASCII characters" in message and why in message
-    assert Prediction.objects.count() == 0 and IdempotencyKey.objects.count() == 0 and recorded == []
+    assert "1 to 255 printable ASCII characters" in message
+    assert why in message
+    assert Prediction.objects.count() == 0
+    assert IdempotencyKey.objects.count() == 0
+    assert recorded == []
 
 
 def test_a_key_of_255_printable_characters_is_accepted(api, recorded):
@@ -111,8 +127,10 @@ def test_an_expired_key_is_ignored_and_replaced(api, recorded, settings):
         created_at=timezone.now() - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS, seconds=1)
     )
     again = api.post("/api/v1/predictions/", {"text": "bad film"}, **keyed("old"))  # a new request: no 422
-    assert again.status_code == 202 and again["Idempotent-Replayed"] == "false"
-    assert again.json()["id"] != first.json()["id"] and Prediction.objects.count() == 2
+    assert again.status_code == 202
+    assert again["Idempotent-Replayed"] == "false"
+    assert again.json()["id"] != first.json()["id"]
+    assert Prediction.objects.count() == 2
     assert IdempotencyKey.objects.get().location == again["Location"]
 
 
@@ -138,18 +156,23 @@ def test_a_refused_submission_does_not_use_up_the_key(api, owner, recorded, sett
     settings.MAX_QUEUED = 1
     Prediction.objects.create(owner=owner, text="waiting", text_sha256="0" * 64, model_name="sentiment")
     refused = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("k"))
-    assert refused.status_code == 503 and IdempotencyKey.objects.count() == 0
+    assert refused.status_code == 503
+    assert IdempotencyKey.objects.count() == 0
     settings.MAX_QUEUED = 0
     accepted = api.post("/api/v1/predictions/", {"text": "good film"}, **keyed("k"))
-    assert accepted.status_code == 202 and accepted["Idempotent-Replayed"] == "false"
+    assert accepted.status_code == 202
+    assert accepted["Idempotent-Replayed"] == "false"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_keyed_wait_that_sees_the_result_is_what_retries_get(api):
     first = api.post("/api/v1/predictions/?wait=5", {"text": "bad plot"}, **keyed("w"))
-    assert first.status_code == 200 and first.json()["status"] == "succeeded"
+    assert first.status_code == 200
+    assert first.json()["status"] == "succeeded"
     again = api.post("/api/v1/predictions/", {"text": "bad plot"}, **keyed("w"))
-    assert again.status_code == 200 and again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
     assert Prediction.objects.count() == 1
 
 
@@ -191,5 +214,6 @@ def test_concurrent_requests_with_one_key_create_exactly_one_row(owner, recorded
     assert {r.status_code for r in responses} == {202}
     assert len({r.content for r in responses}) == 1
     assert sorted(r["Idempotent-Replayed"] for r in responses) == ["false"] + ["true"] * (clients - 1)
-    assert Prediction.objects.count() == 1 and IdempotencyKey.objects.count() == 1
+    assert Prediction.objects.count() == 1
+    assert IdempotencyKey.objects.count() == 1
     assert recorded == [[Prediction.objects.get().pk]]

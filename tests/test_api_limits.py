@@ -54,24 +54,28 @@ def test_a_full_queue_answers_503_with_retry_after_and_stores_nothing(api, owner
     response = api.post("/api/v1/predictions/", {"text": "good film"})
     assert response.status_code == 503
     assert response["Retry-After"] == str(settings.MAX_QUEUED_RETRY_AFTER)
-    assert (
-        "MAX_QUEUED" in response.json()["detail"] and "3 predictions are queued or running" in response.json()["detail"]
-    )
-    assert Prediction.objects.count() == before and recorded == []
+    assert "MAX_QUEUED" in response.json()["detail"]
+    assert "3 predictions are queued or running" in response.json()["detail"]
+    assert Prediction.objects.count() == before
+    assert recorded == []
 
 
 def test_the_queue_admits_up_to_max_queued_counting_its_own_submissions(api, recorded, settings):
     settings.MAX_QUEUED = 2
     assert [api.post("/api/v1/predictions/", {"text": f"text {i}"}).status_code for i in range(3)] == [202, 202, 503]
-    assert Prediction.objects.count() == 2 and len(recorded) == 2
+    assert Prediction.objects.count() == 2
+    assert len(recorded) == 2
 
 
 def test_a_batch_that_would_pass_the_limit_is_refused_whole(api, owner, recorded, settings):
     settings.MAX_QUEUED = 5
     rows(owner, 1)
     refused = api.post("/api/v1/batches/", {"texts": ["a", "b", "c", "d", "e"]})
-    assert refused.status_code == 503 and refused["Retry-After"]
-    assert Batch.objects.count() == 0 and Prediction.objects.count() == 1 and recorded == []
+    assert refused.status_code == 503
+    assert refused["Retry-After"]
+    assert Batch.objects.count() == 0
+    assert Prediction.objects.count() == 1
+    assert recorded == []
     assert api.post("/api/v1/batches/", {"texts": ["a", "b", "c", "d"]}).status_code == 202
     assert Prediction.objects.count() == 5
 
@@ -87,7 +91,8 @@ def test_the_depth_is_counted_once_a_second_not_per_request(api, recorded, setti
     assert backpressure.QUEUE_DEPTH_REFRESH_SECONDS == 1.0
     monkeypatch.setattr(backpressure, "QUEUE_DEPTH_REFRESH_SECONDS", 30.0)  # a slow machine can't make this flaky
     counted = counts_during(5)
-    assert len(counted) == 1 and "predictions_prediction" in counted[0]
+    assert len(counted) == 1
+    assert "predictions_prediction" in counted[0]
     monkeypatch.setattr(backpressure, "QUEUE_DEPTH_REFRESH_SECONDS", 0.0)
     assert len(counts_during(3)) == 3
 
@@ -115,9 +120,13 @@ def test_submissions_over_the_rate_get_429_with_retry_after(api, stranger_api, r
     settings.THROTTLE_SUBMIT = "2/min"
     codes = [api.post("/api/v1/predictions/", {"text": f"text {i}"}).status_code for i in range(2)]
     throttled = api.post("/api/v1/batches/", {"texts": ["x"]})
-    assert codes == [202, 202] and throttled.status_code == 429
-    assert 0 < int(throttled["Retry-After"]) <= 60 and "throttled" in throttled.json()["detail"]
-    assert Prediction.objects.count() == 2 and Batch.objects.count() == 0 and len(recorded) == 2
+    assert codes == [202, 202]
+    assert throttled.status_code == 429
+    assert 0 < int(throttled["Retry-After"]) <= 60
+    assert "throttled" in throttled.json()["detail"]
+    assert Prediction.objects.count() == 2
+    assert Batch.objects.count() == 0
+    assert len(recorded) == 2
     assert api.get("/api/v1/predictions/").status_code == 200  # reads have their own budget (off by default)
     assert stranger_api.post("/api/v1/predictions/", {"text": "x"}).status_code == 202  # per user
 
@@ -142,7 +151,8 @@ def test_rate_limits_fail_open_when_the_cache_is_down(api, recorded, settings, c
     settings.CACHES = DEAD_REDIS
     settings.THROTTLE_SUBMIT = settings.THROTTLE_READ = "1/min"
     codes = [api.post("/api/v1/predictions/", {"text": "good film"}).status_code for _ in range(3)]
-    assert codes == [202, 202, 202] and Prediction.objects.count() == 3
+    assert codes == [202, 202, 202]
+    assert Prediction.objects.count() == 3
     assert api.get("/api/v1/predictions/").status_code == 200
     assert "rate limit submit not checked, cache unavailable" in caplog.text
 
@@ -153,7 +163,8 @@ def test_empty_rates_mean_no_limit_and_touch_no_cache(api, recorded, settings, c
     for i in range(3):
         assert api.post("/api/v1/predictions/", {"text": f"x{i}"}).status_code == 202
     assert api.get("/api/v1/predictions/").status_code == 200
-    assert "result cache unavailable" in caplog.text and "rate limit" not in caplog.text
+    assert "result cache unavailable" in caplog.text
+    assert "rate limit" not in caplog.text
 
 
 @pytest.mark.parametrize("raw", ["lots", "10", "0/min", "10/fortnight", "-1/s"])
@@ -187,7 +198,8 @@ def test_the_schema_documents_the_limits_and_the_idempotency_key(client, tmp_pat
         post = paths[path]["post"]
         assert {"422", "429", "503"} <= set(post["responses"]), path
         header = {p["name"]: p for p in post["parameters"]}["Idempotency-Key"]
-        assert header["in"] == "header" and not header.get("required")
+        assert header["in"] == "header"
+        assert not header.get("required")
     for path in ("/api/v1/predictions/", "/api/v1/predictions/{id}/", "/api/v1/batches/{id}/", "/api/v1/models/"):
         assert "429" in paths[path]["get"]["responses"], path
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
@@ -224,10 +236,12 @@ def chunked(body) -> dict:
 def test_a_10_mb_chunked_body_is_413_after_reading_just_past_the_limit(api, recorded, settings):
     body = ChunkedBody(10 * 1024 * 1024)
     response = api.client.generic("POST", "/api/v1/predictions/", b"", content_type="application/json", **chunked(body))
-    assert response.status_code == 413 and response["Content-Type"] == "application/json"
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
     assert "(chunked) is over the limit" in response.json()["detail"]
     assert body.read_bytes == settings.MAX_REQUEST_BYTES + 1
-    assert Prediction.objects.count() == 0 and recorded == []
+    assert Prediction.objects.count() == 0
+    assert recorded == []
 
 
 def test_a_small_chunked_body_is_read_and_handled_as_usual(api, recorded):
@@ -273,7 +287,8 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
                 break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()
+                assert server.poll() is None, server.stderr.read().decode()
+                assert time.monotonic() < deadline, server.stderr.read().decode()
                 time.sleep(0.2)
 
         head = (
@@ -295,7 +310,8 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
             except OSError:
                 pass  # the server closed the connection: it did not read the rest
         assert reply.startswith(b"HTTP/1.1 413 "), reply[:300]
-        assert b"application/json" in reply and b"(chunked) is over the limit" in reply
+        assert b"application/json" in reply
+        assert b"(chunked) is over the limit" in reply
         assert elapsed < 5
 
         small = json.dumps({"text": "good film"}).encode()
@@ -310,14 +326,16 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
             sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             reply = http_reply(sock)
         assert reply.startswith(b"HTTP/1.1 414 "), reply[:300]
-        assert b"application/json" in reply and f"URL of {len(url)} bytes".encode() in reply
+        assert b"application/json" in reply
+        assert f"URL of {len(url)} bytes".encode() in reply
         replies = {}
         for count in (1400, 600):  # the path counts as sent, percent-encoded: 8,421 and 3,621 bytes
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 url = "/api/v1/predictions/" + "%C3%A9" * count + "/"
                 sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n\r\n".encode())
                 replies[count] = http_reply(sock)
-        assert replies[1400].startswith(b"HTTP/1.1 414 ") and b"URL of 8421 bytes" in replies[1400], replies[1400][:300]
+        assert replies[1400].startswith(b"HTTP/1.1 414 "), replies[1400][:300]
+        assert b"URL of 8421 bytes" in replies[1400], replies[1400][:300]
         assert replies[600].startswith(b"HTTP/1.1 404 "), replies[600][:300]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # over --http1-buffer-size
             sock.sendall(f"GET /api/v1/predictions/?{'x' * 20000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())

@@ -27,12 +27,17 @@ def test_a_posted_text_is_saved_queued_and_answered_202_with_its_location(api, m
     assert response.status_code == 202, response.json()
     body = response.json()
     assert response["Location"] == f"/api/v1/predictions/{body['id']}/"
-    assert body["status"] == "queued" and body["text"] == "a gorgeous, witty film"
-    assert body["model"]["name"] == "sentiment" and len(body["model"]["version"]) == 12
+    assert body["status"] == "queued"
+    assert body["text"] == "a gorgeous, witty film"
+    assert body["model"]["name"] == "sentiment"
+    assert len(body["model"]["version"]) == 12
     [(sent_ids, task_id)] = sent
     assert sent_ids == [body["id"]]
     row = Prediction.objects.get(pk=body["id"])  # the row records the task id it was published under
-    assert row.status == PredictionStatus.QUEUED and row.task_id == task_id and row.published_at and row.text_sha256
+    assert row.status == PredictionStatus.QUEUED
+    assert row.task_id == task_id
+    assert row.published_at
+    assert row.text_sha256
 
 
 def test_the_worker_fills_label_score_and_every_label_score(api):
@@ -42,8 +47,10 @@ def test_the_worker_fills_label_score_and_every_label_score(api):
     assert body["label"] in ("negative", "positive")
     assert set(body["scores"]) == {"negative", "positive"}
     assert body["score"] == max(body["scores"].values())
-    assert body["cached"] is False and body["error"] == ""
-    assert body["started_at"] and body["finished_at"]
+    assert body["cached"] is False
+    assert body["error"] == ""
+    assert body["started_at"]
+    assert body["finished_at"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -55,23 +62,29 @@ def test_wait_answers_200_with_the_finished_result(api):
 
 def test_a_repeated_text_is_served_from_the_cache_without_a_task(api, published):
     first = api.post("/api/v1/predictions/", {"text": "the acting was great"})
-    assert first.status_code == 202 and len(published) == 1
+    assert first.status_code == 202
+    assert len(published) == 1
     second = api.post("/api/v1/predictions/", {"text": "the acting was great"})
     assert second.status_code == 200
     body = second.json()
-    assert body["cached"] is True and body["status"] == "succeeded"
+    assert body["cached"] is True
+    assert body["status"] == "succeeded"
     assert len(published) == 1  # no second task
     original = Prediction.objects.get(pk=first.json()["id"])
-    assert body["label"] == original.label and body["scores"] == pytest.approx(original.scores)
-    assert body["id"] != original.pk and Prediction.objects.count() == 2
+    assert body["label"] == original.label
+    assert body["scores"] == pytest.approx(original.scores)
+    assert body["id"] != original.pk
+    assert Prediction.objects.count() == 2
 
 
 def test_the_cache_is_per_model(api, published):
     api.post("/api/v1/predictions/", {"text": "happy joy", "model": "sentiment"})
     response = api.post("/api/v1/predictions/", {"text": "happy joy", "model": "emotions"})
-    assert response.status_code == 202 and len(published) == 2
+    assert response.status_code == 202
+    assert len(published) == 2
     body = api.get(response["Location"]).json()
-    assert body["model"]["name"] == "emotions" and set(body["scores"]) == {"joy", "anger", "fear", "neutral"}
+    assert body["model"]["name"] == "emotions"
+    assert set(body["scores"]) == {"joy", "anger", "fear", "neutral"}
     assert isinstance(body["labels"], list)
 
 
@@ -87,7 +100,8 @@ def test_a_retrained_model_version_does_not_reuse_cached_answers(
     assert (retrained / "model.safetensors").read_bytes() != (tiny_sentiment_dir / "model.safetensors").read_bytes()
     settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "sentiment": f"path:{retrained}"}
     response = api.post("/api/v1/predictions/", {"text": "dull plot"})
-    assert response.status_code == 202 and len(published) == 2
+    assert response.status_code == 202
+    assert len(published) == 2
     shutil.rmtree(retrained)
 
 
@@ -131,14 +145,17 @@ def test_the_list_filters_by_status_model_label_batch_and_created_range(api):
     assert ids("created_after=2000-01-01T00:00:00Z") == {a["id"], b["id"], *(r["id"] for r in batch["results"])}
     assert ids("created_before=2000-01-01T00:00:00Z") == set()
     bad = api.get("/api/v1/predictions/?status=done")
-    assert bad.status_code == 400 and "status" in bad.json()
+    assert bad.status_code == 400
+    assert "status" in bad.json()
 
 
 def test_the_list_is_paginated(api, settings):
     for i in range(3):
         api.post("/api/v1/predictions/", {"text": f"text {i}"})
     body = api.get("/api/v1/predictions/?page=1").json()
-    assert body["count"] == 3 and len(body["results"]) == 3 and "next" in body
+    assert body["count"] == 3
+    assert len(body["results"]) == 3
+    assert "next" in body
 
 
 def test_a_model_whose_files_are_gone_fails_the_row_with_the_reason_not_a_500(api, settings, tmp_path):
@@ -146,7 +163,8 @@ def test_a_model_whose_files_are_gone_fails_the_row_with_the_reason_not_a_500(ap
     response = api.post("/api/v1/predictions/", {"text": "good film"})
     assert response.status_code == 202
     body = api.get(response["Location"]).json()
-    assert body["status"] == "failed" and "could not be loaded" in body["error"]
+    assert body["status"] == "failed"
+    assert "could not be loaded" in body["error"]
 
 
 def test_the_fast_prediction_json_equals_what_the_declared_fields_produce(api, owner):
@@ -177,7 +195,8 @@ def test_the_prebuilt_insert_stores_what_save_would_store(api, owner):
     from predictions.services.sql import prediction_insert
     from predictions.services.submission import _prediction_build
 
-    assert not pre_save.has_listeners(Prediction) and not post_save.has_listeners(Prediction)
+    assert not pre_save.has_listeners(Prediction)
+    assert not post_save.has_listeners(Prediction)
     api.post("/api/v1/predictions/", {"text": "good film"})  # fills the cache: the next builds are hits
     for hit in (None, {"label": "positive", "score": 0.9, "scores": {"positive": 0.9, "negative": 0.1}}):
         built = [
@@ -188,7 +207,9 @@ def test_the_prebuilt_insert_stores_what_save_would_store(api, owner):
         ]
         built[0].save()
         prediction_insert(built[1])
-        assert built[1].pk and not built[1]._state.adding and built[1]._state.db == "default"
+        assert built[1].pk
+        assert not built[1]._state.adding
+        assert built[1]._state.db == "default"
         for row in built:  # each row reads back exactly as built, through either path
             assert model_to_dict(Prediction.objects.get(pk=row.pk)) == model_to_dict(row)
         created = Prediction.objects.filter(pk__in=[row.pk for row in built]).values_list("created_at", flat=True)

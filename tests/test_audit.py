@@ -61,14 +61,16 @@ def test_a_known_vulnerability_fails_the_audit_naming_the_package_and_the_fix(tm
     result = audit(tmp_path, VULNERABLE)
     assert result.returncode == 1
     assert "VULNERABLE django==4.2.0: PYSEC-2023-61 (CVE-2023-31047)" in result.stdout
-    assert "fixed in: 4.2.1" in result.stdout and "audited 2 of 2 package(s)" in result.stdout
+    assert "fixed in: 4.2.1" in result.stdout
+    assert "audited 2 of 2 package(s)" in result.stdout
 
 
 def test_a_package_that_could_not_be_checked_is_reported_and_fails_only_when_strict(tmp_path):
     lenient = audit(tmp_path, UNCHECKED)
     assert lenient.returncode == 0
     assert "NOT AUDITED torch: Dependency not found on PyPI" in lenient.stdout
-    assert "audited 1 of 2 package(s)" in lenient.stdout and "(some could not be audited)" in lenient.stdout
+    assert "audited 1 of 2 package(s)" in lenient.stdout
+    assert "(some could not be audited)" in lenient.stdout
     assert audit(tmp_path, UNCHECKED, "--strict").returncode == 2
     assert audit(tmp_path, UNCHECKED, AUDIT_STRICT="1").returncode == 2
 
@@ -93,17 +95,21 @@ def test_the_dev_file_s_report_judges_only_what_the_runtime_file_s_did_not(tmp_p
     }
     result = audit_reports(tmp_path, {"requirements.txt.json": runtime, "requirements-dev.txt.json": dev})
     assert result.returncode == 1  # the runtime file's vulnerability fails the whole audit
-    assert result.stdout.count("VULNERABLE django==4.2.0") == 1 and result.stdout.count("NOT AUDITED torch") == 1
+    assert result.stdout.count("VULNERABLE django==4.2.0") == 1
+    assert result.stdout.count("NOT AUDITED torch") == 1
     assert "== requirements.txt.json\n" in result.stdout
     assert "== requirements-dev.txt.json (the packages not judged above)" in result.stdout
-    assert "audited 1 of 2 package(s)" in result.stdout and "audited 2 of 2 package(s)" in result.stdout
+    assert "audited 1 of 2 package(s)" in result.stdout
+    assert "audited 2 of 2 package(s)" in result.stdout
 
 
 def test_a_file_that_could_not_be_audited_fails_the_run_and_the_others_are_still_judged(tmp_path):
     result = audit_reports(tmp_path, {"a.json": UNCHECKED, "b.json": VULNERABLE})
-    assert result.returncode == 1 and "VULNERABLE django==4.2.0" in result.stdout
+    assert result.returncode == 1
+    assert "VULNERABLE django==4.2.0" in result.stdout
     missing = run_audit("--report", str(tmp_path / "none.json"), "--report", str(tmp_path / "a.json"))
-    assert missing.returncode == 3 and "could not audit none.json" in missing.stderr
+    assert missing.returncode == 3
+    assert "could not audit none.json" in missing.stderr
     assert "audited 1 of 2 package(s)" in missing.stdout  # a.json still judged
 
 

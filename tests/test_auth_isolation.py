@@ -58,9 +58,11 @@ def owners_rows(api, owner):
 
 
 def snapshot() -> list:
-    return list(
-        Prediction.objects.order_by("pk").values_list("pk", "owner_id", "status", "text", "label", "task_id")
-    ) + [PredictionResult.objects.count(), ReprocessRun.objects.count()]
+    return [
+        *Prediction.objects.order_by("pk").values_list("pk", "owner_id", "status", "text", "label", "task_id"),
+        PredictionResult.objects.count(),
+        ReprocessRun.objects.count(),
+    ]
 
 
 def test_the_api_routes_are_the_ones_this_file_knows_and_every_other_route_is_named():
@@ -91,7 +93,8 @@ def test_the_open_routes_hold_no_user_data(anonymous_api, client, owners_rows):
     assert client.get("/healthz").json() == {"status": "ok"}
     for route in PUBLIC_API:
         response = anonymous_api.get("/" + route)
-        assert response.status_code == 200 and SECRET not in response.content.decode()
+        assert response.status_code == 200
+        assert SECRET not in response.content.decode()
 
 
 def test_another_user_can_not_read_list_filter_into_or_change_the_owners_rows(stranger_api, owners_rows):
@@ -113,7 +116,8 @@ def test_another_user_can_not_read_list_filter_into_or_change_the_owners_rows(st
         "created_after=2000-01-01T00:00:00Z",
     ):
         response = stranger_api.get(f"/api/v1/predictions/?{query}")
-        assert response.status_code == 200 and response.json()["results"] == [], query
+        assert response.status_code == 200, query
+        assert response.json()["results"] == [], query
     assert snapshot() == before
 
 
@@ -171,9 +175,11 @@ def test_users_who_are_not_staff_can_not_reach_the_admin_at_all(who, client, own
     ids = {Prediction: owners_rows["predictions"], Batch: owners_rows["batches"]}
     for url in admin_urls(ids):
         response = client.get(url)
-        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+        assert response.status_code == 302, url
+        assert response["Location"].startswith("/admin/login/"), url
     for response in rerun_and_export(client, list(Prediction.objects.values_list("pk", flat=True))):
-        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+        assert response.status_code == 302
+        assert response["Location"].startswith("/admin/login/")
         assert SECRET not in response.content.decode()
     assert snapshot() == before
 
@@ -193,9 +199,11 @@ def test_staff_without_permissions_get_403_on_predictions_and_can_not_re_run_or_
         ("predictions_batch_change", [owners_rows["batches"]]),
     ]:
         response = client.get(reverse(f"admin:{name}", args=args))
-        assert response.status_code == 403 and SECRET not in response.content.decode(), name
+        assert response.status_code == 403, name
+        assert SECRET not in response.content.decode(), name
     for response in rerun_and_export(client, [pk]):
-        assert response.status_code == 403 and SECRET not in response.content.decode()
+        assert response.status_code == 403
+        assert SECRET not in response.content.decode()
     assert snapshot() == before
 
 
@@ -205,5 +213,7 @@ def test_reviewers_see_re_run_and_export_everyones_rows_in_the_admin_by_design(c
     client.force_login(rita)
     assert SECRET in client.get(reverse("admin:predictions_prediction_changelist")).content.decode()
     rerun, export = rerun_and_export(client, [owners_rows["predictions"]])
-    assert rerun.status_code == 302 and ReprocessRun.objects.filter(created_by=rita).count() == 1
-    assert export.status_code == 200 and SECRET in b"".join(export.streaming_content).decode()
+    assert rerun.status_code == 302
+    assert ReprocessRun.objects.filter(created_by=rita).count() == 1
+    assert export.status_code == 200
+    assert SECRET in b"".join(export.streaming_content).decode()

@@ -23,9 +23,11 @@ def test_results_land_in_redis_under_model_version_and_text_hash(api, settings):
     key = result_cache_key("sentiment", row.model_version, text_sha256("great acting"))
     assert key == f"result:v1:sentiment:{row.model_version}:{text_sha256('great acting')}"
     cached = result_cache_get("sentiment", row.model_version, row.text_sha256)
-    assert cached["label"] == row.label and cached["scores"] == pytest.approx(row.scores)
+    assert cached["label"] == row.label
+    assert cached["scores"] == pytest.approx(row.scores)
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    assert client.exists(f":1:{key}") and 0 < client.ttl(f":1:{key}") <= settings.RESULT_CACHE_TTL
+    assert client.exists(f":1:{key}")
+    assert 0 < client.ttl(f":1:{key}") <= settings.RESULT_CACHE_TTL
 
 
 def test_a_redis_outage_degrades_to_computing_never_to_a_500(api, settings, published):
@@ -35,7 +37,8 @@ def test_a_redis_outage_degrades_to_computing_never_to_a_500(api, settings, publ
     assert first.status_code == second.status_code == 202
     assert len(published) == 2  # both computed, neither cached
     rows = Prediction.objects.order_by("pk")
-    assert [r.status for r in rows] == ["succeeded", "succeeded"] and not any(r.cached for r in rows)
+    assert [r.status for r in rows] == ["succeeded", "succeeded"]
+    assert not any(r.cached for r in rows)
 
 
 def test_a_cache_ttl_of_zero_disables_caching(api, settings, published):

@@ -20,7 +20,9 @@ def test_evaluate_prints_accuracy_as_json_on_its_last_line_for_a_single_label_mo
     path.write_text("label\tsentence\n1\tgood film\n0\tbad plot\n1\tlove it\n")
     result = json.loads(run("evaluate", "sentiment", str(path)).strip().splitlines()[-1])
     assert set(result) == {"model", "version", "n", "accuracy"}
-    assert result["model"] == "sentiment" and result["n"] == 3 and len(result["version"]) == 12
+    assert result["model"] == "sentiment"
+    assert result["n"] == 3
+    assert len(result["version"]) == 12
     assert result["accuracy"] * 3 == pytest.approx(round(result["accuracy"] * 3), abs=1e-3)  # k of 3 right
 
 
@@ -36,7 +38,8 @@ def test_evaluate_int8_reports_the_quantized_variant(tmp_path):
     path = tmp_path / "dev.tsv"
     path.write_text("label\tsentence\n1\tgood film\n")
     result = json.loads(run("evaluate", "sentiment", str(path), "--int8").strip().splitlines()[-1])
-    assert result["int8"] is True and result["n"] == 1
+    assert result["int8"] is True
+    assert result["n"] == 1
 
 
 @pytest.mark.parametrize(
@@ -64,11 +67,16 @@ def test_predict_prints_label_score_and_top_scores_without_a_broker():
     lines = run("predict", "sentiment", "good film", "bad plot").strip().splitlines()
     assert len(lines) == 2
     label, score, tops, text = lines[0].split("\t")
-    assert label in ("negative", "positive") and 0.5 <= float(score) <= 1 and text == "good film"
-    assert "negative=" in tops and "positive=" in tops
+    assert label in ("negative", "positive")
+    assert 0.5 <= float(score) <= 1
+    assert text == "good film"
+    assert "negative=" in tops
+    assert "positive=" in tops
 
 
 def test_predict_json_for_a_multi_label_model_lists_labels_over_threshold():
     [line] = run("predict", "emotions", "so happy", "--json", "--top", "2").strip().splitlines()
     result = json.loads(line)
-    assert result["model"] == "emotions" and len(result["top"]) == 2 and isinstance(result["labels"], list)
+    assert result["model"] == "emotions"
+    assert len(result["top"]) == 2
+    assert isinstance(result["labels"], list)

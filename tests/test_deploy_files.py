@@ -91,9 +91,12 @@ def test_the_image_runs_as_a_non_root_user_that_owns_app_var():
     users = [(i, args) for i, (kind, args) in enumerate(steps) if kind == "USER"]
     assert users, "the Dockerfile sets no USER: everything would run as root"
     position, user = users[-1]
-    assert user not in ("root", "0") and not user.startswith(("root:", "0:"))
+    assert user not in ("root", "0")
+    assert not user.startswith(("root:", "0:"))
     created = [args for kind, args in steps[:position] if kind == "RUN" and "useradd" in args]
-    assert created and f" {user}" in created[-1] and "--uid 0 " not in created[-1]
+    assert created
+    assert f" {user}" in created[-1]
+    assert "--uid 0 " not in created[-1]
     owned = [args for kind, args in steps[:position] if kind == "RUN" and f"chown -R {user}:{user} /app/var" in args]
     assert owned, "/app/var must belong to the user the processes run as"
     assert any("MLSITE_VAR_DIR=/app/var" in args for kind, args in steps if kind == "ENV")  # var/ is that directory
@@ -121,7 +124,8 @@ def test_every_requirement_is_pinned_exactly():
     import re
 
     runtime, dev = requirement_lines("requirements.txt"), requirement_lines("requirements-dev.txt")
-    assert len(runtime) > 20 and dev[0] == "-r requirements.txt"  # dev installs what the image installs, and more
+    assert len(runtime) > 20
+    assert dev[0] == "-r requirements.txt"  # dev installs what the image installs, and more
     loose = [
         line
         for line in runtime + dev[1:]
@@ -134,7 +138,8 @@ def test_every_requirement_is_pinned_exactly():
 def test_the_image_installs_requirements_txt_only_and_make_install_both_files():
     steps = dockerfile_instructions()
     installs = [args for kind, args in steps if kind == "RUN" and "pip install" in args]
-    assert len(installs) == 1 and installs[0].endswith(" -r requirements.txt")
+    assert len(installs) == 1
+    assert installs[0].endswith(" -r requirements.txt")
     assert ("COPY", "requirements.txt .") in steps
     assert "requirements-dev" not in (ROOT / "Dockerfile").read_text()
     assert "$(STAMP): requirements.txt requirements-dev.txt" in (ROOT / "Makefile").read_text()
@@ -253,7 +258,8 @@ def test_the_web_server_runs_granian_with_every_flag_of_the_deployed_command():
 )
 def test_the_bind_address_becomes_granian_s_host_and_port(bind, host, port):
     command = webserver.granian_argv(bind=bind)
-    assert command[command.index("--host") + 1] == host and command[command.index("--port") + 1] == port
+    assert command[command.index("--host") + 1] == host
+    assert command[command.index("--port") + 1] == port
 
 
 def test_python_m_mlsite_webserver_execs_granian_with_its_options(monkeypatch):
@@ -326,7 +332,8 @@ def test_a_bad_setting_value_stops_start_up_naming_the_variable():
 
     env = {**os.environ, "API_BATCH_MAX_TEXTS": "lots"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "API_BATCH_MAX_TEXTS='lots': expected an integer" in result.stderr
+    assert result.returncode != 0
+    assert "API_BATCH_MAX_TEXTS='lots': expected an integer" in result.stderr
 
 
 def test_the_wsgi_application_drops_the_server_s_process_environment_from_each_request():

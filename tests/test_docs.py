@@ -48,7 +48,8 @@ def test_the_readme_is_at_most_300_lines():
 
 def test_the_readme_keeps_the_two_commands():
     readme = (ROOT / "README.md").read_text()
-    assert "make run" in readme and "make test" in readme
+    assert "make run" in readme
+    assert "make test" in readme
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -159,7 +160,8 @@ def settings_table() -> dict[str, list[str]]:
         cells = [cell.strip() for cell in row.strip().strip("|").split(" | ")]
         names = re.findall(r"^`([A-Z][A-Z0-9_]*)`$", cells[0])
         assert len(names) == 1, f"one variable per row, in backticks: {row}"
-        assert len(cells) == 4 and all(cells), f"name, default, what it governs, production value: {row}"
+        assert len(cells) == 4, f"name, default, what it governs, production value: {row}"
+        assert all(cells), f"name, default, what it governs, production value: {row}"
         assert names[0] not in table, f"{names[0]} has two rows"
         table[names[0]] = cells
     return table

@@ -29,22 +29,31 @@ def _children_of(pid: int) -> list[int]:
 def _exercise(stack: Stack) -> None:
     status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": "a gorgeous, witty, moving film"})
     assert status == 200, (body, stack.logs())
-    assert body["status"] == "succeeded" and body["label"] == "positive" and body["cached"] is False
-    assert body["model"]["name"] == "sentiment" and len(body["model"]["version"]) == 12
+    assert body["status"] == "succeeded"
+    assert body["label"] == "positive"
+    assert body["cached"] is False
+    assert body["model"]["name"] == "sentiment"
+    assert len(body["model"]["version"]) == 12
     status, stored = stack.request("GET", f"/api/v1/predictions/{body['id']}/")
-    assert status == 200 and stored == body  # the answer the wait gave (from the notification, with Redis) is the row
+    assert status == 200
+    assert stored == body  # the answer the wait gave (from the notification, with Redis) is the row
 
     status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": "a dull, lifeless and boring mess"})
-    assert status == 200 and body["label"] == "negative", body
+    assert status == 200, body
+    assert body["label"] == "negative", body
 
     status, again = stack.request("POST", "/api/v1/predictions/", {"text": "a dull, lifeless and boring mess"})
-    assert status == 200 and again["cached"] is True and again["label"] == "negative"
+    assert status == 200
+    assert again["cached"] is True
+    assert again["label"] == "negative"
 
     status, body = stack.request(
         "POST", "/api/v1/predictions/?wait=30", {"text": "Thank you so much, this made my day!", "model": "emotions"}
     )
-    assert status == 200 and body["status"] == "succeeded", body
-    assert len(body["scores"]) == 28 and "gratitude" in body["labels"]
+    assert status == 200, body
+    assert body["status"] == "succeeded", body
+    assert len(body["scores"]) == 28
+    assert "gratitude" in body["labels"]
 
     status, batch = stack.request("POST", "/api/v1/batches/", {"texts": ["great fun", "awful", "a masterpiece"]})
     assert status == 202
@@ -83,7 +92,8 @@ def _check_metrics_and_logs(stack: Stack) -> None:
     assert samples[("mlsite_predictions", (("model", "sentiment"), ("status", "succeeded")))] >= 6
     lines = stack.logs().splitlines()
     access = [json.loads(line) for line in lines if line.startswith("{") and '"logger": "mlsite.access"' in line]
-    assert access and all(len(entry["request_id"]) == 32 for entry in access), stack.logs()
+    assert access, stack.logs()
+    assert all(len(entry["request_id"]) == 32 for entry in access), stack.logs()
 
 
 def _stop_and_check_nothing_is_left(stack: Stack) -> None:
@@ -99,7 +109,8 @@ def test_the_embedded_default_needs_no_server(tmp_path):
     stack = Stack(tmp_path).start()
     try:
         _exercise(stack)
-        assert (tmp_path / "db.sqlite3").is_file() and (tmp_path / "broker").is_dir()
+        assert (tmp_path / "db.sqlite3").is_file()
+        assert (tmp_path / "broker").is_dir()
     finally:
         _stop_and_check_nothing_is_left(stack)
 

@@ -410,18 +410,21 @@ def test_predictions_submitted_while_rabbitmq_is_down_are_answered_202_and_swept
     rows = stack.rows(ids)
     assert all(r["status"] == "queued" and r["published_at"] is None for r in rows.values()), rows
     status, ready = stack.request("GET", "/readyz", auth=False)
-    assert ready["checks"]["broker"] != "ok" and ready["checks"]["database"] == "ok", ready
+    assert ready["checks"]["broker"] != "ok", ready
+    assert ready["checks"]["database"] == "ok", ready
 
     servers.rabbit.start()
     swept = json.loads(stack.manage("sweep", "--queued-after", "0").splitlines()[-1])  # what beat runs
     assert swept["republished"] >= len(ids), swept
     rows = stack.wait_finished(ids)
-    assert {r["status"] for r in rows.values()} == {"succeeded"} and all(r["attempts"] == 1 for r in rows.values())
+    assert {r["status"] for r in rows.values()} == {"succeeded"}
+    assert all(r["attempts"] == 1 for r in rows.values())
     stack.assert_each_written_once(ids)
 
     # The web process publishes again on its own (no restart): a new text goes through at once.
     status, body = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": texts_for("broker-back", 1)[0]})
-    assert status == 200 and body["status"] == "succeeded", body
+    assert status == 200, body
+    assert body["status"] == "succeeded", body
 
 
 def test_rabbitmq_crashing_while_a_worker_runs_loses_nothing_and_the_redelivery_changes_nothing(stack, servers):
@@ -446,7 +449,8 @@ def test_rabbitmq_crashing_while_a_worker_runs_loses_nothing_and_the_redelivery_
     assert stack.passes_ended(texts) == dict.fromkeys(texts, 1)
 
     status, body = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": texts_for("broker-back", 1)[0]})
-    assert status == 200 and body["status"] == "succeeded", body  # web and worker reconnected
+    assert status == 200, body
+    assert body["status"] == "succeeded", body  # web and worker reconnected
 
 
 def test_a_hung_rabbitmq_delays_a_submission_by_seconds_not_forever(stack, servers):
@@ -459,7 +463,8 @@ def test_a_hung_rabbitmq_delays_a_submission_by_seconds_not_forever(stack, serve
         started = time.monotonic()
         status, body = stack.request("POST", "/api/v1/predictions/", {"text": text}, timeout=60)
         elapsed = time.monotonic() - started
-        assert status == 202 and body["status"] == "queued", body
+        assert status == 202, body
+        assert body["status"] == "queued", body
         assert elapsed < 20, f"a hung broker held the request {elapsed:.1f}s"
     finally:
         servers.rabbit.resume()
@@ -476,15 +481,19 @@ def test_with_redis_down_predictions_still_work_uncached_and_readyz_names_the_ca
     servers.redis.kill()
     text, *batch_texts = texts_for("redis-down", 3)
     status, body = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": text})
-    assert status == 200 and body["status"] == "succeeded" and body["cached"] is False, body
+    assert status == 200, body
+    assert body["status"] == "succeeded", body
+    assert body["cached"] is False, body
     status, again = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": text})
-    assert status == 200 and again["cached"] is False, again  # no cache: computed again
+    assert status == 200, again
+    assert again["cached"] is False, again  # no cache: computed again
     status, batch = stack.request("POST", "/api/v1/batches/", {"texts": batch_texts})
     assert status == 202, batch
     rows = stack.wait_finished(stack.batch_ids(batch["id"]), timeout=30)
     assert {r["status"] for r in rows.values()} == {"succeeded"}
     status, detail = stack.request("GET", f"/api/v1/batches/{batch['id']}/")
-    assert status == 200 and detail["finished"], detail
+    assert status == 200, detail
+    assert detail["finished"], detail
     status, ready = stack.request("GET", "/readyz", auth=False)
     assert ready["checks"]["cache"] != "ok", ready
     assert ready["checks"]["database"] == ready["checks"]["broker"] == "ok", ready
@@ -493,9 +502,11 @@ def test_with_redis_down_predictions_still_work_uncached_and_readyz_names_the_ca
     wait_until(lambda: stack.request("GET", "/readyz", auth=False)[1]["checks"]["cache"] == "ok", 20, "readyz cache ok")
     fresh = texts_for("redis-back", 1)[0]
     status, first = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": fresh})
-    assert status == 200 and first["cached"] is False, first
+    assert status == 200, first
+    assert first["cached"] is False, first
     status, second = stack.request("POST", "/api/v1/predictions/", {"text": fresh})
-    assert status == 200 and second["cached"] is True, second  # the cache works again, no restart
+    assert status == 200, second
+    assert second["cached"] is True, second  # the cache works again, no restart
 
 
 def test_a_hung_redis_costs_bounded_timeouts_not_errors(stack, servers):
@@ -505,7 +516,8 @@ def test_a_hung_redis_costs_bounded_timeouts_not_errors(stack, servers):
         started = time.monotonic()
         status, body = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": texts_for("redis-hung", 1)[0]})
         elapsed = time.monotonic() - started
-        assert status == 200 and body["status"] == "succeeded", body
+        assert status == 200, body
+        assert body["status"] == "succeeded", body
         assert elapsed < 10, f"a hung Redis cost {elapsed:.1f}s"
         status, ready = stack.request("GET", "/readyz", auth=False, timeout=15)
         assert ready["checks"]["cache"] != "ok", ready
@@ -531,12 +543,14 @@ def test_web_and_worker_reconnect_after_postgresql_restarts_and_no_prediction_is
     rows = stack.wait_finished(ids)
     assert {r["status"] for r in rows.values()} == {"succeeded"}, rows
     in_held_pass = _rows_in_pass(held_pass, texts, ids)
-    assert in_held_pass and all(rows[pk]["attempts"] == 2 for pk in in_held_pass), rows  # failed once, then rerun
+    assert in_held_pass, rows
+    assert all(rows[pk]["attempts"] == 2 for pk in in_held_pass), rows  # failed once, then rerun
     assert all(r["attempts"] <= 2 for r in rows.values()), rows  # a chunk not yet started ran once
     stack.assert_each_written_once(ids)
     worker_log = stack.worker_log.read_text(errors="replace")[len(log_before) :]
     errors_and_retries = [line[:400] for line in worker_log.splitlines() if "rror" in line or "etry" in line]
-    assert "retry: Retry in" in worker_log and "OperationalError" in worker_log, "\n".join(errors_and_retries)
+    assert "retry: Retry in" in worker_log, "\n".join(errors_and_retries)
+    assert "OperationalError" in worker_log, "\n".join(errors_and_retries)
 
     more = texts_for("pg-after", 3)
     answers = [stack.request("POST", "/api/v1/predictions/?wait=20", {"text": t}) for t in more]
@@ -547,7 +561,8 @@ def test_web_and_worker_reconnect_after_postgresql_restarts_and_no_prediction_is
     # next task check their connection before using it, so neither fails nor needs a retry.
     servers.postgres.restart()
     status, body = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": texts_for("pg-idle", 1)[0]})
-    assert status == 200 and body["status"] == "succeeded", body
+    assert status == 200, body
+    assert body["status"] == "succeeded", body
     assert stack.rows([body["id"]])[body["id"]]["attempts"] == 1
 
 
@@ -568,7 +583,9 @@ def test_a_text_that_breaks_the_model_fails_only_its_own_row_and_is_not_retried(
     assert all(r["attempts"] == 1 for r in rows.values())  # a permanent error is not retried
     stack.assert_each_written_once(ids)
     status, detail = stack.request("GET", f"/api/v1/batches/{batch['id']}/")
-    assert status == 200 and detail["counts"]["failed"] == 1 and detail["counts"]["succeeded"] == 2, detail
+    assert status == 200, detail
+    assert detail["counts"]["failed"] == 1, detail
+    assert detail["counts"]["succeeded"] == 2, detail
 
 
 def test_no_prediction_is_left_queued_or_running(stack):

@@ -11,14 +11,17 @@ def test_models_lists_each_served_model_with_labels_version_and_kind(api):
     models = {m["name"]: m for m in api.get("/api/v1/models/").json()}
     assert set(models) == {"sentiment", "emotions"}
     assert models["sentiment"]["labels"] == ["negative", "positive"]
-    assert models["sentiment"]["kind"] == "single_label" and models["sentiment"]["default"] is True
-    assert models["emotions"]["kind"] == "multi_label" and models["emotions"]["default"] is False
+    assert models["sentiment"]["kind"] == "single_label"
+    assert models["sentiment"]["default"] is True
+    assert models["emotions"]["kind"] == "multi_label"
+    assert models["emotions"]["default"] is False
     assert all(len(m["version"]) == 12 for m in models.values())
 
 
 def test_healthz_needs_no_auth(client):
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
 
 
 def test_readyz_is_200_degraded_naming_the_worker_when_none_answers(client, settings):
@@ -41,7 +44,8 @@ def test_readyz_reports_each_served_model_with_its_version_and_source(client, se
     models = {m["name"]: m for m in client.get("/readyz").json()["models"]}
     assert set(models) == {"sentiment", "emotions"}
     for name, model in models.items():
-        assert model["source"] == tiny_models[name] and len(model["version"]) == 12
+        assert model["source"] == tiny_models[name]
+        assert len(model["version"]) == 12
 
 
 def test_readyz_is_503_without_a_worker_when_the_deployment_requires_one(client, settings):
@@ -75,7 +79,8 @@ def test_readyz_is_200_degraded_naming_the_cache_when_it_is_down(client, setting
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "degraded"
-    assert body["checks"]["cache"].startswith("degraded: ") and body["checks"]["database"] == "ok"
+    assert body["checks"]["cache"].startswith("degraded: ")
+    assert body["checks"]["database"] == "ok"
 
 
 def test_readyz_is_503_naming_a_model_whose_files_are_missing(client, settings, tmp_path):
@@ -114,7 +119,8 @@ def test_the_schema_documents_every_error_response(client):
 
 def test_the_docs_page_is_served(client):
     response = client.get("/api/docs/")
-    assert response.status_code == 200 and b"swagger" in response.content.lower()
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
 
 
 def test_models_marks_a_model_whose_files_are_missing_as_unavailable(api, settings, tmp_path):
@@ -122,5 +128,6 @@ def test_models_marks_a_model_whose_files_are_missing_as_unavailable(api, settin
     response = api.get("/api/v1/models/")
     assert response.status_code == 200
     models = {m["name"]: m for m in response.json()}
-    assert models["broken"]["available"] is False and models["broken"]["error"] == "model files unavailable"
+    assert models["broken"]["available"] is False
+    assert models["broken"]["error"] == "model files unavailable"
     assert models["sentiment"]["available"] is True

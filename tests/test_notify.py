@@ -118,7 +118,8 @@ def test_a_batch_waiter_wakes_on_each_forward_pass_of_its_batch(listener):
     thread.join()
     assert elapsed < notify.RECHECK_SECONDS * 0.9, elapsed
     assert len(checks) == 3  # before waiting, then once per message
-    assert ("batch", batch_id) not in listener.waiters and ("batch", batch_id) not in listener.recent
+    assert ("batch", batch_id) not in listener.waiters
+    assert ("batch", batch_id) not in listener.recent
 
 
 def test_a_batch_wait_times_out_when_the_batch_never_finishes(listener):
@@ -144,7 +145,8 @@ def test_the_message_carries_the_row_s_fields_and_the_waiter_takes_them_without_
     thread.start()
     assert notify.finished_wait(pk, timeout=10, is_finished=row.is_finished, finished_from=finished_from)
     thread.join()
-    assert taken == [{"status": "succeeded", "label": "positive"}] and row.reads == 0
+    assert taken == [{"status": "succeeded", "label": "positive"}]
+    assert row.reads == 0
 
 
 def test_a_message_without_fields_or_from_an_older_worker_makes_the_waiter_read_its_row(listener):
@@ -209,7 +211,9 @@ def test_a_waiting_request_answers_from_the_message_exactly_what_the_row_holds(l
     with CaptureQueriesContext(connection) as queries:
         waited = waiting.prediction_wait(predictions[0], timeout=10)
     thread.join()
-    assert waited.status == PredictionStatus.SUCCEEDED and len(queries) == 0, [q["sql"] for q in queries]
+    assert waited.status == PredictionStatus.SUCCEEDED, [q["sql"] for q in queries]
+    assert len(queries) == 0, [q["sql"] for q in queries]
     stored = Prediction.objects.get(pk=waited.pk)
     assert PredictionSerializer(waited).data == PredictionSerializer(stored).data
-    assert waited.score == stored.score and waited.scores == stored.scores  # the same floats, not approximately
+    assert waited.score == stored.score
+    assert waited.scores == stored.scores  # the same floats, not approximately

@@ -56,19 +56,26 @@ def test_every_log_line_of_a_request_and_its_task_is_json_with_the_request_id(ap
         response = api.post(
             "/api/v1/predictions/?wait=5", {"text": "a gorgeous, witty film"}, HTTP_X_REQUEST_ID="req-abc.123"
         )
-    assert response.status_code == 200 and response["X-Request-ID"] == "req-abc.123"
+    assert response.status_code == 200
+    assert response["X-Request-ID"] == "req-abc.123"
     logged = records(lines)
-    assert logged and all(r["request_id"] == "req-abc.123" for r in logged)
+    assert logged
+    assert all(r["request_id"] == "req-abc.123" for r in logged)
     assert all({"time", "level", "logger", "message", "request_id"} <= set(r) for r in logged)
     [forward_pass] = [r for r in logged if r["message"].startswith("forward pass")]
     row = Prediction.objects.get()
     assert row.request_id == "req-abc.123"
-    assert forward_pass["request_ids"] == ["req-abc.123"] and forward_pass["prediction_ids"] == [row.pk]
-    assert forward_pass["model"] == "sentiment" and forward_pass["size"] == 1 and forward_pass["level"] == "INFO"
+    assert forward_pass["request_ids"] == ["req-abc.123"]
+    assert forward_pass["prediction_ids"] == [row.pk]
+    assert forward_pass["model"] == "sentiment"
+    assert forward_pass["size"] == 1
+    assert forward_pass["level"] == "INFO"
     [access] = [r for r in logged if r["logger"] == "mlsite.access"]
-    assert access["message"] == "POST /api/v1/predictions/ 200" and access["level"] == "INFO"
+    assert access["message"] == "POST /api/v1/predictions/ 200"
+    assert access["level"] == "INFO"
     assert (access["method"], access["path"], access["status"]) == ("POST", "/api/v1/predictions/", 200)
-    assert access["user_id"] == row.owner_id and access["duration_ms"] > 0
+    assert access["user_id"] == row.owner_id
+    assert access["duration_ms"] > 0
 
 
 @pytest.mark.parametrize("incoming", [None, "", "two words", "x" * 129, "line\nbreak", '"quoted"'])
@@ -76,7 +83,8 @@ def test_a_missing_or_unsafe_request_id_is_replaced_by_a_fresh_one(client, incom
     headers = {} if incoming is None else {"HTTP_X_REQUEST_ID": incoming}
     response = client.get("/healthz", **headers)
     assert response.status_code == 200
-    assert len(response["X-Request-ID"]) == 32 and int(response["X-Request-ID"], 16) >= 0
+    assert len(response["X-Request-ID"]) == 32
+    assert int(response["X-Request-ID"], 16) >= 0
 
 
 def test_answers_refused_before_the_view_still_carry_a_request_id_and_an_access_line(client, settings):
@@ -87,7 +95,8 @@ def test_answers_refused_before_the_view_still_carry_a_request_id_and_an_access_
     assert response.status_code == 413
     logged = records(lines)
     [access] = [r for r in logged if r["logger"] == "mlsite.access"]
-    assert access["status"] == 413 and access["user_id"] is None
+    assert access["status"] == 413
+    assert access["user_id"] is None
     # Django's own "Payload Too Large" warning comes after the middleware; it carries the id too.
     assert {r["logger"] for r in logged} == {"mlsite.access", "django.request"}
     assert {r["request_id"] for r in logged} == {response["X-Request-ID"]}
@@ -123,7 +132,8 @@ def test_no_prediction_text_is_logged_at_info_or_above(api, monkeypatch):
     assert Prediction.objects.get(text=poison).status == PredictionStatus.FAILED
     logged = records(lines)
     loud = [line for line, r in zip(lines, logged, strict=True) if r["level"] not in ("DEBUG",)]
-    assert any(r["logger"] == "mlsite.access" for r in logged) and any("failed for" in line for line in loud)
+    assert any(r["logger"] == "mlsite.access" for r in logged)
+    assert any("failed for" in line for line in loud)
     assert not [line for line in loud if secret in line or poison in line]
     assert any(poison in line for line in lines), "the capture must see DEBUG records (the traceback)"
 
@@ -153,11 +163,13 @@ def test_logs_are_json_lines_by_default_and_plain_on_request():
     }
     assert entry["time"].endswith("+00:00")
     plain = _stderr_of_a_warning("plain")
-    assert "WARNING mlsite.probe [None] hello world" in plain and "{" not in plain
+    assert "WARNING mlsite.probe [None] hello world" in plain
+    assert "{" not in plain
     refused = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env={**os.environ, "LOG_FORMAT": "xml"}, capture_output=True
     )
-    assert refused.returncode != 0 and b"LOG_FORMAT='xml': expected one of json, plain" in refused.stderr
+    assert refused.returncode != 0
+    assert b"LOG_FORMAT='xml': expected one of json, plain" in refused.stderr
 
 
 # --- /metrics -----------------------------------------------------------------------------------
@@ -231,7 +243,8 @@ def test_a_cache_outage_is_counted_as_errors(api, client, settings):
 def test_metrics_need_the_token_when_one_is_set(client, settings):
     settings.METRICS_TOKEN = "s3cret-token"
     response = client.get("/metrics")
-    assert response.status_code == 401 and response["WWW-Authenticate"] == 'Bearer realm="metrics"'
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert scrape(client, HTTP_AUTHORIZATION="Bearer s3cret-token", REMOTE_ADDR="203.0.113.9")
 
@@ -241,7 +254,8 @@ def test_metrics_without_a_token_answer_loopback_clients_only(client, settings):
     settings.METRICS_TOKEN = ""
     assert scrape(client, REMOTE_ADDR="::1")
     response = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
-    assert response.status_code == 403 and "METRICS_TOKEN" in response.json()["detail"]
+    assert response.status_code == 403
+    assert "METRICS_TOKEN" in response.json()["detail"]
 
 
 def test_runstack_starts_the_metrics_directory_afresh(tmp_path):
@@ -300,5 +314,6 @@ def test_readyz_stays_200_and_says_degraded_when_redis_goes_away(client, setting
     response = client.get("/readyz")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "degraded" and body["checks"]["database"] == "ok"
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"] == "ok"
     assert body["checks"]["cache"].startswith("degraded: ConnectionError")

@@ -58,7 +58,8 @@ def test_delete_removes_old_finished_rows_with_history_reviews_and_emptied_batch
     line, counts = purge("--older-than", "30")
 
     assert list(Prediction.objects.values_list("pk", flat=True).order_by("pk")) == [recent, stuck.pk]
-    assert not PredictionResult.objects.exists() and not PredictionReview.objects.exists()
+    assert not PredictionResult.objects.exists()
+    assert not PredictionReview.objects.exists()
     assert not Batch.objects.exists()
     assert counts == {
         "mode": "delete",
@@ -104,11 +105,17 @@ def test_redact_keeps_the_row_but_no_copy_of_the_text_in_the_database_or_the_cac
     line, counts = purge("--older-than", "30", "--redact")
 
     row.refresh_from_db()
-    assert row.text == retention.REDACTED_TEXT and row.text_sha256 == "" and row.redacted_at is not None
-    assert row.review_note == retention.REDACTED_TEXT and row.corrected_label == "positive"  # who said what stays
-    assert row.label in ("negative", "positive") and row.scores and row.status == PredictionStatus.SUCCEEDED
+    assert row.text == retention.REDACTED_TEXT
+    assert row.text_sha256 == ""
+    assert row.redacted_at is not None
+    assert row.review_note == retention.REDACTED_TEXT
+    assert row.corrected_label == "positive"  # who said what stays
+    assert row.label in ("negative", "positive")
+    assert row.scores
+    assert row.status == PredictionStatus.SUCCEEDED
     earlier.refresh_from_db()
-    assert earlier.review_note == retention.REDACTED_TEXT and earlier.label == "negative"
+    assert earlier.review_note == retention.REDACTED_TEXT
+    assert earlier.label == "negative"
     assert PredictionReview.objects.get().note == retention.REDACTED_TEXT
     assert redis_keys_naming(digest) == []
     assert result_cache_get("sentiment", row.model_version, digest) is None
@@ -116,7 +123,9 @@ def test_redact_keeps_the_row_but_no_copy_of_the_text_in_the_database_or_the_cac
     assert line.startswith("redacted 1 finished prediction(s)")
 
     again = api.post("/api/v1/predictions/", {"text": text})  # the text is not confirmed by a cache hit
-    assert again.status_code == 202 and again.json()["cached"] is False and len(published) == 2
+    assert again.status_code == 202
+    assert again.json()["cached"] is False
+    assert len(published) == 2
     assert purge("--older-than", "30", "--redact")[1]["predictions"] == 0  # already redacted: nothing to do
 
 
@@ -139,10 +148,14 @@ def test_a_dry_run_changes_nothing_and_says_what_it_would_do(api, owner):
     before = list(Prediction.objects.values_list("pk", "text", "text_sha256").order_by("pk"))
 
     line, counts = purge("--older-than", "30", "--dry-run")
-    assert line.startswith("dry run: would delete 2 finished prediction(s)") and "1 emptied batch(es)" in line
-    assert counts["predictions"] == 2 and counts["batches"] == 1 and counts["unfinished_left"] == 1
+    assert line.startswith("dry run: would delete 2 finished prediction(s)")
+    assert "1 emptied batch(es)" in line
+    assert counts["predictions"] == 2
+    assert counts["batches"] == 1
+    assert counts["unfinished_left"] == 1
     line, counts = purge("--older-than", "30", "--dry-run", "--redact")
-    assert line.startswith("dry run: would redact 2 finished prediction(s)") and line.endswith("Nothing was changed.")
+    assert line.startswith("dry run: would redact 2 finished prediction(s)")
+    assert line.endswith("Nothing was changed.")
     assert list(Prediction.objects.values_list("pk", "text", "text_sha256").order_by("pk")) == before
     assert Batch.objects.count() == 1
 
@@ -154,7 +167,8 @@ def test_rows_go_in_chunks_of_batch_size_each_its_own_transaction(owner, django_
     age(rows)
     chunks: list[int] = []
     retention.predictions_purge(older_than_days=30, batch_size=2, on_chunk=chunks.append)
-    assert chunks == [2, 2, 1] and not Prediction.objects.exists()
+    assert chunks == [2, 2, 1]
+    assert not Prediction.objects.exists()
     assert purge("--older-than", "30", "--batch-size", "2")[1]["predictions"] == 0
 
 
@@ -162,14 +176,16 @@ def test_a_cache_outage_rolls_the_chunk_back_and_names_the_cause(api, settings):
     row_id = api.post("/api/v1/predictions/", {"text": "good film"}).json()["id"]
     age([row_id])
     settings.CACHES = DEAD_REDIS
-    with pytest.raises(CommandError, match="purge stopped after 0 row.*ConnectionError.*rolled back"):
+    with pytest.raises(CommandError, match=r"purge stopped after 0 row.*ConnectionError.*rolled back"):
         purge("--older-than", "30", "--redact")
     row = Prediction.objects.get(pk=row_id)
-    assert row.text == "good film" and row.redacted_at is None and row.text_sha256
+    assert row.text == "good film"
+    assert row.redacted_at is None
+    assert row.text_sha256
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    ("args", "message"),
     [
         (["--older-than", "0"], "--older-than: must be at least 1 day"),
         (["--older-than", "30", "--batch-size", "0"], "--batch-size: must be at least 1"),

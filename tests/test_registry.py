@@ -16,10 +16,13 @@ def fresh_registry():
 
 def test_bundled_sources_read_the_models_the_app_ships(settings, fresh_registry):
     settings.MLSITE_MODELS = {"sentiment": "bundled:sentiment", "emotions": "bundled:emotions"}
-    assert BUNDLED_MODELS_DIR.name == "bundled_models" and BUNDLED_MODELS_DIR.parent.name == "predictions"
+    assert BUNDLED_MODELS_DIR.name == "bundled_models"
+    assert BUNDLED_MODELS_DIR.parent.name == "predictions"
     sentiment, emotions = model_info_get("sentiment"), model_info_get("emotions")
-    assert sentiment.labels == ["negative", "positive"] and sentiment.kind.value == "single_label"
-    assert emotions.kind.value == "multi_label" and len(emotions.labels) == 28
+    assert sentiment.labels == ["negative", "positive"]
+    assert sentiment.kind.value == "single_label"
+    assert emotions.kind.value == "multi_label"
+    assert len(emotions.labels) == 28
 
 
 def test_the_setting_turns_packing_off(settings, fresh_registry):

@@ -46,12 +46,15 @@ def test_sync_rerun_keeps_the_earlier_result_in_history_and_never_changes_the_ro
     before = Prediction.objects.count()
     text, summary = reprocess("--all", "--sync")
     assert "selected 2 prediction(s) to re-run" in text
-    assert summary["selected"] == 2 and summary["rerun"] == 2 and summary["failed"] == 0
+    assert summary["selected"] == 2
+    assert summary["rerun"] == 2
+    assert summary["failed"] == 0
     assert summary["unchanged"] + summary["changed"] == 2
     assert Prediction.objects.count() == before
     for row in rows:
         row.refresh_from_db()
-        assert row.status == PredictionStatus.SUCCEEDED and row.model_version != "old-version"
+        assert row.status == PredictionStatus.SUCCEEDED
+        assert row.model_version != "old-version"
         [earlier] = row.history.all()
         assert (earlier.model_version, earlier.score, earlier.scores) == ("old-version", 0.9, {earlier.label: 0.9})
 
@@ -74,7 +77,8 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(owner):
     assert "would re-run 2 prediction(s) (1 × emotions, 1 × sentiment)" in out.getvalue()
     assert "1 queued or running would be left alone" in out.getvalue()
     assert list(Prediction.objects.order_by("pk").values()) == snapshot
-    assert not PredictionResult.objects.exists() and not ReprocessRun.objects.exists()
+    assert not PredictionResult.objects.exists()
+    assert not ReprocessRun.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -124,7 +128,8 @@ def test_to_model_reruns_under_another_model(owner):
     row = finished(owner, "happy joy")
     reprocess("--ids", str(row.pk), "--to-model", "emotions", "--sync")
     row.refresh_from_db()
-    assert row.model_name == "emotions" and set(row.scores) == {"joy", "anger", "fear", "neutral"}
+    assert row.model_name == "emotions"
+    assert set(row.scores) == {"joy", "anger", "fear", "neutral"}
     assert row.history.get().model_name == "sentiment"
 
 
@@ -169,7 +174,8 @@ def test_an_interrupted_run_resumes_without_redoing_rows(owner, monkeypatch):
     text, summary = reprocess("--all", "--sync", "--chunk-size", "2")
     assert f"resuming run {run.pk}: 4 already re-run, skipped" in text
     assert "selected 1 prediction(s)" in text
-    assert summary["rerun"] == 5 and summary["selected"] == 5
+    assert summary["rerun"] == 5
+    assert summary["selected"] == 5
     assert all(r.history.count() == 1 for r in rows)  # nobody re-run twice
     run.refresh_from_db()
     assert run.status == "finished"
@@ -183,11 +189,14 @@ def test_a_row_archived_but_not_yet_run_when_interrupted_is_run_on_resume(owner,
     with pytest.raises(KeyboardInterrupt):
         call_command("reprocess", "--ids", str(row.pk), "--sync", stdout=io.StringIO(), stderr=io.StringIO())
     row.refresh_from_db()
-    assert row.status == PredictionStatus.QUEUED and row.history.count() == 1
+    assert row.status == PredictionStatus.QUEUED
+    assert row.history.count() == 1
     monkeypatch.undo()
     _, summary = reprocess("--ids", str(row.pk), "--sync")
     row.refresh_from_db()
-    assert row.status == PredictionStatus.SUCCEEDED and row.history.count() == 1 and summary["rerun"] == 1
+    assert row.status == PredictionStatus.SUCCEEDED
+    assert row.history.count() == 1
+    assert summary["rerun"] == 1
 
 
 def test_queued_mode_publishes_chunks_to_the_workers(owner, published, django_capture_on_commit_callbacks):
@@ -210,17 +219,21 @@ def test_rows_still_in_flight_are_left_alone(owner):
         started_at=timezone.now() - timedelta(seconds=1),
     )
     text, summary = reprocess("--all", "--sync")
-    assert "1 queued or running elsewhere, left alone" in text and summary["selected"] == 1
+    assert "1 queued or running elsewhere, left alone" in text
+    assert summary["selected"] == 1
     busy.refresh_from_db()
-    assert busy.status == PredictionStatus.RUNNING and not busy.history.exists()
+    assert busy.status == PredictionStatus.RUNNING
+    assert not busy.history.exists()
 
 
 def test_the_same_command_after_a_finished_run_starts_a_new_run(owner):
     row = finished(owner, "good film")
     reprocess("--model", "sentiment", "--sync")
     text, summary = reprocess("--model", "sentiment", "--sync")
-    assert "resuming" not in text and summary["rerun"] == 1
-    assert row.history.count() == 2 and ReprocessRun.objects.filter(status="finished").count() == 2
+    assert "resuming" not in text
+    assert summary["rerun"] == 1
+    assert row.history.count() == 2
+    assert ReprocessRun.objects.filter(status="finished").count() == 2
 
 
 def test_new_run_ignores_an_interrupted_run(owner, monkeypatch):
@@ -234,7 +247,9 @@ def test_new_run_ignores_an_interrupted_run(owner, monkeypatch):
         call_command("reprocess", "--all", "--sync", stdout=io.StringIO(), stderr=io.StringIO())
     monkeypatch.setattr(reprocess_service, "reprocess_chunk", real_chunk)
     text, summary = reprocess("--all", "--sync", "--new-run")
-    assert "resuming" not in text and summary["selected"] == 2 and ReprocessRun.objects.count() == 2
+    assert "resuming" not in text
+    assert summary["selected"] == 2
+    assert ReprocessRun.objects.count() == 2
 
 
 def test_sync_chunks_larger_than_a_batch_run_every_row(owner, settings):
@@ -242,7 +257,8 @@ def test_sync_chunks_larger_than_a_batch_run_every_row(owner, settings):
     for i in range(5):
         finished(owner, f"text {i}")
     _, summary = reprocess("--all", "--sync", "--chunk-size", "5")
-    assert summary["rerun"] == 5 and not Prediction.objects.exclude(status="succeeded").exists()
+    assert summary["rerun"] == 5
+    assert not Prediction.objects.exclude(status="succeeded").exists()
 
 
 def test_a_review_moves_into_history_with_the_result_it_reviewed(owner, staff):

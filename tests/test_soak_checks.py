@@ -42,13 +42,16 @@ def test_the_database_checks_catch_lost_unfinished_unexplained_and_twice_finishe
     assert checks["finished_twice"] == [twice.pk]
     assert checks["finished_never_recorded"] == []
     assert checks["over_attempts"] == [explained.pk]
-    assert checks["history_rows"] == 0 and checks["unknown_to_clients"] == 0
+    assert checks["history_rows"] == 0
+    assert checks["unknown_to_clients"] == 0
 
 
 def test_memory_that_keeps_growing_fails_and_memory_that_levels_off_passes():
     flat = [{"web": 200.0 + (i % 3), "worker": 90.0, "worker child": 500.0, "beat": 86.0} for i in range(12)]
     lines, grew = memory_verdict(flat, tolerance=0.25, slack_mb=32)
-    assert grew == [] and len(lines) == 4
+    assert grew == []
+    assert len(lines) == 4
     leaking = [{**sample, "web": 200.0 + 40 * i} for i, sample in enumerate(flat)]
     lines, grew = memory_verdict(leaking, tolerance=0.25, slack_mb=32)
-    assert grew == ["web"] and "GREW" in lines[0]
+    assert grew == ["web"]
+    assert "GREW" in lines[0]

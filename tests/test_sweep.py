@@ -26,7 +26,8 @@ def test_a_prediction_submitted_while_the_broker_is_down_is_saved_and_answered_2
     response = api.post("/api/v1/predictions/", {"text": "good film"})
     assert response.status_code == 202
     row = Prediction.objects.get()
-    assert row.status == PredictionStatus.QUEUED and row.published_at is None
+    assert row.status == PredictionStatus.QUEUED
+    assert row.published_at is None
 
 
 def test_the_sweeper_republishes_unpublished_and_stale_rows_and_they_finish(owner, published):
@@ -58,7 +59,8 @@ def test_a_row_stuck_running_is_requeued_and_run_once_more(owner, published):
     call_command("sweep", "--running-after", "600")
     row.refresh_from_db()
     recent.refresh_from_db()
-    assert row.status == PredictionStatus.SUCCEEDED and row.attempts == 2
+    assert row.status == PredictionStatus.SUCCEEDED
+    assert row.attempts == 2
     assert recent.status == PredictionStatus.RUNNING
     assert published == [[row.pk]]
 

@@ -37,7 +37,8 @@ def test_a_row_left_running_by_a_killed_worker_is_taken_again_when_its_message_i
     Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1, task_id="task-a")
     worker.predictions_run([row.pk], task_id="task-a")  # the same message, delivered again
     row.refresh_from_db()
-    assert row.status == PredictionStatus.SUCCEEDED and row.attempts == 2
+    assert row.status == PredictionStatus.SUCCEEDED
+    assert row.attempts == 2
 
 
 def test_a_row_running_under_another_live_task_is_not_taken(owner):
@@ -45,7 +46,8 @@ def test_a_row_running_under_another_live_task_is_not_taken(owner):
     Prediction.objects.filter(pk=row.pk).update(status=PredictionStatus.RUNNING, attempts=1, task_id="task-b")
     assert worker.predictions_run([row.pk], task_id="task-a")["skipped"] == 1
     row.refresh_from_db()
-    assert row.status == PredictionStatus.RUNNING and row.attempts == 1
+    assert row.status == PredictionStatus.RUNNING
+    assert row.attempts == 1
 
 
 def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch):
@@ -89,7 +91,8 @@ def test_the_task_is_acked_late_and_requeued_if_its_worker_dies():
 
 
 def test_transient_database_errors_are_retried_and_others_are_not(owner, monkeypatch, celery_eager):
-    assert OperationalError in TRANSIENT_ERRORS and RuntimeError not in TRANSIENT_ERRORS
+    assert OperationalError in TRANSIENT_ERRORS
+    assert RuntimeError not in TRANSIENT_ERRORS
     calls = []
 
     def flaky(ids, task_id=""):
@@ -103,10 +106,11 @@ def test_transient_database_errors_are_retried_and_others_are_not(owner, monkeyp
     monkeypatch.setattr(predictions_run_task, "default_retry_delay", 0)
     celery_eager.conf.task_eager_propagates = False  # let the eager run retry instead of raising Retry
     result = predictions_run_task.apply(args=[[1]])
-    assert result.get() == {"succeeded": 1, "failed": 0, "skipped": 0} and len(calls) == 2
+    assert result.get() == {"succeeded": 1, "failed": 0, "skipped": 0}
+    assert len(calls) == 2
 
     monkeypatch.setattr(tasks, "predictions_run", lambda ids, task_id="": (_ for _ in ()).throw(ValueError("bug")))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bug"):
         predictions_run_task.apply(args=[[1]]).get()
 
 
@@ -130,8 +134,10 @@ def forward_passes(monkeypatch):
 def test_texts_of_many_single_requests_share_one_forward_pass(owner, forward_passes):
     rows = queued(owner, *[f"text number {i}" for i in range(10)])  # ten requests, ten messages in flight
     counts = worker.predictions_run([rows[0].pk], task_id="first-message")
-    assert counts["succeeded"] == 10 and counts["batches"] == 1
-    assert len(forward_passes) == 1 and sorted(forward_passes[0]) == sorted(r.text for r in rows)
+    assert counts["succeeded"] == 10
+    assert counts["batches"] == 1
+    assert len(forward_passes) == 1
+    assert sorted(forward_passes[0]) == sorted(r.text for r in rows)
     for row in rows[1:]:  # the other nine messages find their rows done
         assert worker.predictions_run([row.pk], task_id=f"message-{row.pk}")["skipped"] == 1
     assert len(forward_passes) == 1
@@ -192,7 +198,8 @@ def test_a_row_whose_worker_died_max_attempts_times_fails_instead_of_killing_the
     worker.predictions_run([poison.pk, fine.pk], task_id="task-a")
     poison.refresh_from_db()
     fine.refresh_from_db()
-    assert poison.status == PredictionStatus.FAILED and "gave up after 3 attempts" in poison.error
+    assert poison.status == PredictionStatus.FAILED
+    assert "gave up after 3 attempts" in poison.error
     assert fine.status == PredictionStatus.SUCCEEDED
 
 
@@ -216,7 +223,9 @@ def test_a_slow_worker_never_overwrites_a_row_another_task_took_over(owner, monk
     monkeypatch.setattr(worker, "predictions_claim", claim_then_lose_it)
     counts = worker.predictions_run([row.pk], task_id="task-a", others=False)
     row.refresh_from_db()
-    assert counts["succeeded"] == 0 and row.status == PredictionStatus.RUNNING and row.task_id == "task-b"
+    assert counts["succeeded"] == 0
+    assert row.status == PredictionStatus.RUNNING
+    assert row.task_id == "task-b"
 
 
 def test_own_rows_beyond_batch_max_size_are_all_run(owner, settings):
@@ -224,7 +233,8 @@ def test_own_rows_beyond_batch_max_size_are_all_run(owner, settings):
     settings.CLAIM_LOOP_SECONDS = 0
     rows = queued(owner, *[f"t{i}" for i in range(5)])
     counts = worker.predictions_run([r.pk for r in rows], task_id="t", others=False)
-    assert counts["succeeded"] == 5 and counts["batches"] == 3
+    assert counts["succeeded"] == 5
+    assert counts["batches"] == 3
 
 
 def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_path):
@@ -256,7 +266,8 @@ def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_pa
     assert (tmp_path / "db.sqlite3").is_file()
     lines = result.stdout.strip().splitlines()
     assert lines[-2] == "{'succeeded': 1, 'failed': 0, 'skipped': 0, 'batches': 1}", result.stdout
-    assert lines[-1].startswith("succeeded ") and lines[-1].endswith(" True"), result.stdout
+    assert lines[-1].startswith("succeeded "), result.stdout
+    assert lines[-1].endswith(" True"), result.stdout
 
 
 def test_a_claim_is_one_statement(owner, django_assert_num_queries):
@@ -326,7 +337,8 @@ def test_results_are_stored_in_one_statement_with_their_types(owner, django_asse
         None,
         "ValueError: broken text",
     )
-    assert middling.labels is None and middling.finished_at == good.finished_at == finished
+    assert middling.labels is None
+    assert middling.finished_at == good.finished_at == finished
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
@@ -340,7 +352,7 @@ def test_a_single_text_task_takes_other_queued_rows_along_batch_rows_included(ow
     whichever task claims first, in the same forward pass."""
     from predictions.models import Batch
 
-    lone, other = queued(owner, "a lone text", "another lone text")
+    lone, _other = queued(owner, "a lone text", "another lone text")
     batch = Batch.objects.create(owner=owner, model_name="sentiment", size=2)
     for i in range(2):
         Prediction.objects.create(

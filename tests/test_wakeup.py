@@ -100,7 +100,8 @@ def test_with_redis_down_or_coalescing_off_every_submission_publishes(api, held,
     assert len(post(api, 3)) == len(held) == 3
     settings.WAKEUP_COALESCE_MS = 1000
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    assert len(post(api, 3, prefix="down")) == 3 and len(held) == 6
+    assert len(post(api, 3, prefix="down")) == 3
+    assert len(held) == 6
 
 
 def test_a_mark_whose_task_never_came_expires(api, held, settings):
@@ -137,7 +138,8 @@ def test_a_task_whose_own_rows_are_gone_still_claims_the_coalesced_ones(api, hel
     ids = post(api, 3)
     Prediction.objects.filter(pk=ids[0]).update(status="succeeded")  # another task ran it meanwhile
     counts = worker.predictions_run(held[0], task_id="t")
-    assert counts["skipped"] == 1 and counts["succeeded"] == 2
+    assert counts["skipped"] == 1
+    assert counts["succeeded"] == 2
 
 
 def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(owner, settings, monkeypatch):
@@ -156,5 +158,6 @@ def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(o
 
     monkeypatch.setattr(predictions_run_task, "apply_async", spy)
     worker.predictions_run([rows[0].pk], task_id="first")
-    assert sent and all(args == [[]] for args in sent)
+    assert sent
+    assert all(args == [[]] for args in sent)
     assert all(row.status == "succeeded" for row in Prediction.objects.filter(pk__in=[r.pk for r in rows]))

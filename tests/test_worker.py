@@ -78,7 +78,8 @@ def test_a_prediction_travels_through_the_broker_to_a_worker_process_and_back(ap
     response = api.post("/api/v1/predictions/?wait=20", {"text": "a gorgeous, witty film"})
     assert response.status_code == 200, response.json()
     body = response.json()
-    assert body["status"] == "succeeded" and body["label"] in ("negative", "positive")
+    assert body["status"] == "succeeded"
+    assert body["label"] in ("negative", "positive")
     row = Prediction.objects.get(pk=body["id"])
     result = eventually(lambda: TaskResult.objects.filter(task_id=row.task_id, status="SUCCESS").first())
     assert result.task_name == "predictions.run"  # stored by django-celery-results once the task returns
@@ -135,7 +136,8 @@ def test_waiting_on_a_batch_returns_when_the_worker_finishes_it(api, worker, set
     began = time.monotonic()
     detail = api.get(f"/api/v1/batches/{body['id']}/?wait=20").json()
     assert time.monotonic() - began < 15
-    assert detail["finished"] is True and detail["counts"]["succeeded"] == 5
+    assert detail["finished"] is True
+    assert detail["counts"]["succeeded"] == 5
     assert [r["text"] for r in detail["results"]] == texts
 
 
@@ -143,13 +145,15 @@ def test_readyz_is_ok_when_a_worker_answers_the_ping(client, worker):
     response = client.get("/readyz")
     assert response.status_code == 200, response.json()
     body = response.json()
-    assert body["status"] == "ok" and body["checks"]["worker"] == "ok", body
+    assert body["status"] == "ok", body
+    assert body["checks"]["worker"] == "ok", body
 
 
 def test_the_request_id_travels_with_the_task_into_the_worker_s_log_lines(api, worker):
     request_id = f"trace-{uuid.uuid4().hex}"
     response = api.post("/api/v1/predictions/?wait=20", {"text": "a witty film"}, HTTP_X_REQUEST_ID=request_id)
-    assert response.status_code == 200 and response["X-Request-ID"] == request_id
+    assert response.status_code == 200
+    assert response["X-Request-ID"] == request_id
     assert Prediction.objects.get(pk=response.json()["id"]).request_id == request_id
 
     def logged_by_the_worker() -> list[dict]:
@@ -160,7 +164,8 @@ def test_the_request_id_travels_with_the_task_into_the_worker_s_log_lines(api, w
 
     mine = eventually(logged_by_the_worker)
     [forward_pass] = [e for e in mine if e["message"].startswith("forward pass")]
-    assert forward_pass["request_ids"] == [request_id] and forward_pass["prediction_ids"] == [response.json()["id"]]
+    assert forward_pass["request_ids"] == [request_id]
+    assert forward_pass["prediction_ids"] == [response.json()["id"]]
     assert any("succeeded in" in e["message"] for e in mine)  # Celery's own line, in the task's context
 
 

@@ -8,6 +8,8 @@ suffix) and the renderers offered, so it is kept per such key; a refusal (406) i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rest_framework.negotiation import DefaultContentNegotiation
 
 from predictions.memos import memo
@@ -16,7 +18,7 @@ _KEPT_MAX = 512  # distinct keys kept per process; beyond it, choices are made a
 
 
 class RememberedContentNegotiation(DefaultContentNegotiation):
-    _chosen: dict[tuple, tuple[type, str]] = {}
+    _chosen: ClassVar[dict[tuple, tuple[type, str]]] = {}
 
     def select_renderer(self, request, renderers, format_suffix=None):
         key = (

@@ -19,7 +19,7 @@ from predictions.registry import UnknownModel, model_exists, model_names
 class TextField(serializers.CharField):
     """A non-empty string: numbers, lists and objects are refused rather than coerced; NUL is refused."""
 
-    default_error_messages = {
+    default_error_messages = {  # noqa: RUF012 (DRF's idiom: read per class, never changed)
         "not_a_string": "Must be a string, not {kind}.",
         "blank_text": "Must contain at least one non-whitespace character.",
         "too_long": "Must be at most {limit} characters (got {length}); see MAX_TEXT_CHARS.",
@@ -45,7 +45,7 @@ class TextListField(serializers.ListField):
     """A list of 1 to API_BATCH_MAX_TEXTS texts; the length is checked before any text is, so a 2 MiB
     body of 500,000 empty strings is one short error, not 500,000 of them."""
 
-    default_error_messages = {
+    default_error_messages = {  # noqa: RUF012 (DRF's idiom: read per class, never changed)
         "too_many": "At most {limit} texts per batch (got {length}); see API_BATCH_MAX_TEXTS.",
     }
 
@@ -179,7 +179,7 @@ class PredictionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Prediction
-        fields = [
+        fields = (
             "id",
             "url",
             "text",
@@ -195,7 +195,7 @@ class PredictionSerializer(serializers.ModelSerializer):
             "finished_at",
             "error",
             "batch",
-        ]
+        )
         read_only_fields = fields
 
     def to_representation(self, prediction: Prediction) -> dict:
@@ -239,7 +239,7 @@ class BatchSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Batch
-        fields = ["id", "url", "model", "size", "created_at", "counts", "finished", "results"]
+        fields = ("id", "url", "model", "size", "created_at", "counts", "finished", "results")
         read_only_fields = fields
 
     def _rows(self, batch: Batch) -> list[Prediction]:

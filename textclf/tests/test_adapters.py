@@ -61,7 +61,8 @@ def test_the_adapter_file_carries_labels_kind_and_base_checksum(random_adapter: 
     assert metadata["kind"] == "single_label"
     assert len(metadata["base_sha256"]) == 64
     info = model_info(f"path:{directory}")
-    assert info.labels == ["negative", "positive"] and len(info.version) == 12
+    assert info.labels == ["negative", "positive"]
+    assert len(info.version) == 12
 
 
 def test_a_base_encoder_with_another_checksum_is_refused(random_adapter: RandomAdapter, tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_a_base_encoder_with_another_checksum_is_refused(random_adapter: RandomA
     save_file(
         load_file(str(directory / "adapter.safetensors")), str(tampered / "adapter.safetensors"), metadata=metadata
     )
-    with pytest.raises(ChecksumMismatch, match="SHA-256 is 53aa5117.*expected 0000"):
+    with pytest.raises(ChecksumMismatch, match=r"SHA-256 is 53aa5117.*expected 0000"):
         classifier_load("sentiment", f"path:{tampered}", device="cpu")
 
 
@@ -93,8 +94,11 @@ def test_training_writes_an_adapter_with_tuned_thresholds_for_a_multi_label_mode
         tune_fraction=0.25,
     )
     result = model_train(config, train, train[:6], tmp_path, log=lambda _: None)
-    assert result.steps == 3 and result.tune_size == 6 and result.train_size == 18
-    assert result.thresholds is not None and len(result.thresholds) == 3
+    assert result.steps == 3
+    assert result.tune_size == 6
+    assert result.train_size == 18
+    assert result.thresholds is not None
+    assert len(result.thresholds) == 3
     loaded = classifier_load("emotions", f"path:{tmp_path}", device="cpu")
     assert loaded.kind is ModelKind.MULTI_LABEL
     assert loaded.thresholds == pytest.approx(result.thresholds)

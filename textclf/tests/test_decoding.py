@@ -30,7 +30,8 @@ def test_multi_label_keeps_every_label_over_its_own_threshold_best_first() -> No
 
 def test_a_multi_label_row_may_have_no_label_over_threshold() -> None:
     [result] = logits_decode(torch.tensor([[-3.0, -2.0]]), labels=["a", "b"], kind=ModelKind.MULTI_LABEL)
-    assert result.label == "b" and result.labels == []
+    assert result.label == "b"
+    assert result.labels == []
 
 
 def test_mismatched_shapes_are_refused() -> None:

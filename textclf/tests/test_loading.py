@@ -34,7 +34,8 @@ def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment
 def test_a_tiny_model_s_tokenizer_knows_its_words_and_nothing_else(tiny_sentiment_dir: Path) -> None:
     tokenizer = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu").tokenizer
     known, unknown = tokenizer(["Good film", "zebra"])["input_ids"]
-    assert tokenizer.unk_token_id not in known and len(set(known)) == 4  # [CLS] good film [SEP]
+    assert tokenizer.unk_token_id not in known
+    assert len(set(known)) == 4  # [CLS] good film [SEP]
     assert unknown[1:-1] == [tokenizer.unk_token_id]
 
 
@@ -86,7 +87,7 @@ def test_a_hub_id_goes_through_the_hub_client_and_fails_clearly_offline(monkeypa
 
 
 def test_a_directory_without_weights_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no adapter.safetensors or model.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"no adapter\.safetensors or model\.safetensors"):
         classifier_load("empty", f"path:{tmp_path}", device="cpu")
 
 
@@ -100,5 +101,6 @@ def test_int8_quantization_keeps_the_answers_close(tiny_sentiment_dir: Path) -> 
     fp32 = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu")
     int8 = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu", int8=True)
     texts = ["good film", "bad plot"]
-    assert int8.int8 and any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.network.modules())
+    assert int8.int8
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.network.modules())
     assert torch.allclose(fp32.logits(texts), int8.logits(texts), atol=0.1)

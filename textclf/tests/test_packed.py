@@ -33,7 +33,8 @@ PackedAndPadded = tuple[TextClassifier, TextClassifier]
 def both(name: str, source: str, *, bundled_dir: Path | None = None, int8: bool = False) -> PackedAndPadded:
     packed = classifier_load(name, source, bundled_dir=bundled_dir, device="cpu", int8=int8)
     padded = classifier_load(name, source, bundled_dir=bundled_dir, device="cpu", int8=int8, packed=False)
-    assert packed.packed and not padded.packed
+    assert packed.packed
+    assert not padded.packed
     return packed, padded
 
 
@@ -71,7 +72,8 @@ def test_the_packed_forward_pass_is_the_one_that_runs(
 
 def test_every_token_gets_the_hidden_state_the_padded_encoder_gives_it(bundled_sentiment: PackedAndPadded) -> None:
     packed, _ = bundled_sentiment
-    assert isinstance(packed.network, MeanPooledClassifier) and isinstance(packed.network.encoder, BertModel)
+    assert isinstance(packed.network, MeanPooledClassifier)
+    assert isinstance(packed.network.encoder, BertModel)
     encoder = packed.network.encoder
     (_, sequences), *_ = packed.chunks(TEXTS, batch_size=len(TEXTS))
     padded = packed.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
@@ -105,9 +107,8 @@ def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(
     packed, padded = both("m", f"path:{directory}")
     for classifier in (packed, padded):  # a random tiny model's logits barely differ by text: magnify them
         network = classifier.network
-        assert isinstance(network, SequenceClassifierLogits) and isinstance(
-            network.model, BertForSequenceClassification
-        )
+        assert isinstance(network, SequenceClassifierLogits)
+        assert isinstance(network.model, BertForSequenceClassification)
         with torch.no_grad():
             network.model.classifier.weight.mul_(1000)
     texts = ["good film", "awful boring plot and bad acting all the way, not good, so bad", "a", "happy joy"]
@@ -116,7 +117,8 @@ def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(
     for batch_size in (1, 4):
         assert torch.allclose(packed.logits(texts, batch_size=batch_size), expected, atol=1e-3)
     for got, want in zip(packed.predict(texts), padded.predict(texts), strict=True):
-        assert got.label == want.label and got.labels == want.labels
+        assert got.label == want.label
+        assert got.labels == want.labels
         assert got.scores == pytest.approx(want.scores, abs=1e-3)
 
 
@@ -165,10 +167,12 @@ def test_a_packed_batch_finds_every_token_again() -> None:
     values = torch.arange(12.0).view(6, 2)
     padded = batch.padded(values)
     assert padded.shape == (3, 3, 2)
-    assert padded[1, 1:].abs().sum() == 0 and padded[2, 2].abs().sum() == 0  # padding stays zero
+    assert padded[1, 1:].abs().sum() == 0
+    assert padded[2, 2].abs().sum() == 0  # padding stays zero
     assert torch.equal(batch.unpadded(padded), values)
     assert batch.mean(values).tolist() == [[2.0, 3.0], [6.0, 7.0], [9.0, 10.0]]
     single = PackedBatch.from_ids([[1, 2]])
-    assert single.key_mask is None and single.padded(values[:2]).shape == (1, 2, 2)
+    assert single.key_mask is None
+    assert single.padded(values[:2]).shape == (1, 2, 2)
     with pytest.raises(ValueError, match="at least one"):
         PackedBatch.from_ids([[1], []])
