@@ -20,21 +20,30 @@ import cProfile
 import io
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
+
+import django
+import psycopg
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.test import Client
+from django.test.utils import get_runner, setup_test_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import sst2_texts, unique_texts  # noqa: E402
+from predictions.registry import BUNDLED_MODELS_DIR  # noqa: E402
+from textclf.serving.loading import classifier_load  # noqa: E402
 
 
 def model_grid(datasets_dir: Path) -> None:
-    import torch
-
-    from predictions.registry import BUNDLED_MODELS_DIR
-    from textclf.serving.loading import classifier_load
+    import torch  # noqa: PLC0415 (torch loads lazily: only the model measurements need it)
 
     texts = unique_texts(sst2_texts(datasets_dir), 872, "p")
     classifiers = {
@@ -78,7 +87,7 @@ def model_grid(datasets_dir: Path) -> None:
 def lone_after_pause(classifier, texts: list[str], pause: float = 0.025) -> None:
     """One text at a time on one thread, back to back and each after `pause` seconds (about what a
     lone request's worker waits between its passes): the median forward pass."""
-    import torch
+    import torch  # noqa: PLC0415 (torch loads lazily: only the model measurements need it)
 
     torch.set_num_threads(1)
     calls = [lambda text=text: classifier.predict([text]) for text in texts]
@@ -90,8 +99,6 @@ def lone_after_pause(classifier, texts: list[str], pause: float = 0.025) -> None
 
 def median_seconds(calls, wait: float) -> float:
     """The median time of each call, each made after sleeping `wait` seconds (none when 0)."""
-    import statistics
-
     times = []
     for call in calls:
         if wait:
@@ -107,19 +114,10 @@ def request_cost(requests: int) -> None:
     os.environ.setdefault("ALLOWED_HOSTS", "testserver")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # no access line per request on the terminal
     os.environ.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user sends every request here
-    import django
-
     django.setup()
-    from django.core.management import call_command
-    from django.test import Client
-    from django.test.utils import setup_test_environment
-
-    from predictions.services import submission, worker
+    from predictions.services import submission, worker  # noqa: PLC0415 (models: only after django.setup() above)
 
     setup_test_environment()
-    from django.conf import settings
-    from django.test.utils import get_runner
-
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("postgresql"):  # its own throwaway database, apart from the test suite's
         database.setdefault("TEST", {})["NAME"] = "test_mlsite_profile"
@@ -127,8 +125,7 @@ def request_cost(requests: int) -> None:
     old = runner.setup_databases()  # a throwaway test database, never the configured one
     try:
         call_command("bootstrap_demo", stdout=io.StringIO())
-        from django.contrib.auth import get_user_model
-        from rest_framework.authtoken.models import Token
+        from rest_framework.authtoken.models import Token  # noqa: PLC0415 (models: only after django.setup() above)
 
         user = get_user_model().objects.get(username="admin")
         token = Token.objects.get_or_create(user=user)[0].key
@@ -166,9 +163,6 @@ def request_cost(requests: int) -> None:
 
 def round_trips(pause: float = 0.025, repeats: int = 200) -> None:
     """Median round trip of `SELECT 1` and Redis PING, back to back and each after `pause` seconds."""
-    import psycopg
-    import redis
-
     database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     if not database_url.startswith("postgres"):

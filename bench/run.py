@@ -22,11 +22,15 @@ import threading
 import time
 from pathlib import Path
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cpu import CpuMeter, shares  # noqa: E402
+from bench.cpu import PARTS, CpuMeter, shares  # noqa: E402
 from bench.stack import Stack, real_services_env  # noqa: E402
+from predictions.registry import BUNDLED_MODELS_DIR  # noqa: E402
+from textclf.serving.loading import classifier_load  # noqa: E402
 
 
 def sst2_texts(datasets_dir: Path) -> list[str]:
@@ -246,10 +250,7 @@ class Raw:
     falls on both sides of the ratio alike. Each measurement is the best of `repeats` passes."""
 
     def __init__(self, texts: list[str], *, int8: bool, packed: bool, batch_size: int, repeats: int = 2) -> None:
-        import torch
-
-        from predictions.registry import BUNDLED_MODELS_DIR
-        from textclf.serving.loading import classifier_load
+        import torch  # noqa: PLC0415 (torch loads lazily: only RAW needs it)
 
         torch.set_num_threads(os.cpu_count() or 1)
         self.classifier = classifier_load(
@@ -308,8 +309,6 @@ def stack_start(
         env.update(services)
     stack = Stack(var_dir, web_workers=web_workers, web_threads=web_threads, **env)
     if "REDIS_URL" in env:  # start from an empty cache: only W3 should be served from it
-        import redis
-
         redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     stack.start()
     return stack, cleanup
@@ -529,8 +528,6 @@ def stage_table(results: dict) -> str:
 
 def cpu_table(results: dict) -> str:
     """Each workload's CPU time by part of the stack, in percent of both cores over its run."""
-    from bench.cpu import PARTS
-
     rows = [(f"W1, {row['clients']} client(s)", row) for row in results["w1"]]
     rows += [(name, results[key]) for key, name in (("w2", "W2"), ("w3", "W3")) if key in results]
     lines = _table_head(
@@ -559,10 +556,10 @@ def _relative(value) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (only the plot needs it)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after the Agg backend is chosen)
 
     clients = [row["clients"] for row in results["w1"]]
     if not clients:

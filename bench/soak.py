@@ -34,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 
 import psutil
+import psycopg
+from kombu import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -243,8 +245,6 @@ def database_checks(query, load: Load, max_attempts: int) -> dict:
 
 def drain(database_url: str, *, timeout: float) -> float:
     """Wait until no row is queued or running; returns the seconds it took."""
-    import psycopg
-
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         with psycopg.connect(database_url) as conn:
@@ -282,8 +282,6 @@ def memory_verdict(
 
 
 def queue_delete(broker_url: str, queue: str) -> None:
-    from kombu import Connection
-
     try:
         with Connection(broker_url, connect_timeout=5) as conn:
             conn.default_channel.queue_delete(queue)
@@ -362,7 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(Path(tmp), web_workers=2, **env)
         try:
             stack.manage("migrate", "--noinput")
-            import psycopg
 
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute(FINISH_TRIGGER)

@@ -14,7 +14,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
+
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_SERVICE_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "CELERY_QUEUE", "MLSITE_MODELS")
@@ -124,10 +127,6 @@ class Stack:
 
 def fresh_database_url(admin_url: str) -> tuple[str, callable]:
     """A new, empty PostgreSQL database next to `admin_url`'s, and a function that drops it."""
-    import uuid
-
-    import psycopg
-
     name = f"mlsite_run_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -14,7 +14,7 @@ def torch_threads_for(processes: int) -> int:
 
 
 def torch_threads_configure(processes: int | None = None) -> int:
-    import torch
+    import torch  # noqa: PLC0415 (torch loads lazily: the web never imports it)
 
     if processes is None:
         processes = settings.CELERY_WORKER_CONCURRENCY

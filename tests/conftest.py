@@ -6,7 +6,14 @@ import contextlib
 import os
 
 import pytest
+from django.contrib.auth.models import Permission
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
+from mlsite.celery import app
+from predictions.memos import memos_forget
+from predictions.tasks import predictions_run_task
 from textclf.testing import TINY_EMOTION_LABELS, TINY_SENTIMENT_LABELS, tiny_bert_save
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,8 +49,6 @@ def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir):
 @pytest.fixture(autouse=True)
 def celery_eager():
     """Tasks run in-process unless a test starts a real worker (see tests/test_worker.py)."""
-    from mlsite.celery import app
-
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
     yield app
@@ -54,8 +59,6 @@ def celery_eager():
 def memos_forgotten():
     """Each test starts with nothing this process remembered for an earlier one (predictions.memos):
     tokens, the queue's depth, the last worker ping, validated ?wait= values, negotiated renderers."""
-    from predictions.memos import memos_forget
-
     memos_forget()
     yield
     memos_forget()
@@ -63,8 +66,6 @@ def memos_forgotten():
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    from django.core.cache import cache
-
     with contextlib.suppress(Exception):
         cache.clear()
 
@@ -82,8 +83,6 @@ def stranger(django_user_model):
 @pytest.fixture
 def staff(django_user_model):
     """Staff who may view every prediction and batch (as the reviewers group may): the API shows them everyone's."""
-    from django.contrib.auth.models import Permission
-
     user = django_user_model.objects.create_user("staff", password="pw-staff-1234", is_staff=True)
     user.user_permissions.add(*Permission.objects.filter(codename__in=["view_prediction", "view_batch"]))
     return user
@@ -106,9 +105,6 @@ class Api:
 
 
 def api_for(user, capture):
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
     client = APIClient()
     if user is not None:
         token, _ = Token.objects.get_or_create(user=user)
@@ -139,8 +135,6 @@ def anonymous_api(django_capture_on_commit_callbacks):
 @pytest.fixture
 def published(monkeypatch):
     """Records every task publish (the ids sent), while still running it."""
-    from predictions.tasks import predictions_run_task
-
     sent: list[list[int]] = []
     original = predictions_run_task.apply_async
 

@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
+
 from bench.stack import free_port
 
 
@@ -170,8 +172,6 @@ class Rabbit:
             process.send_signal(signal.SIGCONT)
 
     def _vm(self) -> list:
-        import psutil
-
         if self.process is None or self.process.poll() is not None:
             return []
         return [p for p in psutil.Process(self.process.pid).children(recursive=True) if p.name().startswith("beam")]

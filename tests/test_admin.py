@@ -10,7 +10,9 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
+from predictions.admin import csv_rows
 from predictions.models import Prediction, PredictionResult, PredictionReview, PredictionStatus
+from predictions.overview import percentile
 
 pytestmark = pytest.mark.django_db
 
@@ -174,8 +176,6 @@ def test_the_csv_export_streams_every_selected_row(client, superuser, owner):
 
 
 def test_the_csv_export_reads_rows_in_chunks_not_all_at_once(owner):
-    from predictions.admin import csv_rows
-
     rows(owner, 5)
     stream = csv_rows(Prediction.objects.all())
     assert next(stream).startswith("id,created_at,owner")  # a generator: nothing is materialised up front
@@ -199,8 +199,6 @@ def test_the_overview_shows_volume_errors_and_latency(client, superuser, owner):
 
 
 def test_percentile_is_nearest_rank():
-    from predictions.overview import percentile
-
     assert percentile(list(range(1, 101)), 0.95) == 95
     assert percentile([], 0.95) is None
     assert percentile([3.0], 0.95) == 3.0
@@ -212,8 +210,6 @@ def test_task_results_are_cleaned_on_beat_with_configurable_retention(settings):
 
 
 def test_the_csv_export_defuses_spreadsheet_formulas(owner):
-    from predictions.admin import csv_rows
-
     rows(owner, 1)
     Prediction.objects.update(text='=HYPERLINK("http://evil")')
     lines = list(csv_rows(Prediction.objects.all()))

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
+from playwright.sync_api import sync_playwright
 
+from mlsite.celery import app
 from predictions.models import Prediction, PredictionResult, PredictionReview, PredictionStatus
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -33,7 +35,6 @@ def screenshots(tmp_path) -> Path:
 @pytest.fixture
 def page(live_server, monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop in this thread
-    from playwright.sync_api import sync_playwright
 
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM}"
     with sync_playwright() as playwright:
@@ -151,8 +152,6 @@ def test_a_reviewer_filters_searches_opens_and_corrects_a_prediction(page, live_
 
 
 def test_a_superuser_reruns_selected_rows_and_sees_the_overview(page, live_server, desk, screenshots, settings):
-    from mlsite.celery import app
-
     app.conf.task_always_eager = True
     log_in(page, live_server, "root", "pw-root-1234")
     page.goto(f"{live_server.url}/admin/predictions/prediction/?status__exact=succeeded")

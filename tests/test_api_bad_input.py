@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.http import Http404
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 
+from predictions.api.negotiation import RememberedContentNegotiation
+from predictions.middleware import MAX_URL_BYTES
 from predictions.models import Batch, Prediction
 
 pytestmark = pytest.mark.django_db
@@ -115,8 +123,6 @@ def test_a_body_over_max_request_bytes_is_413_before_it_is_read(api, nothing_cha
 
 
 def test_a_url_over_max_url_bytes_is_414_and_a_long_one_under_it_is_served(api, nothing_changes):
-    from predictions.middleware import MAX_URL_BYTES
-
     query = "&".join(["model=sentiment"] * ((MAX_URL_BYTES - 40) // 16))  # just under the limit
     assert api.get(f"/api/v1/predictions/?{query}").status_code == 200
     response = api.get(f"/api/v1/predictions/?{query}&{query}")
@@ -143,15 +149,6 @@ def test_a_huge_batch_filter_is_400_not_a_500(api):
 
 
 def test_the_remembered_negotiation_chooses_as_drf_does_and_never_keeps_a_406():
-    from django.http import Http404
-    from rest_framework.exceptions import NotAcceptable
-    from rest_framework.negotiation import DefaultContentNegotiation
-    from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
-    from rest_framework.request import Request
-    from rest_framework.test import APIRequestFactory
-
-    from predictions.api.negotiation import RememberedContentNegotiation
-
     factory = APIRequestFactory()
     cases = [
         ("", {}),

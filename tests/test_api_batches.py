@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from predictions.models import Batch, Prediction
+from predictions.services import submission
+from predictions.tasks import predictions_run_task
 
 pytestmark = pytest.mark.django_db
 
@@ -46,8 +51,6 @@ def test_another_users_batch_is_404(api, stranger_api):
 
 
 def test_a_batch_looks_the_cache_up_in_one_round_trip(api, monkeypatch):
-    from predictions.services import submission
-
     def per_text_lookup(*args, **kwargs):
         raise AssertionError("batch_create looked a text up on its own")
 
@@ -65,10 +68,6 @@ def test_a_bad_wait_on_a_batch_is_400_naming_the_field(api, value):
 
 def test_waiting_on_a_batch_that_does_not_finish_answers_its_state_after_the_wait(api, monkeypatch):
     """No worker runs here (the task is not sent): the wait ends at its timeout, 200 with finished false."""
-    import time
-
-    from predictions.tasks import predictions_run_task
-
     monkeypatch.setattr(predictions_run_task, "apply_async", lambda *args, **kwargs: SimpleNamespace(id="not-sent"))
     body = api.post("/api/v1/batches/", {"texts": ["never run"]}).json()
     began = time.monotonic()
@@ -80,8 +79,6 @@ def test_waiting_on_a_batch_that_does_not_finish_answers_its_state_after_the_wai
 
 
 def test_waiting_on_a_finished_batch_answers_at_once(api):
-    import time
-
     body = api.post("/api/v1/batches/", {"texts": ["good", "bad"]}).json()  # eager tasks: already run
     began = time.monotonic()
     detail = api.get(f"/api/v1/batches/{body['id']}/?wait=30").json()
@@ -91,8 +88,6 @@ def test_waiting_on_a_finished_batch_answers_at_once(api):
 
 
 def _batch_with_callbacks(owner, capture, n: int):
-    from predictions.services import submission
-
     with capture() as callbacks:
         batch = submission.batch_create(
             owner=owner, texts=[f"batch text {i}" for i in range(n)], model_name="sentiment"
@@ -105,11 +100,6 @@ def test_a_batch_is_marked_published_in_its_insert_and_nothing_is_written_after_
 ):
     """A worker skips locked rows: a write to the rows after the message is sent would make the
     worker that got it find none of them (and leave them to the sweeper)."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from predictions.tasks import predictions_run_task
-
     settings.PUBLISH_CHUNK_ROWS = 3
     sent = []
     monkeypatch.setattr(
@@ -131,8 +121,6 @@ def test_a_batch_is_marked_published_in_its_insert_and_nothing_is_written_after_
 def test_a_batch_chunk_the_broker_refused_is_left_unpublished_for_the_sweeper(
     owner, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    from predictions.tasks import predictions_run_task
-
     settings.PUBLISH_CHUNK_ROWS = 2
     calls = []
 

@@ -10,9 +10,12 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from predictions.models import Batch, IdempotencyKey, Prediction
 from predictions.services import submission
+from predictions.tasks import predictions_run_task, predictions_sweep_task
 
 pytestmark = pytest.mark.django_db
 
@@ -20,8 +23,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def recorded(monkeypatch):
     """Task publishes are recorded, not run: rows stay queued, and the test counts the messages."""
-    from predictions.tasks import predictions_run_task
-
     sent: list[list[int]] = []
     monkeypatch.setattr(
         predictions_run_task,
@@ -135,8 +136,6 @@ def test_an_expired_key_is_ignored_and_replaced(api, recorded, settings):
 
 
 def test_the_sweeper_deletes_expired_keys_only(api, recorded, settings):
-    from predictions.tasks import predictions_sweep_task
-
     for key in ("a", "b", "c"):
         api.post("/api/v1/batches/", {"texts": ["x"]}, **keyed(key))
     IdempotencyKey.objects.filter(key__in=["a", "b"]).update(created_at=timezone.now() - timedelta(hours=25))
@@ -180,9 +179,6 @@ def test_a_keyed_wait_that_sees_the_result_is_what_retries_get(api):
 def test_concurrent_requests_with_one_key_create_exactly_one_row(owner, recorded, monkeypatch):
     """Eight threads send the same keyed POST at once; each creation holds its transaction open a
     moment, so the others reach the key's unique index while the first is still uncommitted."""
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
     token = Token.objects.create(user=owner)
     create = submission.prediction_create
 

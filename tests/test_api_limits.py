@@ -5,15 +5,27 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import subprocess
 import time
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
+import redis
+import yaml
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rest_framework.authtoken.models import Token
 
+from bench.stack import ROOT, free_port
+from mlsite import webserver
+from mlsite.env import env_rate
 from predictions.models import Batch, Prediction, PredictionStatus
 from predictions.services import backpressure
+from predictions.tasks import predictions_run_task
 from tests.factories import DEAD_REDIS
 
 pytestmark = pytest.mark.django_db
@@ -23,8 +35,6 @@ pytestmark = pytest.mark.django_db
 def recorded(monkeypatch, settings):
     """Task publishes are recorded, not run: rows stay queued (in flight). One per submission: no
     wake-up coalescing (predictions/services/dispatch.py), which would count on a task that never runs here."""
-    from predictions.tasks import predictions_run_task
-
     settings.WAKEUP_COALESCE_MS = 0
 
     sent: list[list[int]] = []
@@ -139,8 +149,6 @@ def test_reads_over_the_read_rate_get_429(api, settings):
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (make test sets it)")
 def test_rate_limit_counts_live_in_redis(api, owner, recorded, settings):
-    import redis
-
     settings.THROTTLE_SUBMIT = "5/min"
     api.post("/api/v1/predictions/", {"text": "good film"})
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -169,18 +177,12 @@ def test_empty_rates_mean_no_limit_and_touch_no_cache(api, recorded, settings, c
 
 @pytest.mark.parametrize("raw", ["lots", "10", "0/min", "10/fortnight", "-1/s"])
 def test_a_bad_rate_stops_start_up_naming_the_variable(monkeypatch, raw):
-    from django.core.exceptions import ImproperlyConfigured
-
-    from mlsite.env import env_rate
-
     monkeypatch.setenv("THROTTLE_SUBMIT", raw)
     with pytest.raises(ImproperlyConfigured, match="THROTTLE_SUBMIT="):
         env_rate("THROTTLE_SUBMIT", "600/min")
 
 
 def test_rates_are_read_in_drf_form(monkeypatch):
-    from mlsite.env import env_rate
-
     for raw, expected in [("600/min", "600/min"), (" 5/Second ", "5/second"), ("", ""), ("100/day", "100/day")]:
         monkeypatch.setenv("THROTTLE_READ", raw)
         assert env_rate("THROTTLE_READ", "x") == expected
@@ -190,9 +192,6 @@ def test_rates_are_read_in_drf_form(monkeypatch):
 
 
 def test_the_schema_documents_the_limits_and_the_idempotency_key(client, tmp_path):
-    import yaml
-    from django.core.management import call_command
-
     paths = yaml.safe_load(client.get("/api/schema/").content)["paths"]
     for path in ("/api/v1/predictions/", "/api/v1/batches/"):
         post = paths[path]["post"]
@@ -256,15 +255,6 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
     """The real server, run as `make run` runs it: the 413 comes back while the client is still
     sending (the terminating chunk never sent), a small chunked POST reaches the view and is stored,
     and a URL over MAX_URL_BYTES is a JSON 414."""
-    import socket
-    import subprocess
-    import urllib.request
-
-    from rest_framework.authtoken.models import Token
-
-    from bench.stack import ROOT, free_port
-    from mlsite import webserver
-
     token = Token.objects.create(user=owner).key
     database = settings.DATABASES["default"]
     if "postgresql" not in database["ENGINE"]:

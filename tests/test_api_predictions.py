@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import os
+import shutil
+from types import SimpleNamespace
 
 import pytest
+from django.db.models.signals import post_save, pre_save
+from django.forms.models import model_to_dict
 from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.test import APIRequestFactory
 
+from predictions.api.serializers import PredictionSerializer
 from predictions.models import Prediction, PredictionStatus
+from predictions.services.sql import prediction_insert
+from predictions.services.submission import _prediction_build
+from predictions.tasks import predictions_run_task
+from tests.factories import tiny_bert_save
 
 pytestmark = pytest.mark.django_db
 
 
 def test_a_posted_text_is_saved_queued_and_answered_202_with_its_location(api, monkeypatch):
-    from types import SimpleNamespace
-
-    from predictions.tasks import predictions_run_task
-
     sent = []  # the task is only recorded, not run, so the row stays queued
     monkeypatch.setattr(
         predictions_run_task,
@@ -91,10 +98,6 @@ def test_the_cache_is_per_model(api, published):
 def test_a_retrained_model_version_does_not_reuse_cached_answers(
     api, published, settings, tmp_path, tiny_sentiment_dir
 ):
-    import shutil
-
-    from tests.factories import tiny_bert_save
-
     api.post("/api/v1/predictions/", {"text": "dull plot"})
     retrained = tiny_bert_save(tmp_path / "v2", labels=["negative", "positive"], seed=7)
     assert (retrained / "model.safetensors").read_bytes() != (tiny_sentiment_dir / "model.safetensors").read_bytes()
@@ -168,11 +171,6 @@ def test_a_model_whose_files_are_gone_fails_the_row_with_the_reason_not_a_500(ap
 
 
 def test_the_fast_prediction_json_equals_what_the_declared_fields_produce(api, owner):
-    from rest_framework import serializers
-    from rest_framework.test import APIRequestFactory
-
-    from predictions.api.serializers import PredictionSerializer
-
     api.post("/api/v1/predictions/", {"text": "good film"})
     api.post("/api/v1/batches/", {"texts": ["joy"], "model": "emotions"})
     queued = Prediction.objects.create(owner=owner, text="still queued", model_name="sentiment")
@@ -189,12 +187,6 @@ def test_the_fast_prediction_json_equals_what_the_declared_fields_produce(api, o
 def test_the_prebuilt_insert_stores_what_save_would_store(api, owner):
     """services.sql.prediction_insert replaces Model.save() for a new single prediction: same columns,
     same values, and no save signal it would skip."""
-    from django.db.models.signals import post_save, pre_save
-    from django.forms.models import model_to_dict
-
-    from predictions.services.sql import prediction_insert
-    from predictions.services.submission import _prediction_build
-
     assert not pre_save.has_listeners(Prediction)
     assert not post_save.has_listeners(Prediction)
     api.post("/api/v1/predictions/", {"text": "good film"})  # fills the cache: the next builds are hits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -126,8 +127,6 @@ def test_pip_audit_itself_runs_on_each_requirements_file_and_their_reports_are_j
 
 
 def test_make_audit_audits_what_the_image_installs_then_what_development_adds():
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("ci_audit", AUDIT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from predictions import pubsub
 from predictions.api import authentication
+from predictions.models import Prediction
+from tests.conftest import api_for
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "/api/v1/models/"
@@ -68,11 +71,6 @@ def test_deactivated_user_is_refused_at_once(api, owner):
 @pytest.mark.django_db
 def test_permission_granted_is_seen_at_once(owner, stranger, django_capture_on_commit_callbacks):
     """The API shows everyone's predictions to a user with the view permission (see test_auth_isolation)."""
-    from django.contrib.auth.models import Permission
-
-    from predictions.models import Prediction
-    from tests.conftest import api_for
-
     Prediction.objects.create(owner=stranger, text="not yours", model_name="sentiment")
     api = api_for(owner, django_capture_on_commit_callbacks)
     assert api.get("/api/v1/predictions/").json()["count"] == 0

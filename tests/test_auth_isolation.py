@@ -15,6 +15,7 @@ from django.contrib.auth.models import Group
 from django.urls import URLResolver, get_resolver, reverse
 
 from predictions.models import Batch, Prediction, PredictionResult, ReprocessRun
+from tests.conftest import api_for
 
 pytestmark = pytest.mark.django_db
 
@@ -124,8 +125,6 @@ def test_another_user_can_not_read_list_filter_into_or_change_the_owners_rows(st
 def test_staff_without_the_view_permission_see_only_their_own_rows_in_the_api(
     django_user_model, owners_rows, django_capture_on_commit_callbacks
 ):
-    from tests.conftest import api_for
-
     clerk = django_user_model.objects.create_user("clerk", password="pw-clerk-1234", is_staff=True)
     clerk_api = api_for(clerk, django_capture_on_commit_callbacks)
     assert clerk_api.get("/api/v1/predictions/").json()["results"] == []
@@ -136,8 +135,6 @@ def test_staff_without_the_view_permission_see_only_their_own_rows_in_the_api(
 def test_reviewers_and_superusers_see_everyones_rows_in_the_api(
     django_user_model, owners_rows, django_capture_on_commit_callbacks
 ):
-    from tests.conftest import api_for
-
     rita = django_user_model.objects.create_user("rita", password="pw-rita-1234", is_staff=True)
     rita.groups.add(Group.objects.get(name="reviewers"))
     root = django_user_model.objects.create_superuser("root", password="pw-root-1234")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+import redis
+from django.core.cache import cache
 
 from predictions.cache import result_cache_get, result_cache_key
 from predictions.models import Prediction, text_sha256
@@ -15,8 +17,6 @@ pytestmark = pytest.mark.django_db
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (make test sets it)")
 def test_results_land_in_redis_under_model_version_and_text_hash(api, settings):
-    import redis
-
     assert "RedisCache" in settings.CACHES["default"]["BACKEND"]
     body = api.post("/api/v1/predictions/", {"text": "great acting"}).json()
     row = Prediction.objects.get(pk=body["id"])
@@ -50,8 +50,6 @@ def test_a_cache_ttl_of_zero_disables_caching(api, settings, published):
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (make test sets it)")
 def test_the_cache_keeps_one_redis_client_per_server_and_it_answers():
-    from django.core.cache import cache
-
     inner = cache._cache  # mlsite.redis_cache.RedisCacheClient
     assert inner.get_client() is inner.get_client() is inner.get_client(write=True)
     cache.set("test:kept-client", {"a": 1}, timeout=10)

@@ -8,8 +8,13 @@ import time
 
 import psycopg
 import pytest
+from celery import signals
+from celery.fixups.django import DjangoWorkerFixup
 from django.contrib.auth.models import User
 from django.db import close_old_connections, connections
+
+from mlsite.celery import app
+from predictions.tasks import predictions_run_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -80,12 +85,6 @@ def test_connection_closed_by_the_server_is_replaced(postgresql, usable_calls):
 def worker_task_signals():
     """What a prefork worker process runs around each task: Celery's Django fixup (installed as in
     `celery worker`) and mlsite.celery's handlers, through the real task_prerun/postrun signals."""
-    from celery import signals
-    from celery.fixups.django import DjangoWorkerFixup
-
-    from mlsite.celery import app
-    from predictions.tasks import predictions_run_task
-
     fixup = DjangoWorkerFixup(app)
     fixup.install()
     task = app.tasks[predictions_run_task.name]

@@ -4,18 +4,26 @@ docs/operations.md shows."""
 
 from __future__ import annotations
 
+import ast
+import io
+import json
 import os
+import re
+import secrets
 import shlex
 import shutil
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from mlsite import webserver
-from predictions.management.commands.runstack import stack_commands
+from predictions.management.commands.runstack import Command, stack_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -65,8 +73,6 @@ def test_the_app_runs_on_postgres_rabbitmq_and_redis_from_three_variables():
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
-    import re
-
     joined = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     lines = [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
@@ -121,8 +127,6 @@ def requirement_lines(name: str) -> list[str]:
 
 
 def test_every_requirement_is_pinned_exactly():
-    import re
-
     runtime, dev = requirement_lines("requirements.txt"), requirement_lines("requirements-dev.txt")
     assert len(runtime) > 20
     assert dev[0] == "-r requirements.txt"  # dev installs what the image installs, and more
@@ -147,11 +151,6 @@ def test_the_image_installs_requirements_txt_only_and_make_install_both_files():
 
 def _distributions_needed(requirements: list[str]) -> set[str]:
     """The installed distributions these requirement lines pull in, dependencies (and extras) included."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     needed: set[str] = set()
     todo = [Requirement(line) for line in requirements]
     done: set[tuple[str, str]] = set()
@@ -177,12 +176,6 @@ def _distributions_needed(requirements: list[str]) -> set[str]:
 def test_the_code_that_ships_imports_only_what_requirements_txt_installs():
     """The web, worker, beat and management commands (mlsite/, predictions/, textclf/, manage.py): no import of a
     package that only requirements-dev.txt brings (the image would fail with ImportError)."""
-    import ast
-    import sys
-    from importlib.metadata import packages_distributions
-
-    from packaging.utils import canonicalize_name
-
     needed = _distributions_needed(requirement_lines("requirements.txt"))
     provided_by = packages_distributions()
     shipped = [
@@ -277,8 +270,6 @@ def test_python_m_mlsite_webserver_execs_granian_with_its_options(monkeypatch):
 
 def test_the_image_compose_and_make_run_all_start_the_web_from_mlsite_webserver():
     """One source for granian's flags: no copy of them in the Dockerfile, compose or runstack."""
-    import json
-
     [image] = [json.loads(args) for instruction, args in dockerfile_instructions() if instruction == "CMD"]
     assert image == SERVICES["web"]["command"] == ["python", "-m", "mlsite.webserver", "--bind", "0.0.0.0:8000"]
     local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)["web"]
@@ -293,17 +284,12 @@ def test_the_image_compose_and_make_run_all_start_the_web_from_mlsite_webserver(
 
 
 def test_make_run_s_web_defaults_are_the_web_server_s():
-    from predictions.management.commands.runstack import Command
-
     options = Command().create_parser("manage.py", "runstack").parse_args([])
     assert (options.bind, options.web_workers, options.web_threads) == ("127.0.0.1:8000", 2, 16)
     assert (webserver.DEFAULT_BIND, webserver.DEFAULT_WORKERS, webserver.DEFAULT_THREADS) == ("127.0.0.1:8000", 2, 16)
 
 
 def test_check_deploy_passes_with_the_production_settings_from_the_environment():
-    import secrets
-    import sys
-
     env = {
         **os.environ,
         "DEBUG": "0",
@@ -328,8 +314,6 @@ def test_check_deploy_passes_with_the_production_settings_from_the_environment()
 
 
 def test_a_bad_setting_value_stops_start_up_naming_the_variable():
-    import sys
-
     env = {**os.environ, "API_BATCH_MAX_TEXTS": "lots"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0
@@ -339,9 +323,7 @@ def test_a_bad_setting_value_stops_start_up_naming_the_variable():
 def test_the_wsgi_application_drops_the_server_s_process_environment_from_each_request():
     """granian starts every request's environ from a copy of os.environ: DATABASE_URL and the like
     must not reach request.META (DEBUG error pages show it), nor HTTP_PROXY read as a header."""
-    import io
-
-    from mlsite.wsgi import application, environ_scrub
+    from mlsite.wsgi import application, environ_scrub  # noqa: PLC0415 (importing it builds the application from the environment)
 
     process = {"DATABASE_URL": "postgres://u:secret@db/x", "HTTP_PROXY": "http://proxy:3128", "PATH_INFO": "/x"}
     request = {**process, "PATH_INFO": "/healthz", "REQUEST_METHOD": "GET", "HTTP_HOST": "localhost"}

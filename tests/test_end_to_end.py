@@ -6,13 +6,16 @@ PostgreSQL + RabbitMQ + Redis, chosen by the three environment variables.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import Stack, fresh_database_url
 
@@ -74,11 +77,6 @@ def _exercise(stack: Stack) -> None:
 
 def _check_metrics_and_logs(stack: Stack) -> None:
     """/metrics sums what the granian and Celery processes observed; the stack logs JSON lines."""
-    import json
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urllib.request.urlopen(stack.base + "/metrics", timeout=30) as response:
         text = response.read().decode()
     samples = {

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 from django.conf import settings as django_settings
 
@@ -175,8 +176,6 @@ class Site:
         return json_request(method, self.base + path, body, token=self.token if auth else "", timeout=timeout)
 
     def sql(self, query: str, params=()) -> list[tuple]:
-        import psycopg
-
         with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else []
@@ -290,8 +289,6 @@ def servers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def site(servers, tiny_sentiment_dir, tiny_emotions_dir, tmp_path_factory):
-    import psycopg
-
     workdir = tmp_path_factory.mktemp("fault-site")
     with psycopg.connect(servers.postgres.admin_url, autocommit=True) as conn:
         conn.execute("CREATE DATABASE mlsite")

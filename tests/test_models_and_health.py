@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+
+from mlsite.celery import app
+from tests.factories import DEAD_REDIS
 
 pytestmark = pytest.mark.django_db
 
@@ -58,8 +62,6 @@ def test_readyz_is_503_without_a_worker_when_the_deployment_requires_one(client,
 
 
 def test_readyz_pings_the_workers_at_most_once_per_cache_period(client, settings, monkeypatch):
-    from mlsite.celery import app
-
     settings.READYZ_WORKER_TIMEOUT_MS = 100
     settings.READYZ_WORKER_CACHE_SECONDS = 60
     pings = []
@@ -71,8 +73,6 @@ def test_readyz_pings_the_workers_at_most_once_per_cache_period(client, settings
 
 
 def test_readyz_is_200_degraded_naming_the_cache_when_it_is_down(client, settings):
-    from tests.factories import DEAD_REDIS
-
     settings.READYZ_WORKER_TIMEOUT_MS = 100
     settings.CACHES = DEAD_REDIS
     response = client.get("/readyz")
@@ -93,8 +93,6 @@ def test_readyz_is_503_naming_a_model_whose_files_are_missing(client, settings, 
 
 
 def test_readyz_is_503_naming_the_broker_when_it_is_down(client, monkeypatch):
-    from mlsite.celery import app
-
     monkeypatch.setattr(app.conf, "broker_write_url", "amqp://guest:guest@127.0.0.1:1//")  # nothing listens there
     response = client.get("/readyz")
     assert response.status_code == 503
@@ -104,8 +102,6 @@ def test_readyz_is_503_naming_the_broker_when_it_is_down(client, monkeypatch):
 
 
 def test_the_schema_documents_every_error_response(client):
-    import yaml
-
     schema = yaml.safe_load(client.get("/api/schema/").content)
     paths = schema["paths"]
     create = paths["/api/v1/predictions/"]["post"]["responses"]

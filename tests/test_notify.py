@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
 import pytest
+import redis
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 
 from predictions import notify, pubsub
+from predictions.api.serializers import PredictionSerializer
+from predictions.models import Prediction, PredictionStatus
+from predictions.services import submission, waiting, worker
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs a real Redis (make test sets REDIS_URL)")
 
@@ -78,8 +85,6 @@ def test_a_wait_times_out_when_the_row_never_finishes(listener):
 
 
 def test_without_a_reachable_redis_the_request_polls_the_row(settings):
-    import socket
-
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -150,8 +155,6 @@ def test_the_message_carries_the_row_s_fields_and_the_waiter_takes_them_without_
 
 
 def test_a_message_without_fields_or_from_an_older_worker_makes_the_waiter_read_its_row(listener):
-    import redis
-
     publisher = redis.Redis.from_url(os.environ["REDIS_URL"])
     cases = [
         (None, False),
@@ -188,13 +191,6 @@ def test_a_message_without_fields_or_from_an_older_worker_makes_the_waiter_read_
 def test_a_waiting_request_answers_from_the_message_exactly_what_the_row_holds(listener, owner, monkeypatch):
     """The worker's real write path wakes the request; the request reads nothing, and its answer is
     the JSON a later GET of the row gives."""
-    from django.db import connection, connections
-    from django.test.utils import CaptureQueriesContext
-
-    from predictions.api.serializers import PredictionSerializer
-    from predictions.models import Prediction, PredictionStatus
-    from predictions.services import submission, waiting, worker
-
     monkeypatch.setattr(submission, "prediction_publish", lambda prediction: None)  # the "worker" is a thread here
     texts = ["a gorgeous, witty film", "dull"]
     predictions = [submission.prediction_create(owner=owner, text=t, model_name="sentiment") for t in texts]

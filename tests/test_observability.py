@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlsite.logs import JsonFormatter, RequestIdFilter
 from predictions.models import Prediction, PredictionStatus
+from predictions.monitoring import metrics_dir_reset
+from predictions.registry import classifier_get
+from tests.factories import DEAD_REDIS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,8 +115,6 @@ def test_probes_are_logged_at_debug_only(client):
 def test_no_prediction_text_is_logged_at_info_or_above(api, monkeypatch):
     """A whole round: a waited prediction, a batch whose forward pass fails on a text (its exception
     quotes the text), a cache hit, a bad request. The text may be logged at DEBUG, never above."""
-    from predictions.registry import classifier_get
-
     secret, poison = "zebra marmalade sings at dawn", "quokka verdict blue"
     classifier = classifier_get("sentiment")
     real_predict = classifier.predict
@@ -230,8 +231,6 @@ def test_the_batch_cache_lookup_counts_every_text(api, client):
 
 @pytest.mark.django_db
 def test_a_cache_outage_is_counted_as_errors(api, client, settings):
-    from tests.factories import DEAD_REDIS
-
     before = scrape(client)
     settings.CACHES = DEAD_REDIS
     api.post("/api/v1/predictions/", {"text": "good film"})
@@ -259,8 +258,6 @@ def test_metrics_without_a_token_answer_loopback_clients_only(client, settings):
 
 
 def test_runstack_starts_the_metrics_directory_afresh(tmp_path):
-    from predictions.monitoring import metrics_dir_reset
-
     (tmp_path / "counter_host-12.db").write_bytes(b"\0" * 8)
     (tmp_path / "histogram_host-12.db").write_bytes(b"\0" * 8)
     (tmp_path / "keep.txt").write_text("not a sample file")

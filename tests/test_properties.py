@@ -13,6 +13,7 @@ import re
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -472,8 +473,6 @@ def test_an_id_beyond_bigint_is_404_not_a_database_error(api):
 
 def test_the_schema_limits_follow_the_settings(api, settings):
     """What schemathesis (and a client) reads: the served models and the MAX_* limits of this deployment."""
-    import yaml
-
     settings.MAX_TEXT_CHARS = 77
     settings.API_BATCH_MAX_TEXTS = 5
     settings.MLSITE_MODELS = {"sentiment": settings.MLSITE_MODELS["sentiment"]}

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -38,8 +39,6 @@ def age(rows, days: int = 40) -> None:
 
 def redis_keys_naming(digest: str) -> list[bytes]:
     """Every key in the test Redis db that contains this text hash."""
-    import redis
-
     return redis.Redis.from_url(os.environ["REDIS_URL"]).keys(f"*{digest}*")
 
 

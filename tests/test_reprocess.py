@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from predictions.models import Prediction, PredictionResult, PredictionStatus, ReprocessRun
+from predictions.models import Batch, Prediction, PredictionResult, PredictionStatus, ReprocessRun
 from predictions.services import reprocess as reprocess_service
 from predictions.services import review
 
@@ -100,7 +100,6 @@ def test_each_selector_picks_its_rows_and_they_combine(owner, args, expected):
     Prediction.objects.filter(pk=finished(owner, "newer").pk).update(model_version="v2")
     old = finished(owner, "ancient")
     Prediction.objects.filter(pk=old.pk).update(created_at=datetime(2020, 6, 1, tzinfo=UTC))
-    from predictions.models import Batch
 
     batch = Batch.objects.create(owner=owner, model_name="sentiment", size=1)
     finished(owner, "batched", batch=batch)
@@ -113,8 +112,6 @@ def test_each_selector_picks_its_rows_and_they_combine(owner, args, expected):
 
 
 def test_ids_and_batch_selectors(owner):
-    from predictions.models import Batch
-
     batch = Batch.objects.create(owner=owner, model_name="sentiment", size=2)
     a, b = finished(owner, "a", batch=batch), finished(owner, "b", batch=batch)
     c = finished(owner, "c")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from mlsite.env import RenamedSettingWarning, env_int
 
@@ -39,8 +40,6 @@ def test_the_new_name_wins_and_the_old_one_is_said_to_be_ignored(monkeypatch):
 
 
 def test_an_old_name_is_checked_like_the_new_one(monkeypatch):
-    from django.core.exceptions import ImproperlyConfigured
-
     monkeypatch.delenv("CLAIM_MAX_ROWS", raising=False)
     monkeypatch.setenv("BATCH_MAX_SIZE", "0")
     with pytest.warns(RenamedSettingWarning), pytest.raises(ImproperlyConfigured, match="BATCH_MAX_SIZE=0"):

@@ -7,18 +7,17 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerDown
 
+from mlsite.celery import app
 from predictions.models import Prediction, PredictionStatus
 from predictions.services import worker
+from predictions.tasks import predictions_run_task
 
 pytestmark = pytest.mark.django_db
 
 
 def test_a_prediction_submitted_while_the_broker_is_down_is_saved_and_answered_202(api, monkeypatch):
-    from kombu.exceptions import OperationalError as BrokerDown
-
-    from predictions.tasks import predictions_run_task
-
     def down(*args, **kwargs):
         raise BrokerDown("[Errno 111] Connection refused")
 
@@ -73,6 +72,5 @@ def test_finished_rows_are_never_swept(owner, published):
 
 def test_beat_runs_the_sweeper(settings):
     assert settings.CELERY_BEAT_SCHEDULE["sweep-lost-predictions"]["task"] == "predictions.sweep"
-    from mlsite.celery import app
 
     assert "predictions.sweep" in app.tasks

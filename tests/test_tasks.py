@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
-from django.db import OperationalError
+import os
+import subprocess
+import sys
 
+import pytest
+from django.db import OperationalError, connection
+from django.utils import timezone
+
+from bench.stack import REAL_SERVICE_VARIABLES, ROOT
 from predictions import tasks
-from predictions.models import Prediction, PredictionStatus
+from predictions.models import Batch, Prediction, PredictionStatus
+from predictions.registry import classifier_get
 from predictions.services import sql, worker
 from predictions.tasks import TRANSIENT_ERRORS, predictions_run_task
+from textclf import LabelScores
 
 pytestmark = pytest.mark.django_db
 
@@ -51,8 +59,6 @@ def test_a_row_running_under_another_live_task_is_not_taken(owner):
 
 
 def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch):
-    from predictions.registry import classifier_get
-
     rows = queued(owner, "good film", "POISON", "bad plot")
     classifier = classifier_get("sentiment")
     real_predict = classifier.predict
@@ -117,8 +123,6 @@ def test_transient_database_errors_are_retried_and_others_are_not(owner, monkeyp
 @pytest.fixture
 def forward_passes(monkeypatch):
     """The texts of each predict() call on the sentiment model, in order."""
-    from predictions.registry import classifier_get
-
     classifier = classifier_get("sentiment")
     real_predict = classifier.predict
     calls: list[list[str]] = []
@@ -152,8 +156,6 @@ def test_a_batch_never_exceeds_batch_max_size(owner, forward_passes, settings):
 
 
 def test_results_map_back_to_the_right_rows(owner):
-    from predictions.registry import classifier_get
-
     texts = ["good film", "awful boring plot and bad acting", "love", "hate it so much", "the movie"]
     rows = queued(owner, *texts)
     worker.predictions_run([rows[0].pk])
@@ -240,12 +242,6 @@ def test_own_rows_beyond_batch_max_size_are_all_run(owner, settings):
 def test_on_the_embedded_sqlite_default_a_claimed_row_runs_and_is_written(tmp_path):
     """The claim is raw SQL (UPDATE … RETURNING); SQLite hands back naive datetimes, PostgreSQL aware ones.
     The run must cope with both (it once failed every task on SQLite, subtracting the two)."""
-    import os
-    import subprocess
-    import sys
-
-    from bench.stack import REAL_SERVICE_VARIABLES, ROOT
-
     env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES}
     env.update(MLSITE_VAR_DIR=str(tmp_path), HF_HUB_OFFLINE="1", LOG_LEVEL="WARNING")
     script = (
@@ -303,11 +299,6 @@ def test_a_lone_request_does_not_wait_for_company_but_a_busy_worker_does(owner, 
 def test_results_are_stored_in_one_statement_with_their_types(owner, django_assert_max_num_queries):
     """The result write is one UPDATE for the whole pass; scores and labels are stored as JSON
     values (not strings), a failed row has no score, and every field reads back as written."""
-    from django.db import connection
-    from django.utils import timezone
-
-    from textclf import LabelScores
-
     rows = queued(owner, "good film", "bad film", "so-so film")
     claimed = worker.predictions_claim([r.pk for r in rows], task_id="t-store", limit=10, others=False)
     results = [
@@ -350,8 +341,6 @@ def test_results_are_stored_in_one_statement_with_their_types(owner, django_asse
 def test_a_single_text_task_takes_other_queued_rows_along_batch_rows_included(owner):
     """Rows whose message waits behind others in the broker (a backlog after a burst) are run by
     whichever task claims first, in the same forward pass."""
-    from predictions.models import Batch
-
     lone, _other = queued(owner, "a lone text", "another lone text")
     batch = Batch.objects.create(owner=owner, model_name="sentiment", size=2)
     for i in range(2):

@@ -7,11 +7,13 @@ clears the pending mark before its first claim. Whatever path breaks that errs t
 from __future__ import annotations
 
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from predictions.models import Prediction
+from predictions.pubsub import redis_client
 from predictions.services import worker
 from predictions.services.dispatch import _wakeup_key as _key
 from predictions.tasks import predictions_run_task
@@ -41,8 +43,6 @@ def held(monkeypatch):
 
 
 def redis():
-    from predictions.pubsub import redis_client
-
     return redis_client()
 
 
@@ -105,8 +105,6 @@ def test_with_redis_down_or_coalescing_off_every_submission_publishes(api, held,
 
 
 def test_a_mark_whose_task_never_came_expires(api, held, settings):
-    import time
-
     post(api, 2)
     assert len(held) == 1
     redis().pexpire(_key(), 1)  # as WAKEUP_COALESCE_MS would, later

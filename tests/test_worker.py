@@ -14,8 +14,11 @@ from django.conf import settings as django_settings
 from django_celery_results.models import TaskResult
 
 from bench.stack import ROOT
+from mlsite.celery import app
 from predictions.management.commands.runstack import stack_commands
 from predictions.models import Prediction, PredictionStatus
+from predictions.tasks import predictions_run_task
+from tests.test_observability import moved, scrape
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,8 +75,6 @@ def worker(worker_process, celery_eager):
 
 
 def test_a_prediction_travels_through_the_broker_to_a_worker_process_and_back(api, worker):
-    from mlsite.celery import app
-
     assert app.conf.broker_url == os.environ.get("CELERY_BROKER_URL", "filesystem://")
     response = api.post("/api/v1/predictions/?wait=20", {"text": "a gorgeous, witty film"})
     assert response.status_code == 200, response.json()
@@ -109,8 +110,6 @@ def test_a_batch_is_run_by_the_worker_process(api, worker, settings):
 def test_a_burst_of_single_predictions_is_all_run_by_the_worker_process(api, worker):
     """Submissions that find a wake-up pending send no message (predictions/services/dispatch.py): the pending
     task's claims must still run every one of them, through the real broker and worker."""
-    from predictions.tasks import predictions_run_task
-
     sent = []
     real = predictions_run_task.apply_async
 
@@ -170,8 +169,6 @@ def test_the_request_id_travels_with_the_task_into_the_worker_s_log_lines(api, w
 
 
 def test_metrics_include_what_the_worker_process_observed(api, worker, client):
-    from tests.test_observability import moved, scrape
-
     before = scrape(client)
     assert api.post("/api/v1/predictions/?wait=20", {"text": "love the plot"}).status_code == 200
 

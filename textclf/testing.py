@@ -48,8 +48,8 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def tiny_bert_save(directory: Path, *, labels: list[str], multi_label: bool = False, seed: int = 0) -> Path:
     """A 2-layer, 32-wide random BERT classifier with its tokenizer, saved like a hub checkpoint."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+    import torch  # noqa: PLC0415 (torch loads lazily: only the tiny models need it)
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer  # noqa: PLC0415 (transformers loads lazily: only the tiny models need it)
 
     directory.mkdir(parents=True, exist_ok=True)
     tokens = SPECIAL + WORDS

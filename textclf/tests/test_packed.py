@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 import torch
-from transformers import BertForSequenceClassification, BertModel
+from transformers import BertForSequenceClassification, BertModel, DistilBertConfig, DistilBertForSequenceClassification
 
 from textclf.serving.classifier import MeanPooledClassifier, SequenceClassifierLogits, TextClassifier
 from textclf.serving.loading import classifier_load
@@ -134,8 +134,6 @@ def test_texts_of_one_length_and_texts_past_the_position_limit(tiny_sentiment_di
 
 
 def test_other_architectures_keep_the_padded_forward_pass(tiny_sentiment_dir: Path, tmp_path: Path) -> None:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
     directory = tmp_path / "distil"
     shutil.copytree(tiny_sentiment_dir, directory)
     for weights in directory.glob("model.safetensors"):

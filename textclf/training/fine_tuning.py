@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from textclf.serving.base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
@@ -207,8 +208,6 @@ def model_train(
 
 def adapter_write(path: Path, model: MeanPooledClassifier, config: TrainConfig, thresholds: list[float] | None) -> None:
     """LoRA factors and head in fp16; everything needed to rebuild the model in the metadata."""
-    from safetensors.torch import save_file
-
     tensors = {f"encoder.{key}": value.half().contiguous() for key, value in lora_state_dict(model.encoder).items()}
     tensors["head.weight"] = model.head.weight.detach().cpu().half().contiguous()
     tensors["head.bias"] = model.head.bias.detach().cpu().half().contiguous()

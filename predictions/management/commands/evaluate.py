@@ -9,6 +9,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from predictions.registry import BUNDLED_MODELS_DIR, UnknownModel, model_exists
+from textclf import DatasetFormatError, ModelLoadError
+from textclf.serving.loading import classifier_load
+from textclf.training.recipes import dataset_reader
 
 
 class Command(BaseCommand):
@@ -25,10 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: INFERENCE_DEVICE)")
 
     def handle(self, *args, model: str, path: Path, batch_size: int, int8: bool, device: str | None, **options) -> None:
-        from textclf import DatasetFormatError, ModelLoadError
-        from textclf.serving.loading import classifier_load
-        from textclf.training.evaluation import classifier_evaluate
-        from textclf.training.recipes import dataset_reader
+        from textclf.training.evaluation import classifier_evaluate  # noqa: PLC0415 (torch loads lazily: only when the command runs)
 
         if not model_exists(model):
             raise CommandError(str(UnknownModel(model)))

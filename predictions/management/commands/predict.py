@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from predictions.registry import UnknownModel, classifier_get, model_exists
+from textclf import ModelLoadError
 
 
 class Command(BaseCommand):
@@ -20,8 +21,6 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", dest="as_json", help="one JSON object per text")
 
     def handle(self, *args, model: str, texts: list[str], top: int, as_json: bool, **options) -> None:
-        from textclf import ModelLoadError
-
         if not model_exists(model):
             raise CommandError(str(UnknownModel(model)))
         try:

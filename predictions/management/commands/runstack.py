@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from mlsite import webserver
+from predictions.monitoring import metrics_dir_reset
 
 
 def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str, list[str]]:
@@ -52,8 +53,6 @@ class Command(BaseCommand):
         parser.add_argument("--web-threads", type=int, default=webserver.DEFAULT_THREADS, help="threads a web process")
 
     def handle(self, *args, bind: str, web_workers: int, web_threads: int, **options) -> None:
-        from predictions.monitoring import metrics_dir_reset
-
         commands = stack_commands(bind=bind, web_workers=web_workers, web_threads=web_threads)
         # Every process that wrote metrics there is gone: start the counts afresh with this stack.
         metrics_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)

@@ -11,6 +11,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from predictions.registry import BUNDLED_MODELS_DIR
+from textclf.serving.loading import classifier_load
+from textclf.training.recipes import RECIPES
 
 
 class Command(BaseCommand):
@@ -27,16 +32,12 @@ class Command(BaseCommand):
         parser.add_argument("--datasets-dir", type=Path, default=None)
 
     def handle(self, *args, **options) -> None:
-        import torch
-        from tqdm import tqdm
+        import torch  # noqa: PLC0415 (torch loads lazily: only when the command runs)
 
-        from predictions.registry import BUNDLED_MODELS_DIR
-        from textclf.serving.classifier import device_resolve
-        from textclf.serving.loading import classifier_load
-        from textclf.training.evaluation import classifier_evaluate
-        from textclf.training.fine_tuning import TrainConfig, model_train
-        from textclf.training.model_card import model_card_write
-        from textclf.training.recipes import RECIPES
+        from textclf.serving.classifier import device_resolve  # noqa: PLC0415 (torch loads lazily: only when the command runs)
+        from textclf.training.evaluation import classifier_evaluate  # noqa: PLC0415 (torch loads lazily: only when the command runs)
+        from textclf.training.fine_tuning import TrainConfig, model_train  # noqa: PLC0415 (torch loads lazily: only when the command runs)
+        from textclf.training.model_card import model_card_write  # noqa: PLC0415 (torch loads lazily: only when the command runs)
 
         recipe = RECIPES[options["model"]]
         datasets_dir = options["datasets_dir"] or settings.DATASETS_DIR
