@@ -245,7 +245,7 @@ class BatchSerializer(serializers.ModelSerializer):
     def _rows(self, batch: Batch) -> list[Prediction]:
         if not hasattr(batch, "_rows_cache"):
             batch._rows_cache = list(batch.predictions.order_by("position"))  # type: ignore[attr-defined]  # a memo on the instance
-        return batch._rows_cache  # type: ignore[attr-defined]
+        return batch._rows_cache  # type: ignore[attr-defined]  # as above
 
     def get_counts(self, batch: Batch) -> dict[str, int]:
         counts = {status: 0 for status in PredictionStatus.values}
