@@ -16,12 +16,14 @@ Run it on a quiet machine; it prints ratios and per-text CPU, no pass/fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import os
 import pstats
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +104,10 @@ def median_seconds(calls, wait: float) -> float:
     return statistics.median(times)
 
 
-def request_cost(requests: int) -> None:
+@contextlib.contextmanager
+def demo_database() -> Iterator[tuple[object, str]]:
+    """Django set up in this process on a throwaway test database (never the configured one) holding the
+    demo user: yields (user, token). Uses the database and cache the environment names."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlsite.settings")
     os.environ.setdefault("ALLOWED_HOSTS", "testserver")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # no access line per request on the terminal
@@ -110,38 +115,49 @@ def request_cost(requests: int) -> None:
     import django
 
     django.setup()
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
     from django.core.management import call_command
-    from django.test import Client
-    from django.test.utils import setup_test_environment
-
-    from predictions.services import submission, worker
+    from django.test.utils import get_runner, setup_test_environment
+    from rest_framework.authtoken.models import Token
 
     setup_test_environment()
-    from django.conf import settings
-    from django.test.utils import get_runner
-
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("postgresql"):  # its own throwaway database, apart from the test suite's
         database.setdefault("TEST", {})["NAME"] = "test_mlsite_profile"
     runner = get_runner(settings)(verbosity=0, interactive=False)
-    old = runner.setup_databases()  # a throwaway test database, never the configured one
+    old = runner.setup_databases()
     try:
         call_command("bootstrap_demo", stdout=io.StringIO())
-        from django.contrib.auth import get_user_model
-        from rest_framework.authtoken.models import Token
-
         user = get_user_model().objects.get(username="admin")
-        token = Token.objects.get_or_create(user=user)[0].key
-        text = f"a text for the request profile {os.getpid()}"
-        row = submission.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
-        worker.predictions_run([row.pk], others=False)  # fills the cache
-        client = Client(HTTP_AUTHORIZATION=f"Token {token}")
-        body = f'{{"text": "{text}"}}'
+        yield user, Token.objects.get_or_create(user=user)[0].key
+    finally:
+        runner.teardown_databases(old)
 
-        def post() -> None:
-            response = client.post("/api/v1/predictions/", data=body, content_type="application/json")
-            assert response.status_code == 200 and response.json()["cached"], response.content
 
+def cache_hit_post(user, token: str, *, url: str = "/api/v1/predictions/") -> Callable[[], None]:
+    """A function sending one POST of a text the cache already holds, through Django (no HTTP server)."""
+    from django.conf import settings
+    from django.test import Client
+
+    from predictions.services import submission, worker
+
+    text = f"a text for the request profile {os.getpid()}"
+    row = submission.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
+    worker.predictions_run([row.pk], others=False)  # fills the cache
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+    body = f'{{"text": "{text}"}}'
+
+    def post() -> None:
+        response = client.post(url, data=body, content_type="application/json")
+        assert response.status_code == 200 and response.json()["cached"], response.content
+
+    return post
+
+
+def request_cost(requests: int) -> None:
+    with demo_database() as (user, token):
+        post = cache_hit_post(user, token)
         for _ in range(30):
             post()
         began, cpu = time.perf_counter(), time.process_time()
@@ -159,8 +175,6 @@ def request_cost(requests: int) -> None:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
         print(out.getvalue())
-    finally:
-        runner.teardown_databases(old)
 
 
 def round_trips(pause: float = 0.025, repeats: int = 200) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_rate, env_str
+from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_rate, env_str, env_subset
+from mlsite.fastpaths import BYPASSES
 from mlsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -216,6 +217,9 @@ THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
 # once through Redis; this bounds them without it); 0: look the token up on every request.
 AUTH_TOKEN_CACHE_SECONDS = env_int("AUTH_TOKEN_CACHE_SECONDS", 10, minimum=0)
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
+# Framework bypasses to turn off, running the framework's own code instead (mlsite/fastpaths.py): for
+# measuring each one's gain, or ruling one out when something misbehaves; empty: all on.
+FAST_PATHS_OFF = env_subset("FAST_PATHS_OFF", BYPASSES)
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -15,11 +15,14 @@ import select
 
 from django.db.backends.postgresql import base
 
+from mlsite.fastpaths import fast_path
+
 
 class DatabaseWrapper(base.DatabaseWrapper):
     def close_if_health_check_failed(self) -> None:
         if (
-            not self.pool
+            fast_path("quiet_health_check")
+            and not self.pool
             and self.connection is not None
             and self.health_check_enabled
             and not self.health_check_done

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from rest_framework.negotiation import DefaultContentNegotiation
 
+from mlsite.fastpaths import fast_path
 from predictions.memos import memo
 
 _KEPT_MAX = 512  # distinct keys kept per process; beyond it, choices are made as DRF makes them
@@ -19,6 +20,8 @@ class RememberedContentNegotiation(DefaultContentNegotiation):
     _chosen: dict[tuple, tuple[type, str]] = {}
 
     def select_renderer(self, request, renderers, format_suffix=None):
+        if not fast_path("remembered_negotiation"):
+            return super().select_renderer(request, renderers, format_suffix)
         key = (
             request.META.get("HTTP_ACCEPT"),
             format_suffix,
