@@ -13,12 +13,9 @@ from django.conf import settings
 BYPASSES: dict[str, str] = {
     "prebuilt_insert": "Model.save() of a new prediction (predictions/services/sql.py)",
     "one_statement_results": "QuerySet.bulk_update of a forward pass's results (predictions/services/sql.py)",
-    "fast_input": "PredictionInputSerializer for a plain, valid POST /predictions/ body (predictions/api/serializers.py)",
     "remembered_wait": "WaitQuerySerializer on every request with ?wait= (predictions/api/views.py)",
-    "remembered_negotiation": "DRF's content negotiation on every request (predictions/api/negotiation.py)",
     "hand_built_json": "PredictionSerializer's declared fields (predictions/api/serializers.py)",
     "remembered_tokens": "TokenAuthentication's query on every request (predictions/api/authentication.py)",
-    "quiet_health_check": "Django's SELECT 1 before a request's first query (mlsite/postgresql/base.py)",
     "redis_client_per_pool": "a new redis.Redis per cache call (mlsite/redis_cache.py)",
     "queue_depth_memo": "a COUNT of the queue on every submission (predictions/services/backpressure.py)",
 }

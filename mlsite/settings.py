@@ -95,11 +95,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The same backend, with a health check that needs no round trip while the connection is quiet.
-    DATABASES["default"]["ENGINE"] = "mlsite.postgresql"
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-else:
+else:  # a persistent connection the server closed (a restart) is replaced before a request's first query
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -229,7 +225,6 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["predictions.api.parsers.BoundedJSONParser"],  # JSON bodies only; others are 415
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "predictions.api.negotiation.RememberedContentNegotiation",
     "DEFAULT_PAGINATION_CLASS": "predictions.api.pagination.PageNumberFieldPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
