@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test test-ml test-app lint format migrate clean screenshots bench profile audit soak fuzz
+.PHONY: install run test test-ml test-app lint format migrate clean screenshots bench profile weigh audit soak fuzz
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ test-ml: install  ## textclf's tests alone, with the Django plugin off: they pas
 test-app: install  ## the app's tests on the real services; PYTEST_ARGS="tests/test_commands.py -x" in place of tests/
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
-	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/13} \
 	CELERY_QUEUE=$${CELERY_QUEUE:-mlsite-test} \
 	$(PY) -m pytest $(or $(PYTEST_ARGS),tests)
 
@@ -52,6 +52,11 @@ fuzz: install  ## schemathesis against the running stack's OpenAPI schema; FUZZ_
 
 profile: install  ## what the model costs by thread count and arrival order, one cache-hit POST in process, round trips after a pause
 	$(PY) bench/profiling.py $(PROFILE_ARGS)
+
+weigh: install  ## what each framework bypass (mlsite/fastpaths.py) saves on its path, alternating on and off; WEIGH_ARGS="--rounds 7"
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/13} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} CELERY_QUEUE=$${CELERY_QUEUE:-mlsite-weigh} \
+	$(PY) bench/weigh.py $(WEIGH_ARGS)
 
 screenshots: install  ## the admin screenshots in docs/, taken by the browser tests
 	SCREENSHOTS_DIR=docs $(MAKE) test-app PYTEST_ARGS="tests/test_admin_browser.py"

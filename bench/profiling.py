@@ -16,6 +16,7 @@ Run it on a quiet machine; it prints ratios and per-text CPU, no pass/fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import os
@@ -23,6 +24,7 @@ import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import django
@@ -109,37 +111,52 @@ def median_seconds(calls, wait: float) -> float:
     return statistics.median(times)
 
 
-def request_cost(requests: int) -> None:
+@contextlib.contextmanager
+def demo_database() -> Iterator[tuple[object, str]]:
+    """Django set up in this process on a throwaway test database (never the configured one) holding the
+    demo user: yields (user, token). Uses the database and cache the environment names."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlsite.settings")
     os.environ.setdefault("ALLOWED_HOSTS", "testserver")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # no access line per request on the terminal
     os.environ.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user sends every request here
     django.setup()
-    from predictions.services import submission, worker  # noqa: PLC0415 (models: only after django.setup() above)
+    from rest_framework.authtoken.models import Token  # noqa: PLC0415 (models: only after django.setup() above)
 
     setup_test_environment()
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("postgresql"):  # its own throwaway database, apart from the test suite's
         database.setdefault("TEST", {})["NAME"] = "test_mlsite_profile"
     runner = get_runner(settings)(verbosity=0, interactive=False)
-    old = runner.setup_databases()  # a throwaway test database, never the configured one
+    old = runner.setup_databases()
     try:
         call_command("bootstrap_demo", stdout=io.StringIO())
-        from rest_framework.authtoken.models import Token  # noqa: PLC0415 (models: only after django.setup() above)
-
         user = get_user_model().objects.get(username="admin")
-        token = Token.objects.get_or_create(user=user)[0].key
-        text = f"a text for the request profile {os.getpid()}"
-        row = submission.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
-        worker.predictions_run([row.pk], others=False)  # fills the cache
-        client = Client(HTTP_AUTHORIZATION=f"Token {token}")
-        body = f'{{"text": "{text}"}}'
+        yield user, Token.objects.get_or_create(user=user)[0].key
+    finally:
+        runner.teardown_databases(old)
 
-        def post() -> None:
-            response = client.post("/api/v1/predictions/", data=body, content_type="application/json")
-            assert response.status_code == 200, response.content
-            assert response.json()["cached"], response.content
 
+def cache_hit_post(user, token: str, *, url: str = "/api/v1/predictions/") -> Callable[[], None]:
+    """A function sending one POST of a text the cache already holds, through Django (no HTTP server)."""
+    from predictions.services import submission, worker  # noqa: PLC0415 (models: only after django.setup())
+
+    text = f"a text for the request profile {os.getpid()}"
+    row = submission.prediction_create(owner=user, text=text, model_name=settings.DEFAULT_MODEL)
+    worker.predictions_run([row.pk], others=False)  # fills the cache
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+    body = f'{{"text": "{text}"}}'
+
+    def post() -> None:
+        response = client.post(url, data=body, content_type="application/json")
+        assert response.status_code == 200, response.content
+        assert response.json()["cached"], response.content
+
+    return post
+
+
+def request_cost(requests: int) -> None:
+    with demo_database() as (user, token):
+        post = cache_hit_post(user, token)
         for _ in range(30):
             post()
         began, cpu = time.perf_counter(), time.process_time()
@@ -157,8 +174,6 @@ def request_cost(requests: int) -> None:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
         print(out.getvalue())
-    finally:
-        runner.teardown_databases(old)
 
 
 def round_trips(pause: float = 0.025, repeats: int = 200) -> None:

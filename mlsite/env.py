@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -87,6 +88,15 @@ def env_rate(name: str, default: str) -> str:
             f"{name}={raw!r}: expected a rate such as 600/min (N/s, N/min, N/hour, N/day) or empty"
         )
     return f"{int(number)}/{period.strip().lower()}"
+
+
+def env_subset(name: str, choices: Iterable[str]) -> frozenset[str]:
+    """Comma-separated names, each one of `choices`; empty or unset: none."""
+    names = frozenset(env_list(name, []))
+    unknown = sorted(names - set(choices))
+    if unknown:
+        raise ImproperlyConfigured(f"{name}: unknown {', '.join(unknown)}; one of {', '.join(sorted(choices))}")
+    return names
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

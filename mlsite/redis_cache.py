@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from django.core.cache.backends import redis as django_redis
 
+from mlsite.fastpaths import fast_path
+
 
 class RedisCacheClient(django_redis.RedisCacheClient):
     def __init__(self, *args, **kwargs) -> None:
@@ -19,6 +21,8 @@ class RedisCacheClient(django_redis.RedisCacheClient):
         self._clients: dict[int, object] = {}  # id(pool) → its redis.Redis
 
     def get_client(self, key=None, *, write=False):
+        if not fast_path("redis_client_per_pool"):
+            return super().get_client(key, write=write)
         pool = self._get_connection_pool(write)  # type: ignore[attr-defined]  # Django's, absent from django-stubs
         client = self._clients.get(id(pool))
         if client is None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_rate, env_str
+from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_rate, env_str, env_subset
+from mlsite.fastpaths import BYPASSES
 from mlsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -94,11 +95,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The same backend, with a health check that needs no round trip while the connection is quiet.
-    DATABASES["default"]["ENGINE"] = "mlsite.postgresql"
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-else:
+else:  # a persistent connection the server closed (a restart) is replaced before a request's first query
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -216,6 +213,9 @@ THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
 # once through Redis; this bounds them without it); 0: look the token up on every request.
 AUTH_TOKEN_CACHE_SECONDS = env_int("AUTH_TOKEN_CACHE_SECONDS", 10, minimum=0)
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
+# Framework bypasses to turn off, running the framework's own code instead (mlsite/fastpaths.py): for
+# measuring each one's gain, or ruling one out when something misbehaves; empty: all on.
+FAST_PATHS_OFF = env_subset("FAST_PATHS_OFF", BYPASSES)
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -225,7 +225,6 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["predictions.api.parsers.BoundedJSONParser"],  # JSON bodies only; others are 415
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "predictions.api.negotiation.RememberedContentNegotiation",
     "DEFAULT_PAGINATION_CLASS": "predictions.api.pagination.PageNumberFieldPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -5,14 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.http import Http404
-from rest_framework.exceptions import NotAcceptable
-from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
-from rest_framework.request import Request
-from rest_framework.test import APIRequestFactory
 
-from predictions.api.negotiation import RememberedContentNegotiation
 from predictions.middleware import MAX_URL_BYTES
 from predictions.models import Batch, Prediction
 
@@ -148,35 +141,49 @@ def test_a_huge_batch_filter_is_400_not_a_500(api):
     assert "batch" in response.json()
 
 
-def test_the_remembered_negotiation_chooses_as_drf_does_and_never_keeps_a_406():
-    factory = APIRequestFactory()
-    cases = [
-        ("", {}),
-        ("*/*", {}),
-        ("application/json", {}),
-        ("application/json; indent=4", {}),
-        ("text/html", {}),
-        ("text/html;q=0.5, application/json", {}),
-        ("*/*", {"format": "api"}),
-        ("*/*", {"format": "json"}),
-        ("image/png", {}),
-        ("application/json", {"format": "xml"}),
-    ]
-    RememberedContentNegotiation._chosen.clear()
-    for _ in range(2):  # the second round answers from what the first kept
-        for accept, query in cases:
-            answers = []
-            for negotiation in (DefaultContentNegotiation(), RememberedContentNegotiation()):
-                extra = {"HTTP_ACCEPT": accept} if accept else {}
-                request = Request(factory.get("/api/v1/models/", query, **extra))
-                renderers = [JSONRenderer(), BrowsableAPIRenderer()]
-                try:
-                    renderer, media_type = negotiation.select_renderer(request, renderers)
-                    assert renderer in renderers
-                    answers.append((type(renderer), media_type))
-                except (NotAcceptable, Http404) as exc:  # no renderer for it; an unknown ?format=
-                    answers.append(type(exc))
-            assert answers[0] == answers[1], (accept, query, answers)
-    kept = RememberedContentNegotiation._chosen
-    assert len(kept) == 8
-    assert ("image/png", None, None, (JSONRenderer, BrowsableAPIRenderer)) not in kept
+@pytest.mark.parametrize(
+    ("accept", "query", "answer"),
+    [
+        ("", {}, (200, "application/json")),
+        ("*/*", {}, (200, "application/json")),
+        ("application/json", {}, (200, "application/json")),
+        ("text/html", {}, (200, "text/html; charset=utf-8")),
+        ("text/html;q=0.5, application/json", {}, (200, "application/json")),
+        ("*/*", {"format": "api"}, (200, "text/html; charset=utf-8")),
+        ("*/*", {"format": "json"}, (200, "application/json")),
+        ("image/png", {}, (406, "application/json")),
+        ("application/json", {"format": "xml"}, (404, "application/json")),
+    ],
+)
+def test_the_api_negotiates_its_renderer_as_drf_does(api, accept, query, answer):
+    """JSON by default, the browsable API when asked for HTML, 406 for a media type it cannot render."""
+    extra = {"HTTP_ACCEPT": accept} if accept else {}
+    response = api.get("/api/v1/models/", data=query, **extra)
+    assert (response.status_code, response["Content-Type"]) == answer
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        ({"text": "good film"}, {"text": "good film", "model": "sentiment"}),
+        ({"text": " joy\u00e9 ", "model": "emotions", "x": 1}, {"text": " joy\u00e9 ", "model": "emotions"}),
+        ({"text": " "}, "text"),
+        ({"text": "a\x00"}, "text"),
+        ({"text": 1}, "text"),
+        ({"text": "x" * 10_001}, "text"),
+        ({"text": "x", "model": " sentiment"}, {"text": "x", "model": "sentiment"}),  # a name is trimmed
+        ({"text": "x", "model": None}, "model"),
+        ({"text": "x", "model": "nope"}, "model"),
+        ({"model": "sentiment"}, "text"),
+    ],
+)
+def test_a_posted_body_is_taken_as_the_serializer_reads_it_or_refused_naming_the_field(api, body, accepted):
+    response = api.post("/api/v1/predictions/", body)
+    if isinstance(accepted, dict):
+        assert response.status_code in (200, 202), response.json()
+        row = Prediction.objects.get(pk=response.json()["id"])
+        assert {"text": row.text, "model": row.model_name} == accepted
+    else:
+        assert response.status_code == 400, response.json()
+        assert accepted in response.json(), response.json()
+        assert Prediction.objects.count() == 0

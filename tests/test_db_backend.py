@@ -1,5 +1,5 @@
-"""mlsite.postgresql: the health check of a persistent connection skips its round trip while the
-connection is quiet, and still replaces a connection the server closed."""
+"""Persistent PostgreSQL connections: kept from request to request and from task to task, and replaced,
+by Django's health check (CONN_HEALTH_CHECKS), when the server closed them."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def postgresql():
     connection = connections["default"]
     if connection.vendor != "postgresql":
-        pytest.skip("the backend is for PostgreSQL")
-    assert connection.settings_dict["ENGINE"] == "mlsite.postgresql"
+        pytest.skip("the health check is tested on PostgreSQL")
+    assert connection.settings_dict["ENGINE"] == "django.db.backends.postgresql"  # Django's own backend
     connection.health_check_enabled = True  # as settings set it; the test settings may turn it off
     connection.close_at = None  # a persistent connection, as CONN_MAX_AGE gives the service
     connection.ensure_connection()
@@ -50,12 +50,13 @@ def _next_request() -> None:
     connections["default"].health_check_done = False
 
 
-def test_quiet_connection_is_reused_without_a_round_trip(postgresql, usable_calls):
+def test_a_healthy_connection_is_checked_once_per_request_and_kept(postgresql, usable_calls):
     pid = postgresql.connection.info.backend_pid
     for _ in range(3):
         _next_request()
         assert User.objects.filter(username="nobody").count() == 0
-    assert usable_calls == []  # no SELECT 1 before the requests' queries
+        assert User.objects.filter(username="nobody").count() == 0  # the second query is not checked again
+    assert usable_calls == [pid, pid, pid]  # one SELECT 1 per request, before its first query
     assert postgresql.connection.info.backend_pid == pid
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from mlsite.fastpaths import fast_path
 from predictions.api.schema import MODEL_SCHEMA, TEXT_SCHEMA, TEXTS_SCHEMA
 from predictions.models import Batch, Prediction, PredictionStatus
 from predictions.registry import UnknownModel, model_exists, model_names
@@ -78,38 +77,6 @@ def _default_model() -> str:
 class PredictionInputSerializer(serializers.Serializer):
     text = TextField(help_text="The text to classify (at most MAX_TEXT_CHARS characters, not blank, no NUL).")
     model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def prediction_input_fast(data) -> dict | None:
-    """PredictionInputSerializer's validated data for a plain, valid body, without building the
-    serializer, or None for anything else: the serializer then validates it and names what is wrong.
-
-    A serializer deep-copies its declared fields and their validators for every instance: about
-    0.15 ms of a cache-hit POST, a twentieth of its CPU (docs/performance.md, Fast input parser). This accepts a subset of
-    what the serializer accepts (a JSON object whose text is a non-blank string within MAX_TEXT_CHARS,
-    without NUL or lone surrogates, and whose model, if any, is a registry name as it stands) and
-    returns the same data; tests/test_api_predictions.py pins both on generated bodies.
-    """
-    if type(data) is not dict:
-        return None
-    text = data.get("text")
-    if (
-        type(text) is not str
-        or not text.strip()
-        or len(text) > settings.MAX_TEXT_CHARS
-        or "\x00" in text
-        or (not text.isascii() and _SURROGATES.search(text))
-    ):
-        return None
-    if "model" not in data:
-        return {"text": text, "model": settings.DEFAULT_MODEL}
-    model = data["model"]
-    if type(model) is not str or model != model.strip() or not model_exists(model):
-        return None
-    return {"text": text, "model": model}
 
 
 class BatchInputSerializer(serializers.Serializer):
@@ -201,6 +168,8 @@ class PredictionSerializer(serializers.ModelSerializer):
     def to_representation(self, prediction: Prediction) -> dict:
         """The same JSON the declared fields produce, built directly: DRF's field machinery cost
         about 4.5 ms of the 10 ms a cache-hit POST took (pyinstrument). A test pins the equality."""
+        if not fast_path("hand_built_json"):
+            return super().to_representation(prediction)
         request = self.context.get("request")
         path = reverse("prediction-detail", kwargs={"pk": prediction.pk})
         return {

@@ -7,6 +7,7 @@ import time
 
 from django.conf import settings
 
+from mlsite.fastpaths import fast_path
 from predictions.memos import memo
 from predictions.selectors import predictions_in_flight_count
 
@@ -39,7 +40,7 @@ class QueueDepth:
 
     def admit(self, adding: int, limit: int) -> None:
         with self.lock:
-            if time.monotonic() - self.counted_at >= QUEUE_DEPTH_REFRESH_SECONDS:
+            if time.monotonic() - self.counted_at >= QUEUE_DEPTH_REFRESH_SECONDS or not fast_path("queue_depth_memo"):
                 self.value = predictions_in_flight_count()
                 self.counted_at = time.monotonic()
             if self.value + adding > limit:

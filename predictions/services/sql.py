@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.db.models import Field
 from django.utils import timezone
 
+from mlsite.fastpaths import fast_path
 from predictions.models import RESULT_FIELDS, Prediction, PredictionStatus
 
 # In the model's field order, as Model.from_db expects them.
@@ -51,7 +52,7 @@ def prediction_insert(prediction: Prediction) -> None:
     and bound server-side so psycopg prepares it on a connection after a few uses. No pre_save/post_save
     signal is sent: no receiver listens for Prediction (a test checks). Django's cursor wrapper stays
     around it (query logging, execute wrappers). On SQLite, save() itself."""
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not fast_path("prebuilt_insert"):
         prediction.save()
         return
     sql, fields = _insert_statement()
@@ -146,7 +147,7 @@ def results_store(rows: Sequence[Prediction], *, task_id: str) -> set[int]:
     """
     if not rows:
         return set()
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not fast_path("one_statement_results"):
         with transaction.atomic():
             held = Prediction.objects.filter(status=PredictionStatus.RUNNING, task_id=task_id)
             ids = set(held.select_for_update().filter(pk__in=[r.pk for r in rows]).values_list("pk", flat=True))
