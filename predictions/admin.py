@@ -7,8 +7,6 @@ are joined, counts are not run on every page, exports stream.
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator
 from typing import cast
 
 from django import forms
@@ -23,6 +21,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from predictions.charts import bars_svg, stacked_columns_svg
+from predictions.export import csv_rows
 from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, ReprocessRun
 from predictions.overview import overview_figures
 from predictions.registry import model_exists, model_info_get
@@ -30,24 +29,6 @@ from predictions.selectors import reprocess_summary
 from predictions.services.reprocess import predictions_rerun
 from predictions.services.review import prediction_review, predictions_mark_reviewed
 from textclf import ModelLoadError
-
-EXPORT_COLUMNS = [
-    ("id", "id"),
-    ("created_at", "created_at"),
-    ("owner", "owner__username"),
-    ("model", "model_name"),
-    ("model_version", "model_version"),
-    ("status", "status"),
-    ("label", "label"),
-    ("score", "score"),
-    ("cached", "cached"),
-    ("corrected_label", "corrected_label"),
-    ("reviewed_by", "reviewed_by__username"),
-    ("reviewed_at", "reviewed_at"),
-    ("finished_at", "finished_at"),
-    ("error", "error"),
-    ("text", "text"),
-]
 
 
 class LabelFilter(admin.SimpleListFilter):
@@ -98,26 +79,6 @@ class ReviewForm(forms.ModelForm):
                 labels = []
         corrected = cast(forms.ChoiceField, self.fields["corrected_label"])
         corrected.choices = [("", "— model is right / no correction —")] + [(x, x) for x in labels]
-
-
-class Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def csv_rows(queryset) -> Iterator[str]:
-    """CSV lines for the export, fetched in chunks so memory stays flat for any number of rows."""
-    writer = csv.writer(Echo())
-    yield writer.writerow([name for name, _ in EXPORT_COLUMNS])
-    for row in queryset.order_by("pk").values_list(*[field for _, field in EXPORT_COLUMNS]).iterator(chunk_size=2000):
-        yield writer.writerow([spreadsheet_safe(value) for value in row])
-
-
-def spreadsheet_safe(value):
-    """Text a spreadsheet would run as a formula (=, +, -, @ first) is prefixed with a quote."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 @admin.register(Prediction)

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from predictions.admin import csv_rows
+from predictions.export import csv_rows
 from predictions.models import Prediction, PredictionResult, PredictionReview, PredictionStatus
 from predictions.overview import percentile
 

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from rest_framework.authentication import TokenAuthentication
+from rest_framework.request import Request
 
 from mlsite.fastpaths import fast_path
 from predictions import pubsub
 from predictions.memos import memo
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 AUTH_CHANNEL = "mlsite:auth-changed"  # a token or user changed: web processes forget remembered tokens
 
@@ -82,3 +87,8 @@ def signals_connect() -> None:
         post_delete.connect(_changed, sender=sender, dispatch_uid=f"tokens-forget-delete-{sender.__name__}")
     for through in (user_model.groups.through, user_model.user_permissions.through, Group.permissions.through):
         m2m_changed.connect(_changed, sender=through, dispatch_uid=f"tokens-forget-m2m-{through.__name__}")
+
+
+def signed_in_user(request: Request) -> User:
+    """The request's user, for the API's views: IsAuthenticated (the default permission) lets no anonymous one in."""
+    return cast("User", request.user)

@@ -8,7 +8,7 @@ first response: duplicates never both create, and no request is ever left "in fl
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from django.db import IntegrityError, transaction
 from drf_spectacular.types import OpenApiTypes
@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from predictions.api.authentication import signed_in_user
 from predictions.api.serializers import idempotency_key_validate
 from predictions.models import IdempotencyKey
 from predictions.services.idempotency import (
@@ -25,9 +26,6 @@ from predictions.services.idempotency import (
     idempotency_key_response_replace,
     request_fingerprint,
 )
-
-if TYPE_CHECKING:
-    from django.contrib.auth.models import User
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
@@ -72,7 +70,7 @@ class IdempotentCreateMixin(APIView):
         if key is None:
             obj = self.create(data)
             return self.answer(self.settle(obj) or obj)
-        owner = cast("User", self.request.user)  # IsAuthenticated: never AnonymousUser
+        owner = signed_in_user(self.request)
         endpoint, fingerprint = self.idempotency_endpoint, request_fingerprint(data)
         found = idempotency_key_find(owner=owner, key=key, endpoint=endpoint, fingerprint=fingerprint)
         if found is not None:

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mlsite.fastpaths import fast_path
+from predictions.api.authentication import signed_in_user
 from predictions.api.idempotency import IDEMPOTENCY_PARAMETER, IdempotentCreateMixin, idempotency_key_from
 from predictions.api.serializers import (
     BatchInputSerializer,
@@ -115,7 +116,7 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     idempotency_endpoint = IdempotencyEndpoint.PREDICTIONS
 
     def get_queryset(self):
-        return predictions_visible_to(self.request.user)  # type: ignore[arg-type]  # IsAuthenticated: never AnonymousUser
+        return predictions_visible_to(signed_in_user(self.request))
 
     @extend_schema(
         operation_id="predictions_list",
@@ -153,7 +154,9 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return self.create_once(payload.validated_data, key=key)
 
     def create(self, data: dict) -> Prediction:
-        return submission.prediction_create(owner=self.request.user, text=data["text"], model_name=data["model"])  # type: ignore[arg-type]  # as above
+        return submission.prediction_create(
+            owner=signed_in_user(self.request), text=data["text"], model_name=data["model"]
+        )
 
     def settle(self, prediction: Prediction) -> Prediction | None:
         """With ?wait, the row once it finished in time (None when it was finished already or did not)."""
@@ -172,7 +175,7 @@ class PredictionDetailView(generics.RetrieveAPIView):
     serializer_class = PredictionSerializer
 
     def get_queryset(self):
-        return predictions_visible_to(self.request.user)  # type: ignore[arg-type]  # IsAuthenticated: never AnonymousUser
+        return predictions_visible_to(signed_in_user(self.request))
 
     @extend_schema(responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND})
     def get(self, request, *args, **kwargs):
@@ -196,7 +199,9 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return self.create_once(payload.validated_data, key=key)
 
     def create(self, data: dict) -> Batch:
-        return submission.batch_create(owner=self.request.user, texts=data["texts"], model_name=data["model"])  # type: ignore[arg-type]  # as above
+        return submission.batch_create(
+            owner=signed_in_user(self.request), texts=data["texts"], model_name=data["model"]
+        )
 
     def answer(self, batch: Batch) -> Response:
         location = f"/api/v1/batches/{batch.pk}/"
@@ -209,7 +214,7 @@ class BatchDetailView(generics.RetrieveAPIView):
     serializer_class = BatchSerializer
 
     def get_queryset(self):
-        return batches_visible_to(self.request.user)  # type: ignore[arg-type]  # IsAuthenticated: never AnonymousUser
+        return batches_visible_to(signed_in_user(self.request))
 
     @extend_schema(
         parameters=[BATCH_WAIT_PARAMETER],
