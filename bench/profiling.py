@@ -33,6 +33,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import close_old_connections
 from django.test import Client
 from django.test.utils import get_runner, setup_test_environment
 
@@ -147,6 +148,7 @@ def cache_hit_post(user, token: str, *, url: str = "/api/v1/predictions/") -> Ca
     body = f'{{"text": "{text}"}}'
 
     def post() -> None:
+        close_old_connections()  # what request_started does under a web server; Django's test Client skips it
         response = client.post(url, data=body, content_type="application/json")
         assert response.status_code == 200, response.content
         assert response.json()["cached"], response.content

@@ -16,6 +16,7 @@ BYPASSES: dict[str, str] = {
     "remembered_wait": "WaitQuerySerializer on every request with ?wait= (predictions/api/views.py)",
     "hand_built_json": "PredictionSerializer's declared fields (predictions/api/serializers.py)",
     "remembered_tokens": "TokenAuthentication's query on every request (predictions/api/authentication.py)",
+    "quiet_health_check": "Django's SELECT 1 before a request's first query (mlsite/postgresql/base.py)",
     "redis_client_per_pool": "a new redis.Redis per cache call (mlsite/redis_cache.py)",
     "queue_depth_memo": "a COUNT of the queue on every submission (predictions/services/backpressure.py)",
 }

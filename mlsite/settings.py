@@ -95,6 +95,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The same backend, with a health check that needs no round trip while the connection is quiet.
+    DATABASES["default"]["ENGINE"] = "mlsite.postgresql"
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:  # a persistent connection the server closed (a restart) is replaced before a request's first query
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,5 +1,6 @@
-"""Persistent PostgreSQL connections: kept from request to request and from task to task, and replaced,
-by Django's health check (CONN_HEALTH_CHECKS), when the server closed them."""
+"""Persistent PostgreSQL connections (mlsite.postgresql): kept from request to request and from task to
+task without a round trip while the connection is quiet, and replaced when the server closed them; with
+the bypass off (FAST_PATHS_OFF=quiet_health_check), Django's own check does the same with a SELECT 1."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from celery import signals
 from celery.fixups.django import DjangoWorkerFixup
 from django.contrib.auth.models import User
 from django.db import close_old_connections, connections
+from django.test import override_settings
 
 from mlsite.celery import app
 from predictions.tasks import predictions_run_task
@@ -23,8 +25,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def postgresql():
     connection = connections["default"]
     if connection.vendor != "postgresql":
-        pytest.skip("the health check is tested on PostgreSQL")
-    assert connection.settings_dict["ENGINE"] == "django.db.backends.postgresql"  # Django's own backend
+        pytest.skip("the backend is for PostgreSQL")
+    assert connection.settings_dict["ENGINE"] == "mlsite.postgresql"
     connection.health_check_enabled = True  # as settings set it; the test settings may turn it off
     connection.close_at = None  # a persistent connection, as CONN_MAX_AGE gives the service
     connection.ensure_connection()
@@ -50,7 +52,17 @@ def _next_request() -> None:
     connections["default"].health_check_done = False
 
 
-def test_a_healthy_connection_is_checked_once_per_request_and_kept(postgresql, usable_calls):
+def test_quiet_connection_is_reused_without_a_round_trip(postgresql, usable_calls):
+    pid = postgresql.connection.info.backend_pid
+    for _ in range(3):
+        _next_request()
+        assert User.objects.filter(username="nobody").count() == 0
+    assert usable_calls == []  # no SELECT 1 before the requests' queries
+    assert postgresql.connection.info.backend_pid == pid
+
+
+@override_settings(FAST_PATHS_OFF=frozenset({"quiet_health_check"}))
+def test_without_the_bypass_django_checks_once_per_request_and_keeps_the_connection(postgresql, usable_calls):
     pid = postgresql.connection.info.backend_pid
     for _ in range(3):
         _next_request()
@@ -74,7 +86,9 @@ def _server_closes(postgresql) -> int:
     return pid
 
 
-def test_connection_closed_by_the_server_is_replaced(postgresql, usable_calls):
+@pytest.mark.parametrize("off", [frozenset(), frozenset({"quiet_health_check"})], ids=["bypass", "django"])
+def test_connection_closed_by_the_server_is_replaced(postgresql, usable_calls, off, settings):
+    settings.FAST_PATHS_OFF = off
     pid = _server_closes(postgresql)
     _next_request()
     assert User.objects.filter(username="nobody").count() == 0  # no error: the check ran and reconnected
