@@ -22,6 +22,7 @@ from predictions.api.serializers import (
     BatchInputSerializer,
     PredictionInputSerializer,
     PredictionListQuerySerializer,
+    prediction_input_fast,
 )
 from predictions.models import Batch, Prediction
 
@@ -206,6 +207,50 @@ def test_the_input_serializers_never_raise_on_any_json(data):
         serializer = serializer_class(data=data)
         if not serializer.is_valid():
             assert set(serializer.errors) <= set(data) | {"text", "texts"}
+
+
+MODEL_VALUES = st.sampled_from(["sentiment", "emotions", " sentiment", "sentiment\n", "nope", "", "\x00"])
+
+
+@FAST
+@given(
+    data=st.one_of(
+        st.dictionaries(
+            st.sampled_from(["text", "model", "other"]), st.one_of(JSON_VALUES, HOSTILE_TEXT, MODEL_VALUES), max_size=3
+        ),
+        st.builds(lambda text, model: {"text": text, "model": model}, HOSTILE_TEXT, MODEL_VALUES),
+        JSON_VALUES,
+    )
+)
+def test_the_fast_input_path_returns_what_the_serializer_returns_or_steps_aside(data):
+    """prediction_input_fast spares a valid body the serializer: it must never accept what the
+    serializer refuses, nor return other data than the serializer would."""
+    fast = prediction_input_fast(data)
+    serializer = PredictionInputSerializer(data=data)
+    if fast is not None:
+        assert serializer.is_valid(), (data, serializer.errors)
+        assert dict(serializer.validated_data) == fast
+
+
+def test_the_fast_input_path_takes_plain_valid_bodies_and_leaves_the_rest_to_the_serializer():
+    assert prediction_input_fast({"text": "good film"}) == {"text": "good film", "model": "sentiment"}
+    assert prediction_input_fast({"text": " joy\u00e9 ", "model": "emotions", "x": 1}) == {
+        "text": " joy\u00e9 ",
+        "model": "emotions",
+    }
+    for body in [
+        {"text": " "},
+        {"text": "a\x00"},
+        {"text": "a\ud800"},
+        {"text": 1},
+        {"text": "x" * 10_001},
+        {"text": "x", "model": " sentiment"},
+        {"text": "x", "model": None},
+        {"text": "x", "model": "nope"},
+        {"model": "sentiment"},
+        ["good film"],
+    ]:
+        assert prediction_input_fast(body) is None, body
 
 
 # --- Huge numbers, NaN and Infinity ---------------------------------------------------------------

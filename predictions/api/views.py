@@ -22,6 +22,7 @@ from predictions.api.serializers import (
     PredictionListQuerySerializer,
     PredictionSerializer,
     WaitQuerySerializer,
+    prediction_input_fast,
 )
 from predictions.memos import memo
 from predictions.middleware import MAX_URL_BYTES
@@ -149,9 +150,12 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     def post(self, request: Request) -> Response:
         key = idempotency_key_from(request)
         self.wait = wait_from(request)
-        payload = PredictionInputSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        return self.create_once(payload.validated_data, key=key)
+        data = prediction_input_fast(request.data) if fast_path("fast_input") else None
+        if data is None:  # not the plain valid case: the serializer says what is wrong
+            payload = PredictionInputSerializer(data=request.data)
+            payload.is_valid(raise_exception=True)
+            data = payload.validated_data
+        return self.create_once(data, key=key)
 
     def create(self, data: dict) -> Prediction:
         return submission.prediction_create(
