@@ -21,7 +21,7 @@ def test_a_batch_saves_one_prediction_per_text_and_answers_in_input_order(api):
     response = api.post("/api/v1/batches/", {"texts": texts, "model": "sentiment"})
     assert response.status_code == 202
     body = response.json()
-    assert response["Location"] == f"/api/v1/batches/{body['id']}/"
+    assert response["Location"] == body["url"] == f"http://testserver/api/v1/batches/{body['id']}/"  # absolute
     detail = api.get(response["Location"]).json()
     assert [r["text"] for r in detail["results"]] == texts
     assert detail["counts"] == {"queued": 0, "running": 0, "succeeded": 4, "failed": 0}
@@ -42,6 +42,19 @@ def test_cached_texts_in_a_batch_need_no_task(api, published):
     body = api.post("/api/v1/batches/", {"texts": ["good film", "bad film"]}).json()
     assert [len(ids) for ids in published] == [1]
     assert [r["cached"] for r in api.get(f"/api/v1/batches/{body['id']}/").json()["results"]] == [True, False]
+
+
+def test_a_batch_answered_wholly_from_the_cache_is_200_and_finished_and_a_partly_cached_one_202(api, published):
+    api.post("/api/v1/predictions/", {"text": "good film"})
+    api.post("/api/v1/predictions/", {"text": "bad film"})
+    published.clear()
+    cached = api.post("/api/v1/batches/", {"texts": ["good film", "bad film"]})
+    assert cached.status_code == 200
+    assert cached.json()["finished"] is True
+    assert published == []  # nothing left for a worker
+    partly = api.post("/api/v1/batches/", {"texts": ["good film", "a new text"]})
+    assert partly.status_code == 202
+    assert partly.json()["finished"] is False
 
 
 def test_another_users_batch_is_404(api, stranger_api):

@@ -33,7 +33,7 @@ def test_a_posted_text_is_saved_queued_and_answered_202_with_its_location(api, m
     response = api.post("/api/v1/predictions/", {"text": "a gorgeous, witty film"})
     assert response.status_code == 202, response.json()
     body = response.json()
-    assert response["Location"] == f"/api/v1/predictions/{body['id']}/"
+    assert response["Location"] == body["url"] == f"http://testserver/api/v1/predictions/{body['id']}/"  # absolute
     assert body["status"] == "queued"
     assert body["text"] == "a gorgeous, witty film"
     assert body["model"]["name"] == "sentiment"

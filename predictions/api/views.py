@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
@@ -171,7 +172,7 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
 
     def answer(self, prediction: Prediction) -> Response:
         code = status.HTTP_200_OK if prediction.is_finished else status.HTTP_202_ACCEPTED
-        location = f"/api/v1/predictions/{prediction.pk}/"
+        location = self.request.build_absolute_uri(reverse("prediction-detail", kwargs={"pk": prediction.pk}))
         return Response(self.get_serializer(prediction).data, status=code, headers={"Location": location})
 
 
@@ -194,7 +195,11 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         operation_id="batches_create",
         request=BatchInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
-        responses={202: OpenApiResponse(BatchSerializer, description="Saved; poll the Location URL."), **WRITE_ERRORS},
+        responses={
+            200: OpenApiResponse(BatchSerializer, description="Every text answered from the cache at submission."),
+            202: OpenApiResponse(BatchSerializer, description="Saved; poll the Location URL."),
+            **WRITE_ERRORS,
+        },
     )
     def post(self, request: Request) -> Response:
         key = idempotency_key_from(request)
@@ -208,10 +213,11 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         )
 
     def answer(self, batch: Batch) -> Response:
-        location = f"/api/v1/batches/{batch.pk}/"
-        return Response(
-            self.get_serializer(batch).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location}
-        )
+        """200 when every text was answered at submission (from the cache), else 202."""
+        body = self.get_serializer(batch).data
+        code = status.HTTP_200_OK if body["finished"] else status.HTTP_202_ACCEPTED
+        location = self.request.build_absolute_uri(reverse("batch-detail", kwargs={"pk": batch.pk}))
+        return Response(body, status=code, headers={"Location": location})
 
 
 class BatchDetailView(generics.RetrieveAPIView):
