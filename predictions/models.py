@@ -6,6 +6,7 @@ import hashlib
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 def text_sha256(text: str) -> str:
@@ -99,7 +100,11 @@ class Prediction(ModelOutput):
     published_at = models.DateTimeField(
         null=True, blank=True, help_text="When a task for this row was last sent to the broker (the sweeper resends)."
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(
+        default=timezone.now,
+        editable=False,
+        help_text="When the prediction was submitted; a cache hit starts and finishes at this same moment.",
+    )
     corrected_label = models.CharField(max_length=100, blank=True, help_text="The label a reviewer says is right.")
     review_note = models.TextField(blank=True, help_text="The reviewer's note.")
     reviewed_by = models.ForeignKey(

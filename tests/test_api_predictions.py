@@ -95,6 +95,22 @@ def test_the_cache_is_per_model(api, published):
     assert isinstance(body["labels"], list)
 
 
+def test_a_cached_answer_starts_and_finishes_when_it_is_created_never_before(api, owner):
+    """created ≤ started ≤ finished for every row: a cache hit's three are the same moment, so the admin's
+    duration is 0.00 s, never negative; a single text and a batch's rows alike."""
+    api.post("/api/v1/predictions/", {"text": "the plot was thin"})  # fills the cache
+    single = api.post("/api/v1/predictions/", {"text": "the plot was thin"}).json()
+    batch = api.post("/api/v1/batches/", {"texts": ["the plot was thin", "the plot was thin"]}).json()
+    rows = Prediction.objects.filter(cached=True)
+    assert {row.pk for row in rows} == {single["id"], *(r["id"] for r in batch["results"])}
+    for row in rows:
+        assert row.created_at == row.started_at == row.finished_at
+        assert row.duration_seconds == 0
+    assert single["created_at"] == single["started_at"] == single["finished_at"]
+    for row in Prediction.objects.filter(cached=False):
+        assert row.created_at <= row.started_at <= row.finished_at
+
+
 def test_a_retrained_model_version_does_not_reuse_cached_answers(
     api, published, settings, tmp_path, tiny_sentiment_dir
 ):

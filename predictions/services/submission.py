@@ -33,7 +33,9 @@ def _prediction_build(
     batch: Batch | None = None,
     position: int = 0,
 ) -> Prediction:
-    """An unsaved row: succeeded from the cache hit when the same model version answered this text before."""
+    """An unsaved row: succeeded from the cache hit when the same model version answered this text before
+    (started and finished at the moment it was created: the cache answers at once)."""
+    now = timezone.now()
     prediction = Prediction(
         owner=owner,
         batch=batch,
@@ -43,9 +45,9 @@ def _prediction_build(
         model_name=model_name,
         model_version=version,
         request_id=current_request_id() or "",
+        created_at=now,
     )
     if hit is not None:
-        now = timezone.now()
         prediction.status = PredictionStatus.SUCCEEDED
         prediction.cached = True
         prediction.started_at = prediction.finished_at = now
