@@ -63,7 +63,7 @@ def _stored() -> list[tuple]:
 
 
 @pytest.mark.parametrize("name", sorted(BYPASSES))
-def test_each_bypass_answers_and_stores_what_the_framework_would(name, api, settings):
+def test_each_bypass_answers_and_stores_what_the_framework_would(name, api):
     memos_forget()
     with_it = _conversation(api)
     stored_with_it = _stored()
