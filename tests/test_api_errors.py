@@ -72,6 +72,15 @@ def test_a_wrong_method_is_a_json_405(api, debug):
 
 
 @pytest.mark.parametrize("debug", DEBUG_MODES)
+def test_a_disallowed_host_is_a_json_400(api, debug):
+    with override_settings(DEBUG=debug):
+        assert_json_detail(api.client.get("/api/v1/models/", HTTP_HOST="evil.example"), 400)
+        assert_json_detail(api.client.post("/api/v1/predictions/", {"text": "x"}, HTTP_HOST="evil.example"), 400)
+        assert "application/json" not in api.client.get("/healthz", HTTP_HOST="evil.example")["Content-Type"]
+    assert Prediction.objects.count() == 0
+
+
+@pytest.mark.parametrize("debug", DEBUG_MODES)
 @pytest.mark.parametrize("accept", ["application/json", "text/html", "*/*"])
 def test_an_unhandled_error_in_a_view_is_a_json_500_and_its_traceback_is_logged(
     owner, monkeypatch, caplog, debug, accept

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import (
     BadRequest,
+    DisallowedHost,
     PermissionDenied,
     RequestDataTooBig,
     SuspiciousOperation,
@@ -76,12 +77,22 @@ def _is_api(request) -> bool:
 class ApiExceptionMiddleware:
     """JSON for an exception a view under /api/ let escape, in every mode, as Django would map it:
     404, 403, 400, else 500 (traceback logged, got_request_exception sent); 503 for an unreachable
-    database. Elsewhere Django's own pages."""
+    database. A disallowed Host is a JSON 400 too. Elsewhere Django's own pages."""
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
+        if _is_api(request):
+            try:  # checked here, before CommonMiddleware would raise it (an HTML page in DEBUG)
+                request.get_host()
+            except DisallowedHost as exc:
+                response = JsonResponse({"detail": "Bad request."}, status=400)
+                security_logger = logging.getLogger("django.security.DisallowedHost")
+                log_response(
+                    str(exc), exception=exc, request=request, response=response, level="error", logger=security_logger
+                )
+                return response
         return self.get_response(request)
 
     def process_exception(self, request, exc: Exception) -> JsonResponse | None:
