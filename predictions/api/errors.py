@@ -148,7 +148,7 @@ def permission_denied(request, exception):
 
 
 def page_not_found(request, exception):
-    """JSON for a 404 under /api/ with DEBUG off (with it on, the catch-all route answers), HTML elsewhere."""
+    """JSON for an Http404 under /api/ that no view answered (unmatched paths go to the catch-all route), HTML elsewhere."""
     if _is_api(request):
         return JsonResponse({"detail": "Not found."}, status=404)
     return defaults.page_not_found(request, exception)
