@@ -56,6 +56,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "mlsite.middleware.RequestContextMiddleware",  # first: the request id and access line cover every answer
     "predictions.middleware.RequestSizeLimitMiddleware",
+    "predictions.api.errors.ApiExceptionMiddleware",  # a view's exception under /api/ answered as JSON
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -211,6 +212,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # --- Back-pressure, rate limits, idempotency (docs/api.md, Limits and back-pressure) ---------------
 MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit
 MAX_QUEUED_RETRY_AFTER = env_int("MAX_QUEUED_RETRY_AFTER", 5, minimum=1)  # Retry-After of the 503, seconds
+DATABASE_RETRY_AFTER = env_int("DATABASE_RETRY_AFTER", 5, minimum=1)  # Retry-After of a 503 for a database outage
 THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "600/min")  # POSTs per user; empty: off
 THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
 # Seconds a web process remembers which user a token belongs to (changes reach every process at
