@@ -84,7 +84,7 @@ class Child:
         self.delay = RESTART_FIRST_SECONDS
 
     def start(self) -> subprocess.Popen:
-        # A session of its own: the terminal's Ctrl-C reaches runstack only, which stops each group in order.
+        # A session of its own: the terminal's Ctrl-C reaches runstack only, which stops each child itself.
         self.process = subprocess.Popen(self.command, start_new_session=True)
         self.started_at = time.monotonic()
         self.restart_at = 0.0
