@@ -200,23 +200,25 @@ def test_a_killed_worker_is_restarted_while_the_web_keeps_answering(stack_env, t
 # --- Stopping ------------------------------------------------------------------------------------
 
 
-def _stopped_in_time(process: subprocess.Popen, env: dict[str, str], log: Path) -> None:
+def _stopped_in_time(process: subprocess.Popen, env: dict[str, str], log: Path, signal_sent: str = "") -> None:
     try:
         process.wait(timeout=EXIT_BOUND_SECONDS)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"runstack still running {EXIT_BOUND_SECONDS} s after the signal:\n{log.read_text()[-3000:]}")
+        pytest.fail(
+            f"runstack still running {EXIT_BOUND_SECONDS} s after {signal_sent or 'the signal'}:\n{log.read_text()[-3000:]}"
+        )
     wait_until(lambda: stack_processes(env) == [], 5, "every process of the stack gone", log.read_text)
 
 
 def test_sigterm_and_ctrl_c_stop_the_stack_every_time_even_during_start_up(stack_env, tmp_path):
-    rng = random.Random(os.environ.get("RUNSTACK_STOP_SEED", "1"))
     for attempt, sig in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM]):
         log = tmp_path / f"runstack-{attempt}.log"
         process = runstack(stack_env, free_port(), log)
         try:
-            time.sleep(rng.uniform(0, 8))  # from Django's start-up to a running stack
+            delay = random.uniform(0, 8)  # from Django's start-up to a running stack
+            time.sleep(delay)
             os.killpg(process.pid, sig)  # as the terminal sends Ctrl-C: to the foreground group
-            _stopped_in_time(process, stack_env, log)
+            _stopped_in_time(process, stack_env, log, f"{sig.name} {delay:.1f} s after the start")
         finally:
             end(process, stack_env)
 
