@@ -36,6 +36,7 @@ from django.conf import settings as django_settings
 
 from bench.stack import ROOT, free_port, json_request
 from predictions.management.commands.runstack import stack_commands
+from predictions.threads import torch_threads_for
 from tests.private_services import Postgres, Rabbit, Redis, missing_tools, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -421,6 +422,47 @@ def test_a_worker_killed_mid_batch_leaves_its_rows_to_the_next_worker_which_runs
         assert not psutil.pid_exists(started["pid"]) or psutil.Process(started["pid"]).status() == "zombie"
     stack.worker_start()
     _assert_killed_batch_ran_again_once(stack, texts, ids, started)
+
+
+def test_pool_processes_killed_on_a_busy_host_are_replaced_and_the_next_prediction_runs(stack):
+    """Every pool process SIGKILLed while all cores are busy: each replacement inherits torch and the
+    models from the worker's main process, so it comes up inside Celery's start-up limit
+    (worker_proc_alive_timeout, 4 s) instead of being killed for importing them, again and again."""
+    worker = psutil.Process(stack.worker.pid)
+    old = {p.pid for p in worker.children()}
+    assert old
+    log_before = len(stack.worker_log.read_text(errors="replace"))
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(4, 2 * (os.cpu_count() or 1)))
+    ]
+    try:
+        for pid in old:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+
+        def replaced() -> set[int]:
+            return {p.pid for p in worker.children()} - old
+
+        wait_until(lambda: len(replaced()) == len(old), 30, "a new pool process for each killed one", stack.logs)
+        replacements = replaced()
+        time.sleep(10)  # well past the 4 s limit: a replacement that missed it is gone by now
+        assert {p.pid for p in worker.children()} == replacements, stack.logs()
+        status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": texts_for("busy-host", 1)[0]})
+        assert status == 200, (body, stack.logs())
+        assert body["status"] == "succeeded", body
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(timeout=10)
+    # Each replacement set torch's threads to its share of the cores (its parent ran with one).
+    ready = [
+        line
+        for line in stack.worker_log.read_text(errors="replace")[log_before:].splitlines()
+        if "pool process ready" in line
+    ]
+    threads = torch_threads_for(django_settings.CELERY_WORKER_CONCURRENCY)
+    assert len(ready) == len(old), ready
+    assert all(f", {threads} torch threads" in line for line in ready), ready
 
 
 # --- 2. RabbitMQ down ----------------------------------------------------------------------
