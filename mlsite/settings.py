@@ -212,7 +212,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # --- Back-pressure, rate limits, idempotency (docs/api.md, Limits and back-pressure) ---------------
 MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit
 MAX_QUEUED_RETRY_AFTER = env_int("MAX_QUEUED_RETRY_AFTER", 5, minimum=1)  # Retry-After of the 503, seconds
-THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "600/min")  # POSTs per user; empty: off
+# POSTs per user; empty: off. Off by default: MAX_QUEUED guards the service, and any rate one client
+# could reach throttled a single integration (docs/performance.md, A per-user submission rate by default).
+THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "")
 THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
 # Seconds a web process remembers which user a token belongs to (changes reach every process at
 # once through Redis; this bounds them without it); 0: look the token up on every request.
