@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from here rather than a CDN
     "django_celery_results",
+    "axes",  # failed logins limited per account and per address, and recorded (docs/operations.md, Login limits)
     "predictions",
 ]
 
@@ -65,6 +66,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "mlsite.urls"
@@ -255,6 +257,20 @@ SPECTACULAR_SETTINGS = {
         "predictions.api.schema.settings_limits",
     ],
 }
+
+# --- Login limits (django-axes; docs/operations.md, Login limits) ------------------------------------
+# Every password login (the admin's, the browsable API's /api-auth/login/) goes through authenticate(),
+# which the axes backend guards first. API tokens are not passwords and never reach it.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+# Each parameter locks on its own: an account whatever the address, an address whatever the account.
+# The address is REMOTE_ADDR, the peer granian saw: no forwarded-for header is trusted.
+AXES_LOCKOUT_PARAMETERS = sorted(
+    env_subset("LOGIN_LOCKOUT_BY", ("username", "ip_address")) or {"username", "ip_address"}, reverse=True
+)
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked.html"
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failed attempt kept for the audit, not only the counts
 
 # --- The rest -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
