@@ -266,9 +266,8 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
 # Each parameter locks on its own: an account whatever the address, an address whatever the account.
 # The address is REMOTE_ADDR, the peer granian saw: no forwarded-for header is trusted.
-AXES_LOCKOUT_PARAMETERS = sorted(
-    env_subset("LOGIN_LOCKOUT_BY", ("username", "ip_address")) or {"username", "ip_address"}, reverse=True
-)
+_LOCKOUT_BY = env_subset("LOGIN_LOCKOUT_BY", ("username", "ip_address")) or {"username", "ip_address"}
+AXES_LOCKOUT_PARAMETERS = [name for name in ("username", "ip_address") if name in _LOCKOUT_BY]
 AXES_LOCKOUT_TEMPLATE = "admin/login_locked.html"
 AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failed attempt kept for the audit, not only the counts
 

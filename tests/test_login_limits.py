@@ -3,6 +3,9 @@ and unlocked by a superuser; API tokens are not passwords and are not counted.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -11,6 +14,7 @@ from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.core.management import call_command
 from django.test import Client
 
+from bench.stack import ROOT
 from tests.browser import chromium_page, needs_chromium
 
 pytestmark = pytest.mark.django_db
@@ -112,6 +116,30 @@ def test_a_few_typos_do_not_lock_and_the_right_password_logs_in(root, settings):
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert log_in("root", "typo").status_code == 200
     assert log_in("root", RIGHT).logged_in
+
+
+def settings_in_a_process(**env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOGIN_")}
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME.total_seconds(), ','.join(s.AXES_LOCKOUT_PARAMETERS))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**environ, "DJANGO_SETTINGS_MODULE": "mlsite.settings", **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_limits_are_read_from_the_environment():
+    assert settings_in_a_process().stdout.split() == ["5", "900.0", "username,ip_address"]
+    custom = settings_in_a_process(LOGIN_FAILURE_LIMIT="3", LOGIN_LOCKOUT_MINUTES="60", LOGIN_LOCKOUT_BY="username")
+    assert custom.stdout.split() == ["3", "3600.0", "username"]
+    bad = settings_in_a_process(LOGIN_LOCKOUT_BY="email")
+    assert bad.returncode != 0
+    assert "LOGIN_LOCKOUT_BY: unknown email" in bad.stderr
 
 
 def test_bad_api_tokens_are_refused_and_never_counted_as_password_failures(client, root):
