@@ -49,7 +49,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here rather than a CDN
     "django_celery_results",
+    "axes",  # failed logins limited per account and per address, and recorded (docs/operations.md, Login limits)
     "predictions",
 ]
 
@@ -65,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "mlsite.urls"
@@ -216,7 +219,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit
 MAX_QUEUED_RETRY_AFTER = env_int("MAX_QUEUED_RETRY_AFTER", 5, minimum=1)  # Retry-After of the 503, seconds
 DATABASE_RETRY_AFTER = env_int("DATABASE_RETRY_AFTER", 5, minimum=1)  # Retry-After of a 503 for a database outage
-THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "600/min")  # POSTs per user; empty: off
+# POSTs per user; empty: off. Off by default: MAX_QUEUED guards the service, and any rate one client
+# could reach throttled a single integration (docs/performance.md, A per-user submission rate by default).
+THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "")
 THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
 # Seconds a web process remembers which user a token belongs to (changes reach every process at
 # once through Redis; this bounds them without it); 0: look the token up on every request.
@@ -250,11 +255,26 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",  # /api/docs/ works offline: its CSS and JS are static files of this project
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "predictions.api.schema.settings_limits",
     ],
 }
+
+# --- Login limits (django-axes; docs/operations.md, Login limits) ------------------------------------
+# Every password login (the admin's, the browsable API's /api-auth/login/) goes through authenticate(),
+# which the axes backend guards first. API tokens are not passwords and never reach it.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+# Each parameter locks on its own: an account whatever the address, an address whatever the account.
+# The address is REMOTE_ADDR, the peer granian saw: no forwarded-for header is trusted.
+_LOCKOUT_BY = env_subset("LOGIN_LOCKOUT_BY", ("username", "ip_address")) or {"username", "ip_address"}
+AXES_LOCKOUT_PARAMETERS = [name for name in ("username", "ip_address") if name in _LOCKOUT_BY]
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked.html"
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failed attempt kept for the audit, not only the counts
 
 # --- The rest -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
