@@ -275,6 +275,7 @@ _LOCKOUT_BY = env_subset("LOGIN_LOCKOUT_BY", ("username", "ip_address")) or {"us
 AXES_LOCKOUT_PARAMETERS = [name for name in ("username", "ip_address") if name in _LOCKOUT_BY]
 AXES_LOCKOUT_TEMPLATE = "admin/login_locked.html"
 AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failed attempt kept for the audit, not only the counts
+AXES_VERBOSE = False  # no start-up banner on every manage.py command (runstack's refusals are one line)
 
 # --- The rest -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
