@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,21 +93,84 @@ def client(generated, live_server, token):
     return generated.AuthenticatedClient(base_url=live_server.url, token=token, timeout=httpx.Timeout(60))
 
 
-def test_the_served_schema_is_valid_openapi_with_one_operation_id_scheme(schema):
+def test_the_served_schema_is_valid_openapi(schema):
     validate(schema)
+
+
+def test_operation_ids_follow_one_scheme(schema):
     ids = {operation["operationId"] for path in schema["paths"].values() for operation in path.values()}
     assert ids == OPERATIONS
+
+
+def test_bearer_is_declared_for_every_operation_and_the_token_form_stays_documented(schema):
     schemes = schema["components"]["securitySchemes"]
-    assert schemes["bearerAuth"] == {
-        "type": "http",
-        "scheme": "bearer",
-        "description": schemes["bearerAuth"]["description"],
-    }
-    assert schemes["tokenAuth"]["name"] == "Authorization"  # the Token form stays documented
+    assert {key: schemes["bearerAuth"][key] for key in ("type", "scheme")} == {"type": "http", "scheme": "bearer"}
+    assert (schemes["tokenAuth"]["in"], schemes["tokenAuth"]["name"]) == ("header", "Authorization")
     for path in schema["paths"].values():
         for operation in path.values():
             assert {"bearerAuth": []} in operation["security"]
             assert {"tokenAuth": []} in operation["security"]
+
+
+def _untyped(node) -> bool:
+    """An object whose properties a client cannot know: `{}` as additionalProperties, or no shape at all."""
+    if isinstance(node, dict):
+        if node.get("additionalProperties") in ({}, True) or (
+            node.get("type") == "object" and not {"properties", "additionalProperties", "$ref"} & set(node)
+        ):
+            return True
+        return any(_untyped(value) for value in node.values())
+    return isinstance(node, list) and any(_untyped(value) for value in node)
+
+
+def test_every_response_is_a_typed_component_with_its_headers(schema):
+    components = schema["components"]["schemas"]
+    assert not [name for name, component in components.items() if _untyped(component)]
+    assert components["Batch"]["properties"]["results"]["items"] == {"$ref": "#/components/schemas/Prediction"}
+    assert components["ErrorDetail"]["required"] == ["detail"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for code, response in operation["responses"].items():
+                where = f"{method} {path} {code}"
+                body = response["content"]["application/json"]["schema"]
+                ref = body["items"]["$ref"] if body.get("type") == "array" else body["$ref"]
+                assert ref.startswith("#/components/schemas/"), where
+                if code in ("400", "422"):
+                    assert ref == "#/components/schemas/FieldErrors", where
+                elif code.startswith(("4", "5")):
+                    assert ref == "#/components/schemas/ErrorDetail", where
+                headers = set(response.get("headers", {}))
+                if code in ("429", "503"):
+                    assert "Retry-After" in headers, where
+                if code == "401":
+                    assert "WWW-Authenticate" in headers, where
+                if method == "post" and code in ("200", "202"):
+                    assert {"Location", "Idempotent-Replayed"} <= headers, where
+                    assert response["headers"]["Location"]["required"], where
+
+
+def test_model_is_a_string_the_server_validates_with_a_served_example(schema, settings):
+    components = schema["components"]["schemas"]
+    for name in ("PredictionInputRequest", "BatchInputRequest"):
+        model = components[name]["properties"]["model"]
+        assert "enum" not in model, name
+        assert model["type"] == "string"
+        assert model["example"] == settings.DEFAULT_MODEL
+        assert "/api/v1/models/" in model["description"]
+
+
+def test_the_idempotency_key_and_page_declare_what_the_server_enforces(schema):
+    create = schema["paths"]["/api/v1/predictions/"]["post"]
+    key = {p["name"]: p for p in create["parameters"]}["Idempotency-Key"]["schema"]
+    assert (key["minLength"], key["maxLength"]) == (1, 255)
+    pattern = re.compile(key["pattern"])
+    for good in ("a", "order-1234", "a b", "~" * 255):
+        assert pattern.search(good), good
+    for bad in ("", " a", "a ", "é", "a\tb", "\x7f"):
+        assert not pattern.search(bad), bad
+    page = {p["name"]: p for p in schema["paths"]["/api/v1/predictions/"]["get"]["parameters"]}["page"]
+    assert page["schema"]["minimum"] == 1
+    assert "past the last" in page["description"]
 
 
 def test_the_readme_scenario_runs_through_the_generated_client(generated, client, transactional_db):
