@@ -155,6 +155,8 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return predictions_visible_to(signed_in_user(self.request))
 
     @extend_schema(
+        summary="List your predictions",
+        description="Newest first, paginated (API_PAGE_SIZE), filtered by the query parameters.",
         parameters=[PredictionListQuerySerializer, *READ_HEADERS],
         responses={
             200: PredictionSerializer(many=True),
@@ -171,6 +173,8 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
+        summary="Submit a text",
+        description="202 with the queued prediction, or 200 once it finished (from the cache, or within ?wait).",
         request=PredictionInputSerializer,
         parameters=[WAIT_PARAMETER, IDEMPOTENCY_PARAMETER, *WRITE_HEADERS],
         responses={
@@ -214,7 +218,12 @@ class PredictionDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         return predictions_visible_to(signed_in_user(self.request))
 
-    @extend_schema(parameters=READ_HEADERS, responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND})
+    @extend_schema(
+        summary="Get a prediction",
+        description="Poll until status is succeeded or failed.",
+        parameters=READ_HEADERS,
+        responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND},
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -224,6 +233,8 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     idempotency_endpoint = IdempotencyEndpoint.BATCHES
 
     @extend_schema(
+        summary="Submit a batch of texts",
+        description="202 with the batch, or 200 when the cache answered every text at submission.",
         request=BatchInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *WRITE_HEADERS],
         responses={
@@ -258,6 +269,8 @@ class BatchDetailView(generics.RetrieveAPIView):
         return batches_visible_to(signed_in_user(self.request))
 
     @extend_schema(
+        summary="Get a batch",
+        description="Counts per status and every text's prediction, in input order; `finished` once all are.",
         parameters=[BATCH_WAIT_PARAMETER, *READ_HEADERS],
         responses={200: BatchSerializer, **BAD_QUERY, **READ_ERRORS, **NOT_FOUND, **URI_TOO_LONG},
     )
@@ -271,6 +284,8 @@ class BatchDetailView(generics.RetrieveAPIView):
 
 class ModelListView(APIView):
     @extend_schema(
+        summary="List the served models",
+        description="The names `model` accepts, with labels, version and kind.",
         parameters=READ_HEADERS,
         responses={200: ModelDescriptionSerializer(many=True), **READ_ERRORS},
     )
