@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             hooks = {"SCHEMATHESIS_HOOKS": str(ROOT / "bench" / "fuzz_hooks.py"), "FUZZ_MODELS": served_models(stack)}
-            code = subprocess.run(
-                schemathesis_command(stack, args, extra), cwd=tmp, env={**os.environ, **hooks}
-            ).returncode
+            command = schemathesis_command(stack, args, extra)
+            print(" ".join(command).replace(stack.token, "<token>"), flush=True)  # what ran, to rerun it by hand
+            code = subprocess.run(command, cwd=tmp, env={**os.environ, **hooks}).returncode
             if code != 0:
                 print(f"\nschemathesis exited with {code}; the stack's log ends with:\n{stack.logs()}", flush=True)
         finally:
