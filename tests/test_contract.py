@@ -167,13 +167,26 @@ def test_the_idempotency_key_and_page_declare_what_the_server_enforces(schema):
     key = {p["name"]: p for p in create["parameters"]}["Idempotency-Key"]["schema"]
     assert (key["minLength"], key["maxLength"]) == (1, 255)
     pattern = re.compile(key["pattern"])
-    for good in ("a", "order-1234", "a b", "~" * 255):
+    for good in ("a", "order-1234", "a b", " a ", "~" * 255):
         assert pattern.search(good), good
-    for bad in ("", " a", "a ", "é", "a\tb", "\x7f"):
+    for bad in ("", " ", "   ", "é", "a\tb", "\x7f"):
         assert not pattern.search(bad), bad
     page = {p["name"]: p for p in schema["paths"]["/api/v1/predictions/"]["get"]["parameters"]}["page"]
     assert page["schema"]["minimum"] == 1
     assert "past the last" in page["description"]
+
+
+@pytest.mark.django_db
+def test_the_list_filters_declare_what_the_server_accepts(schema, api):
+    """A filter value the schema allows is served (200), one it refuses is a 400 naming it, and no other way round."""
+    parameters = {p["name"]: p["schema"] for p in schema["paths"]["/api/v1/predictions/"]["get"]["parameters"]}
+    for name in ("label", "model"):
+        pattern = re.compile(parameters[name]["pattern"])
+        for value in ("positive", " x ", "a b", "é", " ", "\t\n", "\u3000", "\x00", "a\x00b"):
+            response = api.get("/api/v1/predictions/", data={name: value})
+            assert response.status_code == (200 if pattern.search(value) else 400), (name, value, response.content)
+            if response.status_code == 400:
+                assert list(response.json()) == [name]
 
 
 def test_the_readme_scenario_runs_through_the_generated_client(generated, client, transactional_db):

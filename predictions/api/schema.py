@@ -19,11 +19,12 @@ TEXT_PATTERN = rf"^[^\u0000]*[^\u0000{WHITESPACE_CLASS}][^\u0000]*$"
 
 TEXT_SCHEMA = {"type": "string", "minLength": 1, "pattern": TEXT_PATTERN, MARK: "text"}
 TEXTS_SCHEMA = {"type": "array", "items": TEXT_SCHEMA, "minItems": 1, MARK: "texts"}
+FILTER_SCHEMA = {"type": "string", "minLength": 1, "pattern": TEXT_PATTERN}  # a list filter: no NUL, not blank
 # A plain string, not an enum: a deployment may serve models a client generated earlier never saw.
 MODEL_SCHEMA = {"type": "string", "minLength": 1, MARK: "model"}
 
-# Printable ASCII, 1 to 255; no space at either end (HTTP strips it, so the server would see another key).
-IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[!-~]([ -~]*[!-~])?$"}
+# Printable ASCII, 1 to 255, not only spaces (HTTP strips them at either end: the server would see none).
+IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[ -~]*[!-~][ -~]*$"}
 
 _MESSAGES = {"type": "array", "items": {"type": "string"}}
 FIELD_ERRORS_SCHEMA = {  # {"text": ["…"]}, {"texts": {"3": ["…"]}}, {"body": ["JSON parse error - …"]}

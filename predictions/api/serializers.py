@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mlsite.fastpaths import fast_path
-from predictions.api.schema import MODEL_SCHEMA, TEXT_SCHEMA, TEXTS_SCHEMA
+from predictions.api.schema import FILTER_SCHEMA, MODEL_SCHEMA, TEXT_SCHEMA, TEXTS_SCHEMA
 from predictions.models import Batch, Prediction, PredictionStatus
 from predictions.registry import UnknownModel, model_exists, model_names
 
@@ -164,10 +164,15 @@ class WaitQuerySerializer(QuerySerializer):
     )
 
 
+@extend_schema_field(FILTER_SCHEMA)
+class FilterField(serializers.CharField):
+    """A text filter: CharField strips whitespace and refuses NUL, so the schema says the same."""
+
+
 class PredictionListQuerySerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=PredictionStatus.choices, required=False)
-    model = serializers.CharField(required=False)
-    label = serializers.CharField(required=False)  # type: ignore[assignment]  # a field: DRF's metaclass takes it off the class
+    model = FilterField(required=False)
+    label = FilterField(required=False)  # type: ignore[assignment]  # a field: DRF's metaclass takes it off the class
     batch = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
