@@ -90,7 +90,8 @@ def token(owner) -> str:
 @pytest.fixture
 def client(generated, live_server, token):
     """The generated client as a newcomer makes it: base URL and token, every other option its default."""
-    return generated.AuthenticatedClient(base_url=live_server.url, token=token, timeout=httpx.Timeout(60))
+    with generated.AuthenticatedClient(base_url=live_server.url, token=token, timeout=httpx.Timeout(60)) as client:
+        yield client
 
 
 def test_the_served_schema_is_valid_openapi(schema):
@@ -291,11 +292,12 @@ def test_error_answers_parse_into_typed_error_models(generated, client, live_ser
     assert reused.parsed["Idempotency-Key"][0]
 
     # 401: a wrong token, and no token at all.
-    wrong = generated.AuthenticatedClient(base_url=live_server.url, token="not-a-token")
-    for answer in (
-        models_list.sync_detailed(client=wrong),
-        models_list.sync_detailed(client=generated.Client(base_url=live_server.url)),
+    with (
+        generated.AuthenticatedClient(base_url=live_server.url, token="not-a-token") as wrong,
+        generated.Client(base_url=live_server.url) as anonymous,
     ):
+        answers = [models_list.sync_detailed(client=wrong), models_list.sync_detailed(client=anonymous)]
+    for answer in answers:
         assert answer.status_code == 401
         assert isinstance(answer.parsed, models.ErrorDetail)
         assert answer.parsed.detail
@@ -319,5 +321,5 @@ def test_error_answers_parse_into_typed_error_models(generated, client, live_ser
 
 def test_the_token_form_works_through_the_generated_client_too(generated, live_server, token, transactional_db):
     models_list = module("api.models.models_list")
-    token_client = generated.AuthenticatedClient(base_url=live_server.url, token=token, prefix="Token")
-    assert models_list.sync_detailed(client=token_client).status_code == 200
+    with generated.AuthenticatedClient(base_url=live_server.url, token=token, prefix="Token") as token_client:
+        assert models_list.sync_detailed(client=token_client).status_code == 200
