@@ -22,9 +22,9 @@ $(STAMP): requirements.txt requirements-dev.txt  # the dev file starts with -r r
 migrate: install
 	$(PY) manage.py migrate --noinput
 
-run: migrate
-	$(PY) manage.py bootstrap_demo
-	$(PY) manage.py runstack
+run: migrate  ## BIND=HOST:PORT serves elsewhere than 127.0.0.1:8000
+	$(PY) manage.py bootstrap_demo $(if $(BIND),--base-url http://$(BIND))
+	$(PY) manage.py runstack $(if $(BIND),--bind $(BIND))
 
 test: test-ml test-app  ## textclf's tests without Django, then the app's
 

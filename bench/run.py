@@ -16,12 +16,14 @@ import os
 import platform
 import shutil
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,6 +243,93 @@ def batches(stack: Stack, *, clients: int, per_client: int, size: int, texts: li
     }
 
 
+def rows_finished(stack: Stack, *, since: dt.datetime, until: dt.datetime) -> int:
+    """Bulk and background rows (lanes 1 and 2) that finished between the two moments, read from the
+    stack's database (the bench reads it directly: no endpoint counts across batches and re-runs)."""
+    sql = "SELECT count(*) FROM predictions_prediction WHERE lane > 0 AND finished_at >= %s AND finished_at < %s"
+    return int(_database_scalar(stack, sql, (since, until)))
+
+
+def rows_unfinished(stack: Stack) -> int:
+    sql = "SELECT count(*) FROM predictions_prediction WHERE lane > 0 AND status IN ('queued', 'running')"
+    return int(_database_scalar(stack, sql, ()))
+
+
+def _database_scalar(stack: Stack, sql: str, params: tuple):
+    if url := stack.env.get("DATABASE_URL"):
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchone()[0]
+    with sqlite3.connect(stack.var_dir / "db.sqlite3") as conn:  # the embedded default: naive UTC text
+        values = tuple(v.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ") for v in params)
+        return conn.execute(sql.replace("%s", "?"), values).fetchone()[0]
+
+
+def bulk_queue(stack: Stack, texts: list[str], *, size: int) -> list[int]:
+    """Queue `texts` as API batches of `size`, as fast as they are answered; the batches' ids."""
+    client = Client(stack.port, stack.token)
+    ids = []
+    for start in range(0, len(texts), size):
+        status, body = client.call("POST", "/api/v1/batches/", {"texts": texts[start : start + size]})
+        assert status == 202, (status, body)
+        ids.append(body["id"])
+    client.close()
+    return ids
+
+
+def mixed(stack: Stack, *, clients: int, seconds: float, texts: list[str], during) -> dict:
+    """W4: `clients` interactive clients (single texts, ?wait=30) for `seconds` while bulk or background
+    work is queued; `during()` queues that work (in a thread, so it may still be queueing when the
+    interactive clients start). Bulk texts/s counts the bulk and background rows finished in the window."""
+    queueing = threading.Thread(target=during)
+    queueing.start()
+    time.sleep(1)  # the backlog is there before the first interactive text
+    since = dt.datetime.now(dt.UTC)
+    row = closed_loop(
+        stack, clients=clients, seconds=seconds, texts=texts, path="/api/v1/predictions/?wait=30", ok={200}
+    )
+    until = dt.datetime.now(dt.UTC)
+    queueing.join()
+    row["bulk_per_second"] = rows_finished(stack, since=since, until=until) / (until - since).total_seconds()
+    began = time.monotonic()
+    while rows_unfinished(stack):  # the backlog drains before the next workload
+        time.sleep(1)
+    row["drain_seconds"] = round(time.monotonic() - began, 1)
+    return row
+
+
+def fair_share(stack: Stack, *, size: int, texts: list[str]) -> dict:
+    """W5: two users post a batch of `size` texts at the same moment and wait for it; how far apart they finish."""
+    second_token = stack.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; from rest_framework.authtoken.models import Token; "
+        "u, _ = User.objects.get_or_create(username='bench-second'); print(Token.objects.get_or_create(user=u)[0].key)",
+    ).splitlines()[-1]  # the shell may print log lines first
+    start = threading.Barrier(2)
+    took: dict[str, float] = {}
+
+    def run(name: str, token: str, batch: list[str]) -> None:
+        client = Client(stack.port, token)
+        start.wait()
+        began = time.monotonic()
+        status, body = client.call("POST", "/api/v1/batches/", {"texts": batch})
+        assert status == 202, (status, body)
+        while not client.call("GET", f"/api/v1/batches/{body['id']}/?wait=30")[1].get("finished"):
+            pass
+        took[name] = time.monotonic() - began
+
+    threads = [
+        threading.Thread(target=run, args=("first", stack.token, texts[:size])),
+        threading.Thread(target=run, args=("second", second_token, texts[size : 2 * size])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    first, second = took["first"], took["second"]
+    return {"size": size, "first_s": first, "second_s": second, "apart": abs(first - second) / max(first, second)}
+
+
 class Raw:
     """The bundled model in this process on the same texts: batched, sorted by length (RAW).
 
@@ -320,8 +409,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="1,4,16", help="client counts for W1")
     parser.add_argument("--batches", type=int, default=6, help="batches per W2 client (2 clients)")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--workloads", default="w1,w2,w3", help="which workloads to run (RAW always runs)")
+    parser.add_argument("--workloads", default="w1,w2,w3,w4,w5", help="which workloads to run (RAW always runs)")
     parser.add_argument("--w2-clients", type=int, default=2, help="clients posting batches at once in W2")
+    parser.add_argument("--w4-texts", type=int, default=10000, help="bulk texts queued (as batches of 1,000) in W4")
+    parser.add_argument("--w5-size", type=int, default=1000, help="each of W5's two users' batch size")
     parser.add_argument("--web-workers", type=int, default=2, help="web server (granian) processes (as make run: 2)")
     parser.add_argument("--web-threads", type=int, default=16, help="threads per web server process (as make run: 16)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
@@ -428,6 +519,41 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
         results["w3"]["tail"] = settle()
         print(f"W3: {results['w3']['per_second']:.1f} requests/s", flush=True)
         raw.around(results["w3"])
+    if "w4" in workloads:
+        texts = unique_texts(base, args.w4_texts, "w4-")
+        batch_size = 1000  # API_BATCH_MAX_TEXTS's default
+        moments = {}
+
+        def queue_bulk() -> None:
+            moments["since"] = dt.datetime.now(dt.UTC)
+            bulk_queue(stack, texts, size=batch_size)
+            moments["until"] = dt.datetime.now(dt.UTC)
+
+        def queue_reprocess() -> None:  # the same rows again, as a re-run after a model upgrade would
+            stack.manage(
+                "reprocess",
+                "--model",
+                "sentiment",
+                "--since",
+                moments["since"].isoformat(),
+                "--until",
+                moments["until"].isoformat(),
+            )
+
+        interactive = unique_texts(base, 20000, "w4i-")
+        w4 = {}
+        for name, during in (("batches", queue_bulk), ("reprocess", queue_reprocess)):
+            w4[name] = mixed(stack, clients=16, seconds=args.seconds, texts=interactive, during=during)
+            print(
+                f"W4 with {name}: interactive p95 {w4[name]['p95_ms']:.0f} ms p99 {w4[name]['p99_ms']:.0f} ms, "
+                f"bulk {w4[name]['bulk_per_second']:.1f} texts/s",
+                flush=True,
+            )
+            raw.around(w4[name])
+        results["w4"] = w4
+    if "w5" in workloads:
+        results["w5"] = fair_share(stack, size=args.w5_size, texts=unique_texts(base, 2 * args.w5_size, "w5-"))
+        print(f"W5: two batches finished {results['w5']['apart']:.0%} apart", flush=True)
     results["raw"] = raw.summary()
     return results
 
@@ -480,7 +606,7 @@ def report(results: dict, args) -> None:
             f"{w3['p50_ms']:.1f} | {w3['p95_ms']:.1f} | {w3['p99_ms']:.1f} | {w3['errors']} |"
         )
     stages = stage_table(results)
-    lines += ["", *([stages, ""] if stages else []), cpu_table(results)]
+    lines += ["", *([stages, ""] if stages else []), *lanes_table(results), cpu_table(results)]
     table = "\n".join(lines)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -499,6 +625,44 @@ def report(results: dict, args) -> None:
     )
     print(f"\nwrote {path}")
     plot(results, args.plot.with_name(args.plot.stem + ("-int8" if args.int8 else "") + args.plot.suffix))
+
+
+def lanes_table(results: dict) -> list[str]:
+    """W4 against W1 at 16 clients and W2 alone, and W5; [] without W4 and W5."""
+    lines = []
+    w1 = next((row for row in results["w1"] if row["clients"] == 16), None)
+    if w4 := results.get("w4"):
+        lines += _table_head(
+            "W4: 16 interactive clients (POST ?wait=30) while bulk work is queued. Targets: p95 ≤ 2 × W1-16's, "
+            "p99 < 1 s, 0 errors; (bulk + interactive) texts/s ≥ 0.8 × W2's.",
+            [
+                "while",
+                "interactive texts/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "p95 ÷ W1-16 p95",
+                "bulk texts/s",
+                "(bulk + interactive) ÷ W2",
+                "errors",
+            ],
+        )
+        for name, row in w4.items():
+            against_w1 = f"{row['p95_ms'] / w1['p95_ms']:.2f}" if w1 else ""
+            w2 = results.get("w2")
+            against_w2 = f"{(row['bulk_per_second'] + row['per_second']) / w2['per_second']:.2f}" if w2 else ""
+            lines.append(
+                f"| {name} | {row['per_second']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} "
+                f"| {against_w1} | {row['bulk_per_second']:.1f} | {against_w2} | {row['errors']} |"
+            )
+        lines.append("")
+    if w5 := results.get("w5"):
+        lines += [
+            f"W5: two users' batches of {w5['size']} sent at the same moment finished in {w5['first_s']:.1f} s and "
+            f"{w5['second_s']:.1f} s: {w5['apart']:.0%} apart (target ≤ 20 %).",
+            "",
+        ]
+    return lines
 
 
 def _table_head(caption: str, columns: list[str]) -> list[str]:

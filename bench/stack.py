@@ -54,6 +54,7 @@ class Stack:
 
     def __init__(self, var_dir: Path, *, web_workers: int = 1, web_threads: int = 8, **env: str) -> None:
         self.web_workers, self.web_threads = web_workers, web_threads
+        self.var_dir = var_dir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if k not in REAL_SERVICE_VARIABLES + PER_STACK_VARIABLES}

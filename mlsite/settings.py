@@ -49,13 +49,16 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here rather than a CDN
     "django_celery_results",
+    "axes",  # failed logins limited per account and per address, and recorded (docs/operations.md, Login limits)
     "predictions",
 ]
 
 MIDDLEWARE = [
     "mlsite.middleware.RequestContextMiddleware",  # first: the request id and access line cover every answer
     "predictions.middleware.RequestSizeLimitMiddleware",
+    "predictions.api.errors.ApiExceptionMiddleware",  # a view's exception under /api/ answered as JSON
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -64,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "mlsite.urls"
@@ -203,6 +207,9 @@ CLAIM_WAIT_MS = env_int("CLAIM_WAIT_MS", 5, minimum=0, old="BATCH_MAX_WAIT_MS") 
 CLAIM_LOOP_SECONDS = env_int("CLAIM_LOOP_SECONDS", 10, minimum=0, old="BATCH_LOOP_SECONDS")  # a task claims this long
 PASS_MAX_TEXTS = env_int("PASS_MAX_TEXTS", 16, minimum=1, old="INFERENCE_BATCH_SIZE")  # texts in one forward pass
 PASS_MAX_TOKENS = env_int("PASS_MAX_TOKENS", 8192, minimum=64, old="BATCH_MAX_TOKENS")  # padded tokens in one pass
+# Percent of each claim's bulk-and-background slice kept for background work (reprocess, re-runs), so
+# that it is never starved by bulk work; interactive rows always come first.
+BACKGROUND_SHARE = env_int("BACKGROUND_SHARE", 20, minimum=0, maximum=100)
 # How long a published wake-up counts as pending: single predictions submitted meanwhile send no
 # message of their own (predictions/services/dispatch.py); 0: one message per prediction.
 WAKEUP_COALESCE_MS = env_int("WAKEUP_COALESCE_MS", 1000, minimum=0)
@@ -211,7 +218,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # --- Back-pressure, rate limits, idempotency (docs/api.md, Limits and back-pressure) ---------------
 MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit
 MAX_QUEUED_RETRY_AFTER = env_int("MAX_QUEUED_RETRY_AFTER", 5, minimum=1)  # Retry-After of the 503, seconds
-THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "600/min")  # POSTs per user; empty: off
+DATABASE_RETRY_AFTER = env_int("DATABASE_RETRY_AFTER", 5, minimum=1)  # Retry-After of a 503 for a database outage
+# POSTs per user; empty: off. Off by default: MAX_QUEUED guards the service, and any rate one client
+# could reach throttled a single integration (docs/performance.md, A per-user submission rate by default).
+THROTTLE_SUBMIT = env_rate("THROTTLE_SUBMIT", "")
 THROTTLE_READ = env_rate("THROTTLE_READ", "")  # GETs per user; empty: off
 # Seconds a web process remembers which user a token belongs to (changes reach every process at
 # once through Redis; this bounds them without it); 0: look the token up on every request.
@@ -248,11 +258,26 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # operationIds and tags from the path after the version: predictions_create, batches_retrieve, …
     "SCHEMA_PATH_PREFIX": r"/api/v[0-9]+",
+    "SWAGGER_UI_DIST": "SIDECAR",  # /api/docs/ works offline: its CSS and JS are static files of this project
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "predictions.api.schema.settings_limits",
     ],
 }
+
+# --- Login limits (django-axes; docs/operations.md, Login limits) ------------------------------------
+# Every password login (the admin's, the browsable API's /api-auth/login/) goes through authenticate(),
+# which the axes backend guards first. API tokens are not passwords and never reach it.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+# Each parameter locks on its own: an account whatever the address, an address whatever the account.
+# The address is REMOTE_ADDR, the peer granian saw: no forwarded-for header is trusted.
+_LOCKOUT_BY = env_subset("LOGIN_LOCKOUT_BY", ("username", "ip_address")) or {"username", "ip_address"}
+AXES_LOCKOUT_PARAMETERS = [name for name in ("username", "ip_address") if name in _LOCKOUT_BY]
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked.html"
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failed attempt kept for the audit, not only the counts
 
 # --- The rest -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

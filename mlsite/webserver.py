@@ -16,6 +16,13 @@ DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 16
 
 
+def bind_split(bind: str) -> tuple[str, str]:
+    """HOST:PORT as granian takes them: an address, not a name ("localhost" is 127.0.0.1; no host is every address)."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    return ("127.0.0.1" if host == "localhost" else host), port
+
+
 def granian_argv(
     *, bind: str = DEFAULT_BIND, workers: int = DEFAULT_WORKERS, threads: int = DEFAULT_THREADS
 ) -> list[str]:
@@ -27,19 +34,19 @@ def granian_argv(
     capped at 16 KiB (the app answers a URL over MAX_URL_BYTES with its own JSON 414); idle request
     threads are kept 10 minutes (the most granian allows), with their database connections. A
     worker process that dies is started again, unless it dies again within about 5 seconds: then
-    granian exits, runstack stops the stack, and docker-compose restarts the container.
+    granian exits, and runstack (or docker-compose) starts it again. granian listens with
+    SO_REUSEPORT and has no flag to turn it off, so runstack checks the address is free first.
     A request with ?wait holds its thread while it waits, and connections need not spread evenly
     over the processes: 16 threads a process (the default) let one process hold 16 waiting clients
     (docs/performance.md, Sixteen web threads per process).
     """
-    host, _, port = bind.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    host, port = bind_split(bind)
     return [
         os.path.join(os.path.dirname(sys.executable), "granian"),  # the one installed beside this Python
         "--interface",
         "wsgi",
         "--host",
-        "127.0.0.1" if host == "localhost" else host,  # granian takes an address, not a name
+        host,
         "--port",
         port,
         "--workers",

@@ -130,4 +130,7 @@ def readyz(request):
             unready = unready or required
             degraded = degraded or not required
     status = "unavailable" if unready else "degraded" if degraded else "ok"
-    return JsonResponse({"status": status, "checks": checks, "models": _registry()}, status=503 if unready else 200)
+    response = JsonResponse({"status": status, "checks": checks, "models": _registry()}, status=503 if unready else 200)
+    if checks["database"] != "ok":  # as the API answers while the database is unreachable
+        response["Retry-After"] = str(settings.DATABASE_RETRY_AFTER)
+    return response

@@ -6,6 +6,7 @@ import hashlib
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -18,6 +19,14 @@ class PredictionStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+
+
+class Lane(models.IntegerChoices):
+    """Which work a worker's claim takes first (docs/architecture.md, Lanes): lower runs first."""
+
+    INTERACTIVE = 0, "Interactive"  # POST /api/v1/predictions/: a client is waiting for one text
+    BULK = 1, "Bulk"  # POST /api/v1/batches/
+    BACKGROUND = 2, "Background"  # reprocess and the admin's re-run
 
 
 FINISHED_STATUSES = (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED)
@@ -96,6 +105,12 @@ class Prediction(ModelOutput):
         blank=True,
         help_text="Id of the request that submitted it (X-Request-ID; its log lines carry it).",
     )
+    lane = models.PositiveSmallIntegerField(
+        choices=Lane.choices, default=Lane.INTERACTIVE, help_text="Which queued work a worker takes first."
+    )
+    turn = models.BigIntegerField(
+        default=0, help_text="Its place among the queued rows of its lane: one owner's backlog is not served first."
+    )
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started this row.")
     published_at = models.DateTimeField(
         null=True, blank=True, help_text="When a task for this row was last sent to the broker (the sweeper resends)."
@@ -132,6 +147,11 @@ class Prediction(ModelOutput):
             models.Index(fields=["created_at"], name="prediction_created"),
             models.Index(fields=["batch", "position"], name="prediction_batch_position"),
             models.Index(fields=["reviewed_at"], name="prediction_reviewed"),
+            # Small (queued rows only): a lane's next turn, and an owner's last queued turn (services.lanes).
+            models.Index(fields=["lane", "turn"], name="prediction_queued_turn", condition=Q(status="queued")),
+            models.Index(
+                fields=["owner", "lane", "turn"], name="prediction_queued_owner_turn", condition=Q(status="queued")
+            ),
         ]
 
     def __str__(self) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import worker_init, worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
@@ -12,6 +17,8 @@ from predictions.services.idempotency import idempotency_keys_expire
 from predictions.services.reprocess import reprocess_runs_close
 from predictions.services.worker import predictions_run, predictions_sweep
 from predictions.threads import torch_threads_configure
+
+logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
@@ -47,9 +54,29 @@ def predictions_sweep_task() -> dict[str, int]:
     return result
 
 
+@worker_init.connect
+def _models_load_before_fork(sender=None, **_) -> None:
+    """In a prefork worker's main process: import torch and load the models once, before the pool
+    forks, so a pool process that replaces a dead one starts in milliseconds, well inside Celery's
+    start-up limit (worker_proc_alive_timeout) even on a busy host (docs/performance.md, Model
+    loaded before the fork). Not on a GPU: CUDA cannot cross a fork."""
+    if sender is None or get_implementation(sender.pool_cls) is not PreforkPool:
+        return
+    import torch  # noqa: PLC0415 (torch loads lazily: the web never imports it)
+
+    if torch.version.cuda is not None and not (settings.INFERENCE_INT8 or settings.INFERENCE_DEVICE == "cpu"):
+        return
+    # One thread here: no intra-op thread pool exists for the fork to copy half-alive; each child sets its own.
+    torch.set_num_threads(1)
+    models_preload()
+
+
 @worker_process_init.connect
 def _worker_process_prepare(**_) -> None:
     """Each prefork child gets its share of the cores (torch's default would oversubscribe them)
-    and loads the served models before its first task, so no request pays for the load."""
-    torch_threads_configure()
+    and has the served models before its first task (inherited from the main process, or loaded
+    here), so no request pays for the load."""
+    started = time.monotonic()
+    threads = torch_threads_configure()
     models_preload()
+    logger.info("pool process ready in %.3f s, %d torch threads", time.monotonic() - started, threads)

@@ -28,8 +28,8 @@ def _record(event: str, texts: list[str]) -> None:
 
 @worker_process_init.connect
 def _forward_pass_wrap(**_) -> None:
-    """Patched in each pool process (torch is imported there, not in the worker's main process)."""
-    from textclf.serving.classifier import TextClassifier  # noqa: PLC0415 (torch loads in each pool process, not in the worker's main one)
+    """Patched in each pool process, where the forward passes run."""
+    from textclf.serving.classifier import TextClassifier  # noqa: PLC0415 (torch loads lazily, not when Celery imports this plugin)
 
     if getattr(TextClassifier.predict, "fault_wrapped", False):
         return

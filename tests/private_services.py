@@ -246,8 +246,12 @@ class Postgres:
             "pg_ctl", "-D", str(self.data), "-o", self._options(), "-l", log, "-m", "fast", "-w", "restart"
         )
 
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
+        """An immediate shutdown: every session ends at once, new connections are refused."""
+        if self.running():
             self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def remove(self) -> None:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
-from playwright.sync_api import sync_playwright
 
 from mlsite.celery import app
 from predictions.models import Prediction, PredictionResult, PredictionReview, PredictionStatus
+from tests.browser import chromium_page, needs_chromium
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),  # keeps the migration-made reviewers group
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI_REQUIRE_BROWSER"),
-        reason=f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)",
-    ),
+    needs_chromium,
 ]
 
 
@@ -34,26 +29,8 @@ def screenshots(tmp_path) -> Path:
 
 @pytest.fixture
 def page(live_server, monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop in this thread
-
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1900, "height": 1000})
-        page.set_default_timeout(15_000)
+    with chromium_page(monkeypatch) as page:
         yield page
-        browser.close()
 
 
 @pytest.fixture

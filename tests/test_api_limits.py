@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -139,6 +140,19 @@ def test_submissions_over_the_rate_get_429_with_retry_after(api, stranger_api, r
     assert len(recorded) == 2
     assert api.get("/api/v1/predictions/").status_code == 200  # reads have their own budget (off by default)
     assert stranger_api.post("/api/v1/predictions/", {"text": "x"}).status_code == 202  # per user
+
+
+def test_the_default_rates_never_throttle_one_token_sending_what_the_service_serves(api):
+    """At the defaults, one client token (a backend) sends 1,000 submissions as fast as the test client
+    goes, far over the 600 a minute that used to be the default: none is 429. The queue bound (MAX_QUEUED),
+    not a per-user rate, is what protects the service (docs/performance.md, A per-user submission rate by default)."""
+    assert "THROTTLE_SUBMIT" not in os.environ, "this test checks the default"
+    assert api.post("/api/v1/predictions/", {"text": "good film"}).status_code == 202  # run (eagerly) and cached
+    began = time.monotonic()
+    codes = Counter(api.post("/api/v1/predictions/", {"text": "good film"}).status_code for _ in range(1_000))
+    assert time.monotonic() - began < 60, "not a burst: the old default's window is one minute"
+    assert codes == {200: 1_000}  # cache hits, each stored as its own row
+    assert Prediction.objects.count() == 1_001
 
 
 def test_reads_over_the_read_rate_get_429(api, settings):

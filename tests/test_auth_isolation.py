@@ -26,6 +26,7 @@ PUBLIC_API = {"api/schema/", "api/docs/"}
 # Every route outside /admin/ and /api/ must be named here with what it is, so a new one forces a decision.
 OTHER_ROUTES = {"healthz": "open: liveness", "readyz": "open: readiness", "api-auth/login/": "login page"}
 OTHER_ROUTES["api-auth/logout/"] = "logout"
+OTHER_ROUTES["^api/"] = "the last route under /api/: a JSON 404 for any path no route above matched"
 OTHER_ROUTES["metrics"] = "counts only, no user data: loopback or METRICS_TOKEN (tests/test_observability.py)"
 
 

@@ -23,7 +23,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -33,6 +36,7 @@ from django.conf import settings as django_settings
 
 from bench.stack import ROOT, free_port, json_request
 from predictions.management.commands.runstack import stack_commands
+from predictions.threads import torch_threads_for
 from tests.private_services import Postgres, Rabbit, Redis, missing_tools, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -174,6 +178,33 @@ class Site:
 
     def request(self, method: str, path: str, body=None, *, auth: bool = True, timeout: float = 60):
         return json_request(method, self.base + path, body, token=self.token if auth else "", timeout=timeout)
+
+    def http(self, method: str, path: str, body=None, *, token: str | None = None, headers=(), timeout: float = 60):
+        """(status, headers, raw body): for checks json_request cannot make (content type, Retry-After)."""
+        request = urllib.request.Request(
+            self.base + path, data=None if body is None else json.dumps(body).encode(), method=method
+        )
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Authorization", f"Token {self.token if token is None else token}")
+        for name, value in headers:
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+
+    def web_backends(self, postgres_port: int) -> list[int]:
+        """The PostgreSQL backends (pids) serving the web process's connections."""
+        web = psutil.Process(self.web.pid)
+        ports = {
+            conn.laddr.port
+            for process in (web, *web.children(recursive=True))
+            for conn in process.net_connections(kind="tcp")
+            if conn.raddr and conn.raddr.port == postgres_port
+        }
+        rows = self.sql("SELECT pid, client_port FROM pg_stat_activity WHERE datname = 'mlsite'")
+        return [pid for pid, port in rows if port in ports]
 
     def sql(self, query: str, params=()) -> list[tuple]:
         with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
@@ -332,6 +363,8 @@ def stack(site, servers):
         servers.rabbit.resume()
     else:
         servers.rabbit.start()
+    if not servers.postgres.running():
+        servers.postgres.start()
     if site.worker.poll() is not None:
         site.worker_start()
 
@@ -389,6 +422,47 @@ def test_a_worker_killed_mid_batch_leaves_its_rows_to_the_next_worker_which_runs
         assert not psutil.pid_exists(started["pid"]) or psutil.Process(started["pid"]).status() == "zombie"
     stack.worker_start()
     _assert_killed_batch_ran_again_once(stack, texts, ids, started)
+
+
+def test_pool_processes_killed_on_a_busy_host_are_replaced_and_the_next_prediction_runs(stack):
+    """Every pool process SIGKILLed while all cores are busy: each replacement inherits torch and the
+    models from the worker's main process, so it comes up inside Celery's start-up limit
+    (worker_proc_alive_timeout, 4 s) instead of being killed for importing them, again and again."""
+    worker = psutil.Process(stack.worker.pid)
+    old = {p.pid for p in worker.children()}
+    assert old
+    log_before = len(stack.worker_log.read_text(errors="replace"))
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(4, 2 * (os.cpu_count() or 1)))
+    ]
+    try:
+        for pid in old:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+
+        def replaced() -> set[int]:
+            return {p.pid for p in worker.children()} - old
+
+        wait_until(lambda: len(replaced()) == len(old), 30, "a new pool process for each killed one", stack.logs)
+        replacements = replaced()
+        time.sleep(10)  # well past the 4 s limit: a replacement that missed it is gone by now
+        assert {p.pid for p in worker.children()} == replacements, stack.logs()
+        status, body = stack.request("POST", "/api/v1/predictions/?wait=30", {"text": texts_for("busy-host", 1)[0]})
+        assert status == 200, (body, stack.logs())
+        assert body["status"] == "succeeded", body
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(timeout=10)
+    # Each replacement set torch's threads to its share of the cores (its parent ran with one).
+    ready = [
+        line
+        for line in stack.worker_log.read_text(errors="replace")[log_before:].splitlines()
+        if "pool process ready" in line
+    ]
+    threads = torch_threads_for(django_settings.CELERY_WORKER_CONCURRENCY)
+    assert len(ready) == len(old), ready
+    assert all(f", {threads} torch threads" in line for line in ready), ready
 
 
 # --- 2. RabbitMQ down ----------------------------------------------------------------------
@@ -561,6 +635,132 @@ def test_web_and_worker_reconnect_after_postgresql_restarts_and_no_prediction_is
     assert status == 200, body
     assert body["status"] == "succeeded", body
     assert stack.rows([body["id"]])[body["id"]]["attempts"] == 1
+
+
+def _assert_json_503(status: int, headers, raw: bytes, what: str) -> dict:
+    assert status == 503, (what, status, raw[:500])
+    assert headers["Content-Type"] == "application/json", (what, headers["Content-Type"], raw[:300])
+    assert int(headers["Retry-After"]) >= 1, what
+    return json.loads(raw)
+
+
+def _warm(stack: Site, case: str) -> dict:
+    """A prediction run to the end: the web holds an open connection and remembers the token, the
+    worker's processes have loaded their models."""
+    status, body = stack.request("POST", "/api/v1/predictions/", {"text": texts_for(case, 1)[0]})
+    assert status in (200, 202), body
+    stack.wait_finished([body["id"]], timeout=120)
+    return body
+
+
+def test_requests_while_postgresql_is_down_are_503_with_retry_after_and_store_nothing(stack, servers):
+    warm = _warm(stack, "pg-down-warm")
+    # A token the web has never seen: its look-up needs the database.
+    unseen_token = stack.manage("shell", "-c", CREATE_USER.replace("'faults'", "'faults-unseen'")).split()[-1]
+
+    def stored() -> list[tuple]:
+        return stack.sql(
+            "SELECT (SELECT count(*) FROM predictions_prediction), (SELECT count(*) FROM predictions_batch),"
+            " (SELECT count(*) FROM predictions_idempotencykey)"
+        )
+
+    before = stored()
+    text, *batch_texts = texts_for("pg-down", 3)
+    servers.postgres.stop()
+    try:
+        for what, method, path, body, token, headers in [
+            ("submit", "POST", "/api/v1/predictions/", {"text": text}, None, ()),
+            ("submit and wait", "POST", "/api/v1/predictions/?wait=5", {"text": text}, None, ()),
+            ("keyed submit", "POST", "/api/v1/predictions/", {"text": text}, None, [("Idempotency-Key", "pg-down-1")]),
+            ("batch", "POST", "/api/v1/batches/", {"texts": batch_texts}, None, ()),
+            ("list", "GET", "/api/v1/predictions/", None, None, ()),
+            ("detail", "GET", f"/api/v1/predictions/{warm['id']}/", None, None, ()),
+            ("token look-up", "POST", "/api/v1/predictions/", {"text": text}, unseen_token, ()),
+        ]:
+            answer = _assert_json_503(*stack.http(method, path, body, token=token, headers=headers), what)
+            assert set(answer) == {"detail"}, (what, answer)
+        ready = _assert_json_503(*stack.http("GET", "/readyz"), "readyz")
+        assert ready["checks"]["database"].startswith("error: OperationalError"), ready
+    finally:
+        servers.postgres.start()
+    assert stored() == before  # nothing was stored
+
+    # Django connects again by itself: the next requests succeed, the unseen token's too.
+    status, again = stack.request("POST", "/api/v1/predictions/?wait=20", {"text": text})
+    assert status in (200, 202), again
+    assert stack.wait_finished([again["id"]])[again["id"]]["status"] == "succeeded"
+    status, _, raw = stack.http("POST", "/api/v1/batches/", {"texts": batch_texts}, token=unseen_token)
+    assert status in (200, 202), raw[:500]
+    assert stack.request("GET", "/readyz", auth=False)[0] == 200
+
+
+def _assert_answered_with_the_row(status: int, headers, raw: bytes, stack: Site, resource: str) -> dict:
+    """2xx with the object and its absolute URL (also in Location, for a POST's answer)."""
+    assert status in (200, 202), (status, raw[:500], stack.logs())
+    body = json.loads(raw)
+    assert body["url"] == f"{stack.base}/api/v1/{resource}/{body['id']}/", body
+    assert headers["Location"] in (None, body["url"]), (headers["Location"], body)
+    return body
+
+
+def test_a_waiting_request_whose_row_is_committed_never_answers_5xx_when_postgresql_drops_it(stack, servers):
+    """?wait on a committed row: a dropped connection is replaced and the wait goes on; a database
+    gone for good ends the wait with a 202 and the row's URL. The row is never lost."""
+    _warm(stack, "pg-wait-warm")
+    single, *batch_texts = texts_for("pg-wait-dropped", 3)
+    with stack.held(), ThreadPoolExecutor(2) as pool:
+        waiting_post = pool.submit(stack.http, "POST", "/api/v1/predictions/?wait=15", {"text": single})
+        stack.wait_pass_started([single])  # its row is committed and held running: the request waits
+        status, _, raw = stack.http("POST", "/api/v1/batches/", {"texts": batch_texts})
+        assert status == 202, raw
+        batch = json.loads(raw)
+        waiting_get = pool.submit(stack.http, "GET", f"/api/v1/batches/{batch['id']}/?wait=10")
+        time.sleep(1)  # the GET has read its batch and waits too
+        dropped = stack.web_backends(servers.postgres.port)
+        assert dropped, "the web process holds no connection"
+        stack.sql("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [dropped])
+        post_answer = waiting_post.result(timeout=60)
+        posted = _assert_answered_with_the_row(*post_answer, stack, "predictions")
+        assert post_answer[1]["Location"] == posted["url"]
+        got = _assert_answered_with_the_row(*waiting_get.result(timeout=60), stack, "batches")
+    assert posted["status"] == "running", posted  # read again after the drop, on a new connection
+    assert got["finished"] is False, got
+    assert not set(dropped) & set(stack.web_backends(servers.postgres.port))
+
+    plain, keyed = texts_for("pg-wait-stopped", 2)
+    with stack.held(), ThreadPoolExecutor(2) as pool:
+        waits = [
+            pool.submit(stack.http, "POST", "/api/v1/predictions/?wait=20", {"text": plain}),
+            pool.submit(
+                stack.http, "POST", "/api/v1/predictions/?wait=20", {"text": keyed}, headers=[("Idempotency-Key", "k1")]
+            ),
+        ]
+        wait_until(  # both rows committed (a keyed one with its key): both requests are in their wait
+            lambda: (
+                stack.sql("SELECT count(*) FROM predictions_prediction WHERE text = ANY(%s)", [[plain, keyed]])
+                == [(2,)]
+            ),
+            30,
+            "both rows committed",
+            stack.logs,
+        )
+        time.sleep(0.5)
+        servers.postgres.stop()
+        answers = [_assert_answered_with_the_row(*wait.result(timeout=60), stack, "predictions") for wait in waits]
+        servers.postgres.start()
+    # The answer is the row as it was before the wait, with its Location.
+    assert all(wait.result()[1]["Location"] == answer["url"] for wait, answer in zip(waits, answers, strict=True))
+    assert [(a["status"], a["text"]) for a in answers] == [("queued", plain), ("queued", keyed)], answers
+    ids = [posted["id"], *stack.batch_ids(batch["id"]), *(a["id"] for a in answers)]
+    rows = stack.wait_finished(ids)  # every row was kept and runs once the database is back
+    assert {r["status"] for r in rows.values()} == {"succeeded"}, rows
+    stack.assert_each_written_once(ids)
+    status, headers, raw = stack.http(
+        "POST", "/api/v1/predictions/?wait=20", {"text": keyed}, headers=[("Idempotency-Key", "k1")]
+    )
+    assert status == 202, raw[:500]  # the first answer, replayed: no second row
+    assert headers["Idempotent-Replayed"] == "true"
+    assert json.loads(raw)["id"] == answers[1]["id"]
 
 
 # --- 5. A text that breaks the model, on a real worker --------------------------------------------

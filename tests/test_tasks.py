@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from bench.stack import REAL_SERVICE_VARIABLES, ROOT
 from predictions import tasks
-from predictions.models import Batch, Prediction, PredictionStatus
+from predictions.models import Batch, Lane, Prediction, PredictionStatus
 from predictions.registry import classifier_get
 from predictions.services import sql, worker
 from predictions.tasks import TRANSIENT_ERRORS, predictions_run_task
@@ -352,9 +352,10 @@ def test_a_single_text_task_takes_other_queued_rows_along_batch_rows_included(ow
     assert not Prediction.objects.exclude(status=PredictionStatus.SUCCEEDED).exists()
 
 
-def test_a_chunk_that_fills_a_pass_runs_alone_first_then_takes_what_is_queued(owner, settings, monkeypatch):
+def test_a_chunk_claims_a_single_text_queued_meanwhile_and_runs_it_first(owner, settings, monkeypatch):
     settings.PASS_MAX_TEXTS = 2
     own = queued(owner, "first of the chunk", "second of the chunk")
+    Prediction.objects.filter(pk__in=[r.pk for r in own]).update(lane=Lane.BULK)
     [single] = queued(owner, "a single text queued meanwhile")
     passes = []
     run = worker._rows_run
@@ -362,4 +363,4 @@ def test_a_chunk_that_fills_a_pass_runs_alone_first_then_takes_what_is_queued(ow
         worker, "_rows_run", lambda name, rows, **kw: passes.append([r.pk for r in rows]) or run(name, rows, **kw)
     )
     worker.predictions_run([r.pk for r in own], task_id="chunk")
-    assert passes == [[own[0].pk, own[1].pk], [single.pk]]
+    assert passes == [[single.pk], [own[0].pk, own[1].pk]]  # the interactive lane's pass, then the chunk's

@@ -8,14 +8,16 @@ first response: duplicates never both create, and no request is ever left "in fl
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, ClassVar
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from mlsite.dbfaults import database_unreachable, reconnecting
 from predictions.api.authentication import signed_in_user
 from predictions.api.schema import IDEMPOTENCY_KEY_SCHEMA
 from predictions.api.serializers import idempotency_key_validate
@@ -26,6 +28,8 @@ from predictions.services.idempotency import (
     idempotency_key_response_replace,
     request_fingerprint,
 )
+
+logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
@@ -104,7 +108,16 @@ class IdempotentCreateMixin(APIView):
         settled = self.settle(obj)
         if settled is not None:
             response = self.answer(settled)
-            idempotency_key_response_replace(record, status_code=response.status_code, body=response.data)
+            try:
+                reconnecting(
+                    lambda: idempotency_key_response_replace(
+                        record, status_code=response.status_code, body=response.data
+                    )
+                )
+            except DatabaseError as exc:  # the rows are committed: answer; a replay gets the first response
+                if not database_unreachable(exc):
+                    raise
+                logger.warning("idempotency key's finished answer not recorded, database unreachable: %s", exc)
         response["Idempotent-Replayed"] = "false"
         return response
 

@@ -68,7 +68,8 @@ WRITE_ERRORS = {
     ),
     503: OpenApiResponse(
         Detail,
-        description="MAX_QUEUED predictions already queued or running; nothing was stored. Retry after Retry-After seconds.",
+        description="MAX_QUEUED predictions already queued or running, or the database unreachable; nothing was stored. "
+        "Retry after Retry-After seconds.",
     ),
     **AUTH_ERRORS,
 }
@@ -76,6 +77,7 @@ READ_ERRORS = {
     429: OpenApiResponse(
         Detail, description="Over your read rate (THROTTLE_READ); retry after the Retry-After seconds."
     ),
+    503: OpenApiResponse(Detail, description="The database unreachable; retry after the Retry-After seconds."),
     **AUTH_ERRORS,
 }
 URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow the limit

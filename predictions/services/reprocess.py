@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from django.utils import timezone
 
 from predictions.models import (
     FINISHED_STATUSES,
+    Lane,
     Prediction,
     PredictionResult,
     PredictionStatus,
@@ -30,6 +32,7 @@ from predictions.models import (
 from predictions.registry import model_version_or_blank
 from predictions.selectors import reprocess_pending
 from predictions.services.dispatch import predictions_publish
+from predictions.services.lanes import turns_take
 from predictions.services.worker import predictions_run
 
 if TYPE_CHECKING:
@@ -95,11 +98,17 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
                 for row in rows
             ]
         )
+        # Background lane, the turns after the lane's clock (taken before these rows join it): a later
+        # re-run of a few rows is not queued behind a long one (services.lanes).
+        rows.sort(key=lambda row: row.pk)
+        turns_take(rows, lane=Lane.BACKGROUND)
+        Prediction.objects.bulk_update(rows, ["turn"], batch_size=500)
         by_model: dict[str, list[int]] = defaultdict(list)
         for row in rows:
             by_model[run.to_model or row.model_name].append(row.pk)
         for model_name, pks in by_model.items():
             Prediction.objects.filter(pk__in=pks).update(
+                lane=Lane.BACKGROUND,
                 status=PredictionStatus.QUEUED,
                 model_name=model_name,
                 model_version=model_version_or_blank(model_name),
@@ -132,11 +141,21 @@ def reprocess_dispatch(
     *,
     chunk_size: int,
     sync: bool,
+    rate: float | None = None,
     on_chunk: Callable[[int], None] = lambda n: None,
 ) -> None:
     """Archive and run (or queue) `pending` in chunks; then mark the run dispatched, so that the
-    same selection invoked again starts a new run rather than resuming this one."""
+    same selection invoked again starts a new run rather than resuming this one.
+
+    With `rate` (rows a second), chunks hold at most a second's rows and each waits for its time, so
+    the workers are fed no faster than that on average.
+    """
+    if rate:
+        chunk_size = max(1, min(chunk_size, int(rate)))
+    started = time.monotonic()
     for start in range(0, len(pending), chunk_size):
+        if rate:
+            time.sleep(max(0.0, started + start / rate - time.monotonic()))
         chunk = pending[start : start + chunk_size]
         reprocess_chunk(run, chunk, sync=sync)
         on_chunk(len(chunk))

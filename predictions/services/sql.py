@@ -2,7 +2,8 @@
 
 - the submission's INSERT of a new prediction, built once and bound server-side
   (docs/performance.md, Hand-built INSERT);
-- the worker's claim: pick, mark and return rows in one UPDATE … RETURNING, skipping locked rows;
+- the worker's claim: pick (by lane and turn), mark and return rows in one UPDATE … RETURNING,
+  skipping locked rows;
 - the worker's result write: every row of a forward pass in one UPDATE … FROM (VALUES …)
   (docs/performance.md, One-statement result write).
 
@@ -23,14 +24,26 @@ from django.db.models import Field
 from django.utils import timezone
 
 from mlsite.fastpaths import fast_path
-from predictions.models import RESULT_FIELDS, Prediction, PredictionStatus
+from predictions.models import RESULT_FIELDS, Lane, Prediction, PredictionStatus
 
 # In the model's field order, as Model.from_db expects them.
 CLAIMED_FIELDS = tuple(
     f.attname
     for f in Prediction._meta.concrete_fields
     if f.attname
-    in {"id", "batch_id", "text", "text_sha256", "model_name", "attempts", "created_at", "started_at", "request_id"}
+    in {
+        "id",
+        "batch_id",
+        "text",
+        "text_sha256",
+        "model_name",
+        "lane",
+        "turn",
+        "attempts",
+        "created_at",
+        "started_at",
+        "request_id",
+    }
 )
 
 
@@ -68,35 +81,68 @@ def prediction_insert(prediction: Prediction) -> None:
 
 
 @functools.lru_cache(maxsize=512)
-def _claim_statement(*, own: int, reclaim: bool, others: bool, skip_locked: bool) -> str:
+def _claim_statement(*, own: int, reclaim: bool, others: bool, reserve: bool, skip_locked: bool) -> str:
+    """Three picks, locked as they are read, then one UPDATE of what they picked:
+
+    - urgent: rows this task already holds (`reclaim`), then the interactive lane (its own rows first,
+      then the oldest), up to the limit;
+    - background: with `reserve`, the background lane's next turns, up to its share of the slice,
+      whatever else is queued (so that it is never starved);
+    - rest: the bulk lane, then background, by turn, filling the slice (one forward pass) up to the limit.
+    """
     table = connection.ops.quote_name(Prediction._meta.db_table)
     held = "(status = %(running)s AND task_id = %(task_id)s)" if reclaim else "FALSE"
     own_ids = ", ".join(f"%(own_{i})s" for i in range(own))
-    mine = f"(status = %(queued)s AND id IN ({own_ids}))" if own else "FALSE"
-    anyone = "status = %(queued)s" if others else "FALSE"
+    mine = f"id IN ({own_ids})" if own else "FALSE"
+    ready = f"status = %(queued)s AND ({'TRUE' if others else mine})"
     lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
+    least, greatest = ("LEAST", "GREATEST") if connection.vendor == "postgresql" else ("MIN", "MAX")
+    room = f"{greatest}(0, {least}(%(slice)s, %(limit)s - (SELECT count(*) FROM urgent)))"
+    background = (
+        f"SELECT id FROM {table} WHERE {ready} AND lane = {int(Lane.BACKGROUND)} "
+        f"ORDER BY turn, id LIMIT %(reserve)s{lock}"
+        if reserve
+        else f"SELECT id FROM {table} WHERE FALSE"
+    )
     return (
+        f"WITH urgent AS (SELECT id FROM {table} WHERE {held} OR ({ready} AND lane = {int(Lane.INTERACTIVE)}) "
+        f"ORDER BY CASE WHEN {held} THEN 0 WHEN {mine} THEN 1 ELSE 2 END, id LIMIT %(limit)s{lock}), "
+        f"background AS ({background}), "
+        f"rest AS (SELECT id FROM {table} WHERE {ready} AND lane > {int(Lane.INTERACTIVE)} "
+        f"AND id NOT IN (SELECT id FROM background) "
+        f"ORDER BY lane, turn, id LIMIT {greatest}(0, {room} - (SELECT count(*) FROM background)){lock}) "
         f"UPDATE {table} SET status = %(running)s, started_at = %(now)s, attempts = attempts + 1, "
         f"task_id = %(task_id)s "
-        f"WHERE id IN (SELECT id FROM {table} WHERE {held} OR {mine} OR {anyone} "
-        f"ORDER BY CASE WHEN {held} THEN 0 WHEN {mine} THEN 1 ELSE 2 END, id LIMIT %(limit)s{lock}) "
+        f"WHERE id IN (SELECT id FROM urgent UNION ALL SELECT id FROM background UNION ALL SELECT id FROM rest) "
         f"RETURNING {', '.join(CLAIMED_FIELDS)}"
     )
 
 
 def rows_claim(
-    own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool, now: datetime
+    own_ids: Sequence[int],
+    *,
+    task_id: str,
+    limit: int,
+    slice_rows: int,
+    background_rows: int,
+    others: bool,
+    reclaim: bool,
+    now: datetime,
 ) -> list[Prediction]:
-    """Mark up to `limit` rows as running under `task_id` and return them by id.
+    """Mark rows as running under `task_id` and return them, interactive first, then by lane and turn.
 
     Taken first, with `reclaim`, the rows this task already holds (an earlier delivery of its message
-    whose worker died), then its own queued rows, then, with `others`, any queued row. One statement
-    picks, marks and returns them, so two workers never claim the same row and a claim costs one round trip.
+    whose worker died), then queued interactive rows (its own, or with `others` anyone's), up to
+    `limit`; then up to `background_rows` background rows whatever else is queued; then, while under
+    `limit`, bulk and background rows up to `slice_rows` in all (one forward pass' worth). One statement
+    picks, marks and returns them, so two workers never claim the same row and a claim costs one
+    round trip (docs/architecture.md, Lanes).
     """
     sql = _claim_statement(
         own=len(own_ids),
         reclaim=reclaim and bool(task_id),
         others=others,
+        reserve=background_rows > 0,
         skip_locked=connection.features.has_select_for_update_skip_locked,
     )
     params: dict[str, Any] = {
@@ -105,6 +151,8 @@ def rows_claim(
         "task_id": task_id,
         "now": now,
         "limit": limit,
+        "slice": slice_rows,
+        "reserve": background_rows,
         **{f"own_{i}": pk for i, pk in enumerate(own_ids)},
     }
     with connection.cursor() as cursor:
@@ -113,7 +161,7 @@ def rows_claim(
             Prediction.from_db(connection.alias, CLAIMED_FIELDS, [_aware(v) for v in values])
             for values in cursor.fetchall()
         ]
-    return sorted(rows, key=lambda row: row.pk)
+    return sorted(rows, key=lambda row: (row.lane, row.turn, row.pk))
 
 
 def _aware(value: object) -> object:

@@ -12,10 +12,11 @@ from django.utils import timezone
 
 from mlsite.logs import current_request_id
 from predictions.cache import CACHED_FIELDS, result_cache_get, result_cache_get_many
-from predictions.models import Batch, Prediction, PredictionStatus, text_sha256
+from predictions.models import Batch, Lane, Prediction, PredictionStatus, text_sha256
 from predictions.registry import model_version_or_blank
 from predictions.services.backpressure import queue_admit
 from predictions.services.dispatch import chunks_send, prediction_publish
+from predictions.services.lanes import turns_take
 from predictions.services.sql import prediction_insert
 
 if TYPE_CHECKING:
@@ -102,6 +103,9 @@ def batch_create(*, owner: User, texts: Sequence[str], model_name: str) -> Batch
             for i, text in enumerate(texts)
         ]
         queued = [row for row in rows if not row.cached]
+        for row in rows:
+            row.lane = Lane.BULK
+        turns_take(queued, lane=Lane.BULK, owner_id=owner.pk)
         now = timezone.now()
         chunk = settings.PUBLISH_CHUNK_ROWS
         chunks = [(str(uuid.uuid4()), queued[start : start + chunk]) for start in range(0, len(queued), chunk)]

@@ -4,6 +4,7 @@ and sweep up work whose message or worker was lost (docs/architecture.md)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,16 +32,27 @@ logger = logging.getLogger(__name__)
 def predictions_claim(
     own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool = False
 ) -> list[Prediction]:
-    """Mark up to `limit` rows as running under `task_id` and return them, oldest first.
+    """Mark rows as running under `task_id` and return them: interactive first, then by lane and turn.
 
     First come, with `reclaim`, rows this task already held (an earlier delivery of this message whose
-    worker died), then its own queued rows, then, with `others`, queued rows of any other request: that
-    is how texts from many requests share one forward pass, and how rows whose message waits behind
-    others in the broker get run (services.sql.rows_claim). Rows already started MAX_ATTEMPTS times
-    are failed instead of being run again.
+    worker died), then queued interactive rows, up to `limit`; then one forward pass' worth
+    (PASS_MAX_TEXTS) of bulk and background rows, BACKGROUND_SHARE percent of it kept for background
+    rows. Without `others`, only this task's own rows; with it, anyone's: that is how texts from many
+    requests share one forward pass, and how rows whose message waits behind others in the broker
+    get run (services.sql.rows_claim). Rows already started MAX_ATTEMPTS times are failed instead of
+    being run again.
     """
     now = timezone.now()
-    rows = rows_claim(list(own_ids), task_id=task_id, limit=limit, others=others, reclaim=reclaim, now=now)
+    rows = rows_claim(
+        list(own_ids),
+        task_id=task_id,
+        limit=limit,
+        slice_rows=settings.PASS_MAX_TEXTS,
+        background_rows=math.ceil(settings.PASS_MAX_TEXTS * settings.BACKGROUND_SHARE / 100),
+        others=others,
+        reclaim=reclaim,
+        now=now,
+    )
     given_up = [row.pk for row in rows if row.attempts > settings.MAX_ATTEMPTS]
     if given_up:
         Prediction.objects.filter(pk__in=given_up, status=PredictionStatus.RUNNING, task_id=task_id).update(
@@ -84,30 +96,26 @@ def predictions_run(
     done: set[int] = set()
     deadline = time.monotonic() + settings.CLAIM_LOOP_SECONDS
     first = True
-    # A task whose own rows fill a forward pass (a chunk of an API batch) leaves other requests' rows
-    # to their own tasks on its first claim, so that idle worker processes run them instead of
-    # waiting while this one holds them; once its own rows are done, it takes other queued rows.
+    # A task whose own rows fill a forward pass (a chunk of an API batch) does not wait for company.
     fill = others and len(own_ids) < settings.PASS_MAX_TEXTS
     if others:  # before any claim: submissions from now on publish again (services.dispatch)
         wakeup_taken()
     while True:
         remaining = [pk for pk in own_ids if pk not in done]
-        with_others = others and (fill or not first)
-        rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=with_others, reclaim=first)
+        rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=others, reclaim=first)
         if first and fill and len(rows) < limit and settings.CLAIM_WAIT_MS > 0 and _company_expected(rows):
             time.sleep(settings.CLAIM_WAIT_MS / 1000)  # let concurrent requests join this forward pass
             rows += predictions_claim([], task_id=task_id, limit=limit - len(rows), others=True)
         first = False
         if not rows:
-            if others and not with_others:
-                continue  # own rows all gone: one claim of other rows before returning, which the wake-up needs
             break
         _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
         done.update(r.pk for r in rows)
-        by_model: dict[str, list[Prediction]] = defaultdict(list)
+        # Lane by lane (the claim returns them in lane order): an interactive text is in the first pass.
+        by_model: dict[tuple[int, str], list[Prediction]] = defaultdict(list)
         for prediction in rows:
-            by_model[prediction.model_name].append(prediction)
-        for model_name, group in by_model.items():
+            by_model[(prediction.lane, prediction.model_name)].append(prediction)
+        for (_, model_name), group in by_model.items():
             retried = [r for r in group if r.attempts > 1]
             fresh = [r for r in group if r.attempts <= 1]
             for batch in ([fresh] if fresh else []) + [[r] for r in retried]:

@@ -68,12 +68,17 @@ class Command(BaseCommand):
         parser.add_argument("--sync", action="store_true", help="run inference in this process (no broker needed)")
         parser.add_argument("--chunk-size", type=int, default=settings.PUBLISH_CHUNK_ROWS)
         parser.add_argument(
+            "--rate", type=float, help="queue at most this many rows a second (the background lane takes them anyway)"
+        )
+        parser.add_argument(
             "--new-run", action="store_true", help="start afresh instead of resuming an interrupted run"
         )
 
     def handle(self, *args, **options) -> None:
         if options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1")
+        if options["rate"] is not None and not options["rate"] > 0:  # also refuses nan
+            raise CommandError(f"--rate must be a positive number of rows a second (got {options['rate']})")
         to_model = options["to_model"]
         if to_model and not model_exists(to_model):
             raise CommandError(f"--to-model: {UnknownModel(to_model)}")
@@ -112,7 +117,7 @@ class Command(BaseCommand):
             + (f"; under model {to_model}" if to_model else "")
             + ("; in this process" if options["sync"] else "; queued to workers")
         )
-        self._run(run, pending, chunk_size=options["chunk_size"], sync=options["sync"])
+        self._run(run, pending, chunk_size=options["chunk_size"], sync=options["sync"], rate=options["rate"])
         reprocess.reprocess_runs_close()  # this one too, if nothing of it is left running (sync, or workers done)
         summary = reprocess_summary(run)
         self.stdout.write(
@@ -130,6 +135,6 @@ class Command(BaseCommand):
             + f"; {selection.count() - finished.count()} queued or running would be left alone. Nothing was changed."
         )
 
-    def _run(self, run, pending: list[int], *, chunk_size: int, sync: bool) -> None:
+    def _run(self, run, pending: list[int], *, chunk_size: int, sync: bool, rate: float | None) -> None:
         with tqdm(total=len(pending), unit="row", file=sys.stderr, disable=not pending) as bar:
-            reprocess.reprocess_dispatch(run, pending, chunk_size=chunk_size, sync=sync, on_chunk=bar.update)
+            reprocess.reprocess_dispatch(run, pending, chunk_size=chunk_size, sync=sync, rate=rate, on_chunk=bar.update)

@@ -1,19 +1,27 @@
-"""Run the web server, a Celery worker and Celery beat in the foreground; Ctrl-C stops all three."""
+"""Run the web server, a Celery worker and Celery beat in the foreground, restarting any that dies;
+Ctrl-C (SIGINT) or SIGTERM stops all three."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from mlsite import webserver
 from predictions.monitoring import metrics_dir_reset
+
+POLL_SECONDS = 0.2  # how often the loop looks at the flag and the processes
+RESTART_FIRST_SECONDS = 1.0  # the first restart's delay; it doubles on each death...
+RESTART_MAX_SECONDS = 30.0  # ...up to this
+STABLE_SECONDS = 60.0  # a process up this long starts again from the first delay
+STOP_GRACE_SECONDS = 15.0  # SIGTERM, then SIGKILL after this long
 
 
 def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str, list[str]]:
@@ -44,8 +52,69 @@ def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str
     }
 
 
+def address_unavailable(bind: str) -> str | None:
+    """Why the web server could not listen on `bind`, or None if it can.
+
+    granian binds with SO_REUSEPORT, so a second stack would share a port with the first and split
+    its requests. A socket bound without SO_REUSEPORT fails on any listener, a granian one included.
+    """
+    host, port = webserver.bind_split(bind)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    except (OSError, ValueError) as exc:
+        return f"not an address to listen on ({exc})"
+    with socket.socket(family, kind, proto) as sock:
+        # As granian does: connections of an earlier run left in TIME_WAIT are no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return None
+
+
+class Child:
+    """One supervised process: its command, the running process, and when to start it again."""
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name, self.command = name, command
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restart_at = 0.0  # when to start it again (monotonic); 0: not waiting to
+        self.delay = RESTART_FIRST_SECONDS
+
+    def start(self) -> subprocess.Popen:
+        # A session of its own: the terminal's Ctrl-C reaches runstack only, which stops each child itself.
+        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.started_at = time.monotonic()
+        self.restart_at = 0.0
+        return self.process
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of its process group (a dead Celery worker's pool processes)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def schedule_restart(self, now: float) -> float:
+        """The delay before the next start: doubling from the first, from the first again after a stable run."""
+        if now - self.started_at >= STABLE_SECONDS:
+            self.delay = RESTART_FIRST_SECONDS
+        delay = self.delay
+        self.delay = min(self.delay * 2, RESTART_MAX_SECONDS)
+        self.restart_at = now + delay
+        return delay
+
+
 class Command(BaseCommand):
-    help = "Run web (granian), worker and beat together until Ctrl-C."
+    help = "Run web (granian), worker and beat together, restarting any that dies, until Ctrl-C or SIGTERM."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--bind", default=webserver.DEFAULT_BIND, help="the web server's HOST:PORT")
@@ -53,37 +122,62 @@ class Command(BaseCommand):
         parser.add_argument("--web-threads", type=int, default=webserver.DEFAULT_THREADS, help="threads a web process")
 
     def handle(self, *args, bind: str, web_workers: int, web_threads: int, **options) -> None:
-        commands = stack_commands(bind=bind, web_workers=web_workers, web_threads=web_threads)
-        # Every process that wrote metrics there is gone: start the counts afresh with this stack.
-        metrics_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
-        processes: dict[str, subprocess.Popen] = {}
-        stopping = threading.Event()
+        # The handler only counts: anything that takes a lock (threading.Event.set) can deadlock
+        # when the signal lands while the main loop holds that lock.
+        self.signals = 0
 
         def stop(*_) -> None:
-            stopping.set()
+            self.signals += 1
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        for name, command in commands.items():
-            processes[name] = subprocess.Popen(command, start_new_session=True)
-            self.stdout.write(f"started {name} (pid {processes[name].pid}): {' '.join(command)}")
-        exit_code = 0
-        while not stopping.is_set():
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    self.stderr.write(f"{name} exited with status {process.returncode}; stopping the stack")
-                    exit_code = 1
-                    stopping.set()
-            stopping.wait(0.5)
-        for process in processes.values():
-            if process.poll() is None:
-                process.terminate()  # the main process only: granian and celery stop their own children gracefully
-        deadline = time.monotonic() + 15
-        for process in processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        unavailable = address_unavailable(bind)
+        if unavailable:
+            raise CommandError(
+                f"cannot listen on {bind}: {unavailable}; choose another address: "
+                f"make run BIND=127.0.0.1:8001 (manage.py runstack --bind HOST:PORT)"
+            )
+        # Every process that wrote metrics there is gone: start the counts afresh with this stack.
+        metrics_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
+        commands = stack_commands(bind=bind, web_workers=web_workers, web_threads=web_threads)
+        children = [Child(name, command) for name, command in commands.items()]
+        self.supervise(children)
+        self.stop(children)
         self.stdout.write("stack stopped")
-        if exit_code:
-            sys.exit(exit_code)
+
+    def stopping(self) -> bool:
+        return self.signals > 0
+
+    def supervise(self, children: list[Child]) -> None:
+        """Start each child, and again (after its backoff) whenever it exits, until a signal comes."""
+        while not self.stopping():
+            now = time.monotonic()
+            for child in children:
+                if self.stopping():  # a signal during start-up: start nothing more
+                    break
+                if child.process is None or (child.restart_at and now >= child.restart_at):
+                    verb = "restarted" if child.process else "started"
+                    process = child.start()
+                    self.stdout.write(f"{verb} {child.name} (pid {process.pid}): {' '.join(child.command)}")
+                elif child.process is not None and not child.restart_at and child.process.poll() is not None:
+                    child.kill_group()  # a dead Celery worker leaves its pool processes behind
+                    delay = child.schedule_restart(now)
+                    self.stderr.write(
+                        f"{child.name} (pid {child.process.pid}) exited with status {child.process.returncode};"
+                        f" restarting it in {delay:g} s"
+                    )
+            time.sleep(POLL_SECONDS)
+
+    def stop(self, children: list[Child]) -> None:
+        """SIGTERM to each main process (granian and Celery stop their own children gracefully), SIGKILL
+        to every group after the grace period or on a second signal."""
+        signals = self.signals
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while any(c.running() for c in children) and time.monotonic() < deadline and self.signals == signals:
+            time.sleep(POLL_SECONDS)
+        for child in children:
+            child.kill_group()
+            if child.process is not None:
+                child.process.wait()

@@ -1,0 +1,158 @@
+"""Lanes and turns: which queued rows a worker's claim takes first (docs/architecture.md, Lanes).
+
+Functional, not timed: the order of claims on the real database, as a worker makes them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from predictions.models import Lane, Prediction, PredictionStatus
+from predictions.services import reprocess as reprocess_service
+from predictions.services import worker
+from predictions.services.submission import batch_create, prediction_create
+
+pytestmark = pytest.mark.django_db
+
+
+def claim(limit: int = 128) -> list[Prediction]:
+    return worker.predictions_claim([], task_id="claimer", limit=limit, others=True)
+
+
+def finished_rows(owner, n: int, prefix: str) -> list[int]:
+    rows = Prediction.objects.bulk_create(
+        Prediction(
+            owner=owner,
+            text=f"{prefix} {i}",
+            model_name="sentiment",
+            status=PredictionStatus.SUCCEEDED,
+            label="positive",
+            finished_at=timezone.now(),
+        )
+        for i in range(n)
+    )
+    return [row.pk for row in rows]
+
+
+def requeue(ids: list[int]) -> None:
+    """What `reprocess` does to the rows it chose (queued mode; the publishing runs after commit)."""
+    run, _ = reprocess_service.reprocess_run_open(selectors={"ids": ids}, resume=False)
+    reprocess_service.reprocess_dispatch(run, ids, chunk_size=50, sync=False)
+
+
+def test_each_submission_path_puts_its_rows_in_its_lane(owner, staff):
+    single = prediction_create(owner=owner, text="one text", model_name="sentiment")
+    batch = batch_create(owner=owner, texts=["a", "b"], model_name="sentiment")
+    ids = finished_rows(owner, 2, "old")
+    requeue(ids)
+    lanes = dict(Prediction.objects.values_list("pk", "lane"))
+    assert lanes[single.pk] == Lane.INTERACTIVE
+    assert {lanes[p.pk] for p in batch.predictions.all()} == {Lane.BULK}
+    assert {lanes[pk] for pk in ids} == {Lane.BACKGROUND}
+
+
+def test_a_claim_takes_interactive_rows_first_then_one_pass_of_bulk_with_a_share_kept_for_background(owner, settings):
+    settings.PASS_MAX_TEXTS = 10
+    settings.BACKGROUND_SHARE = 20
+    requeue(finished_rows(owner, 30, "old"))
+    batch_create(owner=owner, texts=[f"bulk {i}" for i in range(30)], model_name="sentiment")
+    singles = [prediction_create(owner=owner, text=f"single {i}", model_name="sentiment").pk for i in range(3)]
+
+    rows = claim()
+    lanes = [row.lane for row in rows]
+    assert [row.pk for row in rows[:3]] == singles  # every interactive row, oldest first
+    assert Counter(lanes) == {Lane.INTERACTIVE: 3, Lane.BULK: 8, Lane.BACKGROUND: 2}  # a pass of 10: 2 kept
+    assert lanes == sorted(lanes)  # returned lane by lane: the worker runs them in this order
+
+    settings.BACKGROUND_SHARE = 0
+    assert {row.lane for row in claim()} == {Lane.BULK}  # no share: bulk first while it lasts
+
+
+def test_a_single_text_submitted_behind_a_backlog_is_in_the_next_claim(owner, stranger, settings):
+    settings.PASS_MAX_TEXTS = 16
+    batch_create(owner=owner, texts=[f"bulk {i}" for i in range(300)], model_name="sentiment")
+    requeue(finished_rows(owner, 300, "old"))
+    assert len(claim()) == 16  # the workers are busy with the backlog
+    single = prediction_create(owner=stranger, text="is anyone there?", model_name="sentiment")
+    assert claim()[0].pk == single.pk
+
+
+def test_two_owners_batches_sent_together_progress_together(owner, stranger, settings):
+    settings.PASS_MAX_TEXTS = 10
+    batch_create(owner=owner, texts=[f"first {i}" for i in range(100)], model_name="sentiment")
+    batch_create(owner=stranger, texts=[f"second {i}" for i in range(100)], model_name="sentiment")
+    for _ in range(5):  # half of each goes through, a pass at a time
+        assert Counter(row.owner_id for row in claim()) == {owner.pk: 5, stranger.pk: 5}
+
+
+def test_an_owner_with_a_backlog_waits_behind_it_not_in_front_of_newcomers(owner, stranger, settings):
+    settings.PASS_MAX_TEXTS = 10
+    for n in range(3):  # the first owner queues three batches
+        batch_create(owner=owner, texts=[f"first {n}.{i}" for i in range(50)], model_name="sentiment")
+    batch_create(owner=stranger, texts=[f"late {i}" for i in range(20)], model_name="sentiment")
+    taken = Counter()
+    for _ in range(4):
+        taken.update(row.owner_id for row in claim())
+    assert taken == {owner.pk: 20, stranger.pk: 20}  # the newcomer's 20 are done within the first 40
+
+
+def test_a_small_rerun_is_not_queued_behind_a_long_one(owner, settings):
+    settings.PASS_MAX_TEXTS = 10
+    settings.BACKGROUND_SHARE = 100
+    requeue(finished_rows(owner, 200, "long"))
+    for _ in range(3):
+        claim()  # the long run is under way
+    small = finished_rows(owner, 5, "small")
+    requeue(small)
+    taken = [row.pk for _ in range(3) for row in claim()]  # 30 of the 175 left
+    assert set(small) <= set(taken)
+
+
+def test_background_rows_still_run_while_interactive_traffic_keeps_coming(owner, settings):
+    settings.PASS_MAX_TEXTS = 8
+    settings.BACKGROUND_SHARE = 25
+    background = finished_rows(owner, 20, "old")
+    requeue(background)
+    batch_create(owner=owner, texts=[f"bulk {i}" for i in range(500)], model_name="sentiment")
+    claimed = set()
+    for round_ in range(10):
+        for i in range(20):  # more interactive texts than a claim takes in a pass
+            prediction_create(owner=owner, text=f"single {round_}.{i}", model_name="sentiment")
+        claimed.update(row.pk for row in claim(limit=16))
+    assert set(background) <= claimed  # 2 a claim: all 20 in 10 claims
+
+
+def test_reprocess_rate_paces_the_dispatch(owner, monkeypatch):
+    ids = finished_rows(owner, 25, "old")
+    clock = {"now": 0.0}
+    monkeypatch.setattr(reprocess_service.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(reprocess_service.time, "sleep", lambda s: clock.update(now=clock["now"] + s))
+    out = io.StringIO()
+    call_command("reprocess", "--all", "--rate", "10", stdout=out, stderr=io.StringIO())
+    assert Prediction.objects.filter(pk__in=ids, lane=Lane.BACKGROUND, status=PredictionStatus.QUEUED).count() == 25
+    # 25 rows at 10 a second: chunks of at most 10, the last one dispatched no earlier than 2 s in.
+    assert clock["now"] == pytest.approx(2.0)
+
+
+def test_reprocess_rate_must_be_positive(owner):
+    with pytest.raises(Exception, match="--rate"):
+        call_command("reprocess", "--all", "--rate", "0", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_the_admin_rerun_uses_the_background_lane(owner, staff):
+    ids = finished_rows(owner, 3, "old")
+    reprocess_service.predictions_rerun(queryset=Prediction.objects.filter(pk__in=ids), user=staff)
+    assert set(Prediction.objects.filter(pk__in=ids).values_list("lane", flat=True)) == {Lane.BACKGROUND}
+
+
+def test_the_background_share_rounds_up(owner, settings):
+    settings.PASS_MAX_TEXTS = 16
+    settings.BACKGROUND_SHARE = 10  # 1.6 rows: a share is never rounded down to nothing
+    requeue(finished_rows(owner, 10, "old"))
+    batch_create(owner=owner, texts=[f"bulk {i}" for i in range(40)], model_name="sentiment")
+    assert Counter(row.lane for row in claim()) == {Lane.BULK: 14, Lane.BACKGROUND: 2}
