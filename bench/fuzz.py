@@ -12,10 +12,12 @@ script does not know go to `schemathesis run`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,18 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stack import Stack, real_services_env  # noqa: E402
 
-CHECKS = ",".join(
-    [
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_schema_conformance",
-        "response_headers_conformance",
-        "negative_data_rejection",
-        "ignored_auth",
-        "unsupported_method",
-    ]
-)
+CHECKS = "all"  # every check schemathesis has; bench/schemathesis.toml says what each expects
 
 
 def stack_start(var_dir: Path, *, embedded: bool) -> tuple[Stack, callable]:
@@ -53,6 +44,13 @@ def stack_start(var_dir: Path, *, embedded: bool) -> tuple[Stack, callable]:
         cleanup()
         raise
     return stack, cleanup
+
+
+def served_models(stack: Stack) -> str:
+    """The stack's model names, comma-separated, as GET /api/v1/models/ lists them (for bench/fuzz_hooks.py)."""
+    request = urllib.request.Request(f"{stack.base}/api/v1/models/", headers={"Authorization": f"Token {stack.token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return ",".join(model["name"] for model in json.load(response))
 
 
 def schemathesis_command(stack: Stack, args, extra: list[str]) -> list[str]:
@@ -100,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"stack ready on :{stack.port} ({'embedded default' if args.embedded else 'PostgreSQL + RabbitMQ + Redis'})",
                 flush=True,
             )
-            code = subprocess.run(schemathesis_command(stack, args, extra), cwd=tmp).returncode
+            hooks = {"SCHEMATHESIS_HOOKS": str(ROOT / "bench" / "fuzz_hooks.py"), "FUZZ_MODELS": served_models(stack)}
+            command = schemathesis_command(stack, args, extra)
+            print(" ".join(command).replace(stack.token, "<token>"), flush=True)  # what ran, to rerun it by hand
+            code = subprocess.run(command, cwd=tmp, env={**os.environ, **hooks}).returncode
             if code != 0:
                 print(f"\nschemathesis exited with {code}; the stack's log ends with:\n{stack.logs()}", flush=True)
         finally:

@@ -234,7 +234,8 @@ FAST_PATHS_OFF = env_subset("FAST_PATHS_OFF", BYPASSES)
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "predictions.api.authentication.CachedTokenAuthentication",
+        "predictions.api.authentication.CachedTokenAuthentication",  # Authorization: Token <key>
+        "predictions.api.authentication.BearerTokenAuthentication",  # Authorization: Bearer <key>, the same tokens
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -255,6 +256,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # operationIds and tags from the path after the version: predictions_create, batches_retrieve, …
+    "SCHEMA_PATH_PREFIX": r"/api/v[0-9]+",
     "SWAGGER_UI_DIST": "SIDECAR",  # /api/docs/ works offline: its CSS and JS are static files of this project
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [

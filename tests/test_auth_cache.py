@@ -38,6 +38,23 @@ def test_token_is_looked_up_once(api):
 
 
 @pytest.mark.django_db
+def test_bearer_and_token_name_the_same_token_and_share_its_memory(api, owner):
+    """Generated OpenAPI clients send `Authorization: Bearer <key>`; it is the same token as `Token <key>`."""
+    key = owner.auth_token.key
+    assert _token_queries(api) == (200, 1)
+    api.client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert _token_queries(api) == (200, 0)  # remembered from the Token request
+    api.client.credentials(HTTP_AUTHORIZATION=f"bearer {key}")  # the keyword is case-insensitive, as DRF's
+    assert _token_queries(api) == (200, 0)
+    for bad in (f"Bearer {key}x", "Bearer", f"Bearer {key} extra"):
+        api.client.credentials(HTTP_AUTHORIZATION=bad)
+        response = api.get(URL)
+        assert response.status_code == 401, bad
+        assert response.json()["detail"].startswith("Invalid token"), bad
+        assert response["WWW-Authenticate"] == "Token"
+
+
+@pytest.mark.django_db
 def test_memory_off_looks_up_every_time(api, settings):
     settings.AUTH_TOKEN_CACHE_SECONDS = 0
     assert _token_queries(api) == (200, 1)

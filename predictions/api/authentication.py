@@ -6,6 +6,9 @@ per process, which user a token belongs to for AUTH_TOKEN_CACHE_SECONDS. A token
 replaced, or a user changed (deactivated, permissions, password), empties the memory of the
 process that made the change at once and, through Redis pub/sub (AUTH_CHANNEL), of every web
 process; without Redis, the others follow within AUTH_TOKEN_CACHE_SECONDS. 0 turns the memory off.
+
+`Authorization: Token <key>` and `Authorization: Bearer <key>` (what generated OpenAPI clients
+send) name the same token and share the memory.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ class CachedTokenAuthentication(TokenAuthentication):
                     _tokens.clear()
                 _tokens[key] = (user, token, now + seconds)
         return user, token
+
+
+class BearerTokenAuthentication(CachedTokenAuthentication):
+    """The same tokens, sent as `Authorization: Bearer <key>` (DRF's documented way: another keyword)."""
+
+    keyword = "Bearer"
 
 
 @memo

@@ -12,7 +12,6 @@ import logging
 from typing import Any, ClassVar
 
 from django.db import DatabaseError, IntegrityError, transaction
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +19,7 @@ from rest_framework.views import APIView
 
 from mlsite.dbfaults import database_unreachable, reconnecting
 from predictions.api.authentication import signed_in_user
+from predictions.api.schema import IDEMPOTENCY_KEY_SCHEMA
 from predictions.api.serializers import idempotency_key_validate
 from predictions.models import IdempotencyKey
 from predictions.services.idempotency import (
@@ -33,14 +33,22 @@ logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    IDEMPOTENCY_KEY_SCHEMA,
     location=OpenApiParameter.HEADER,
     required=False,
     description=(
         "1 to 255 printable ASCII characters, unique per request. A retry with the same key (same user, same "
         "endpoint, within IDEMPOTENCY_TTL_HOURS) gets the first response again (status, body, Location; "
-        "header Idempotent-Replayed: true) and creates nothing; the same key with a different body is a 422."
+        "header Idempotent-Replayed: true) and creates nothing; the same key with a different body is a 422. "
+        "A key is the client's promise that two requests are one: use a new one (a UUID) per request."
     ),
+)
+REPLAYED_HEADER = OpenApiParameter(
+    "Idempotent-Replayed",
+    {"type": "string", "enum": ["true", "false"]},
+    location=OpenApiParameter.HEADER,
+    response=[200, 202],
+    description='Sent when the request had an Idempotency-Key: "true" on a replayed response, else "false".',
 )
 
 

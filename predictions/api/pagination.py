@@ -28,4 +28,7 @@ class PageNumberFieldPagination(PageNumberPagination):
         for parameter in parameters:
             if parameter["name"] == self.page_query_param:
                 parameter["schema"]["minimum"] = 1
+                parameter["description"] = (
+                    "A page number, from 1; a page past the last (see the body's count and next) is a 400 naming page."
+                )
         return parameters

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mlsite.fastpaths import fast_path
-from predictions.api.schema import MODEL_SCHEMA, TEXT_SCHEMA, TEXTS_SCHEMA
+from predictions.api.schema import FILTER_SCHEMA, MODEL_SCHEMA, TEXT_SCHEMA, TEXTS_SCHEMA
 from predictions.models import Batch, Prediction, PredictionStatus
 from predictions.registry import UnknownModel, model_exists, model_names
 
@@ -76,9 +76,15 @@ def _default_model() -> str:
     return settings.DEFAULT_MODEL
 
 
+MODEL_HELP = (
+    "A served model's name, as GET /api/v1/models/ lists them; default DEFAULT_MODEL. "
+    "The server checks it: an unknown name is a 400 naming `model`."
+)
+
+
 class PredictionInputSerializer(serializers.Serializer):
     text = TextField(help_text="The text to classify (at most MAX_TEXT_CHARS characters, not blank, no NUL).")
-    model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
+    model = ModelNameField(required=False, default=_default_model, help_text=MODEL_HELP)
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -115,7 +121,7 @@ def prediction_input_fast(data: object) -> dict | None:
 
 class BatchInputSerializer(serializers.Serializer):
     texts = TextListField(help_text="1 to API_BATCH_MAX_TEXTS texts.")
-    model = ModelNameField(required=False, default=_default_model, help_text="Registry name; default DEFAULT_MODEL.")
+    model = ModelNameField(required=False, default=_default_model, help_text=MODEL_HELP)
 
 
 class QuerySerializer(serializers.Serializer):
@@ -158,10 +164,15 @@ class WaitQuerySerializer(QuerySerializer):
     )
 
 
+@extend_schema_field(FILTER_SCHEMA)
+class FilterField(serializers.CharField):
+    """A text filter: CharField strips whitespace and refuses NUL, so the schema says the same."""
+
+
 class PredictionListQuerySerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=PredictionStatus.choices, required=False)
-    model = serializers.CharField(required=False)
-    label = serializers.CharField(required=False)  # type: ignore[assignment]  # a field: DRF's metaclass takes it off the class
+    model = FilterField(required=False)
+    label = FilterField(required=False)  # type: ignore[assignment]  # a field: DRF's metaclass takes it off the class
     batch = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
@@ -233,6 +244,13 @@ def _iso(moment) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+class BatchCountsSerializer(serializers.Serializer):
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
 class BatchSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model_name")
     url = serializers.HyperlinkedIdentityField(view_name="batch-detail")
@@ -250,6 +268,7 @@ class BatchSerializer(serializers.ModelSerializer):
             batch._rows_cache = list(batch.predictions.order_by("position"))  # type: ignore[attr-defined]  # a memo on the instance
         return batch._rows_cache  # type: ignore[attr-defined]  # as above
 
+    @extend_schema_field(BatchCountsSerializer)
     def get_counts(self, batch: Batch) -> dict[str, int]:
         counts = {status: 0 for status in PredictionStatus.values}
         for row in self._rows(batch):
@@ -259,6 +278,7 @@ class BatchSerializer(serializers.ModelSerializer):
     def get_finished(self, batch: Batch) -> bool:
         return all(row.is_finished for row in self._rows(batch))
 
+    @extend_schema_field(PredictionSerializer(many=True))
     def get_results(self, batch: Batch) -> list[dict]:
         return PredictionSerializer(self._rows(batch), many=True, context=self.context).data  # type: ignore[return-value]  # many=True: a list; drf-stubs says ReturnDict
 
@@ -271,3 +291,14 @@ class ModelDescriptionSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=["single_label", "multi_label"])
     labels = serializers.ListField(child=serializers.CharField())
     default = serializers.BooleanField()
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    """The body of a 401, 403, 404, 406, 413, 414, 415, 429 and 503: {"detail": "…"}."""
+
+    detail = serializers.CharField()
+
+
+class FieldErrorsSerializer(serializers.Serializer):
+    """The body of a 400 and of the 422 for a reused Idempotency-Key: {"field": ["message"]}.
+    No fields: its schema is predictions.api.schema.FieldErrorsExtension's."""

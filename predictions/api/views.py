@@ -6,18 +6,26 @@ import logging
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import generics, serializers, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mlsite.fastpaths import fast_path
 from predictions.api.authentication import signed_in_user
-from predictions.api.idempotency import IDEMPOTENCY_PARAMETER, IdempotentCreateMixin, idempotency_key_from
+from predictions.api.idempotency import (
+    IDEMPOTENCY_PARAMETER,
+    REPLAYED_HEADER,
+    IdempotentCreateMixin,
+    idempotency_key_from,
+)
 from predictions.api.serializers import (
     BatchInputSerializer,
     BatchSerializer,
+    ErrorDetailSerializer,
+    FieldErrorsSerializer,
     ModelDescriptionSerializer,
     PredictionInputSerializer,
     PredictionListQuerySerializer,
@@ -35,23 +43,22 @@ from textclf import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-_MESSAGES = {"type": "array", "items": {"type": "string"}}
-FieldErrors = {  # {"text": ["…"]}, {"texts": {"3": ["…"]}}, {"body": ["JSON parse error - …"]}
-    "type": "object",
-    "description": "Each bad field (or body, page, non_field_errors) mapped to its messages; "
-    "a list field's messages are keyed by the index of the bad item.",
-    "additionalProperties": {"oneOf": [_MESSAGES, {"type": "object", "additionalProperties": _MESSAGES}]},
-    "minProperties": 1,
+Detail, FieldErrors = ErrorDetailSerializer, FieldErrorsSerializer
+AUTH_ERRORS = {
+    401: OpenApiResponse(
+        Detail, description="No or invalid credentials: send Authorization: Bearer <token> (or Token <token>)."
+    )
 }
-Detail = inline_serializer("Detail", fields={"detail": serializers.CharField()})
-AUTH_ERRORS = {401: OpenApiResponse(Detail, description="No or invalid credentials (Authorization: Token …).")}
 NOT_FOUND = {404: OpenApiResponse(Detail, description="No such object among those visible to you.")}
 WRITE_ERRORS = {
     400: OpenApiResponse(
         FieldErrors,
-        description="Invalid input or Idempotency-Key header; the body maps each bad field to its messages.",
+        description="Invalid input or Idempotency-Key header (an unknown `model` too); "
+        "the body maps each bad field to its messages.",
     ),
+    403: OpenApiResponse(Detail, description="Signed in by session (the browsable API) without a CSRF token."),
     413: OpenApiResponse(Detail, description="Request body larger than MAX_REQUEST_BYTES (chunked bodies included)."),
+    415: OpenApiResponse(Detail, description="Body not JSON (Content-Type: application/json)."),
     422: OpenApiResponse(
         FieldErrors,
         description='The Idempotency-Key was already used for a different request: {"Idempotency-Key": ["…"]}.',
@@ -64,7 +71,6 @@ WRITE_ERRORS = {
         description="MAX_QUEUED predictions already queued or running, or the database unreachable; nothing was stored. "
         "Retry after Retry-After seconds.",
     ),
-    415: OpenApiResponse(Detail, description="Body not JSON (Content-Type: application/json)."),
     **AUTH_ERRORS,
 }
 READ_ERRORS = {
@@ -77,6 +83,34 @@ READ_ERRORS = {
 URI_TOO_LONG = {  # operations with query parameters: their URL can outgrow the limit
     414: OpenApiResponse(Detail, description=f"URL (path and query string) over {MAX_URL_BYTES} bytes.")
 }
+BAD_QUERY = {400: OpenApiResponse(FieldErrors, description="A bad query parameter, named in the body.")}
+
+# Response headers, each on the statuses that carry it.
+LOCATION_HEADER = OpenApiParameter(
+    "Location",
+    {"type": "string", "format": "uri"},
+    location=OpenApiParameter.HEADER,
+    response=[200, 202],
+    required=True,
+    description="The absolute URL of what was created (the body's url).",
+)
+RETRY_AFTER_HEADER = OpenApiParameter(
+    "Retry-After",
+    {"type": "string", "pattern": "^[0-9]+$"},
+    location=OpenApiParameter.HEADER,
+    response=[429, 503],
+    description="Seconds to wait before trying again.",
+)
+WWW_AUTHENTICATE_HEADER = OpenApiParameter(
+    "WWW-Authenticate",
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    response=[401],
+    description="The scheme to authenticate with: Token (Bearer is accepted as well).",
+)
+READ_HEADERS = [RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER]
+WRITE_HEADERS = [LOCATION_HEADER, REPLAYED_HEADER, *READ_HEADERS]
+
 WAIT_PARAMETER = OpenApiParameter(
     "wait",
     {"type": "number", "minimum": 0, "maximum": settings.MAX_WAIT_SECONDS},
@@ -123,11 +157,12 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return predictions_visible_to(signed_in_user(self.request))
 
     @extend_schema(
-        operation_id="predictions_list",
-        parameters=[PredictionListQuerySerializer],
+        summary="List your predictions",
+        description="Newest first, paginated (API_PAGE_SIZE), filtered by the query parameters.",
+        parameters=[PredictionListQuerySerializer, *READ_HEADERS],
         responses={
             200: PredictionSerializer(many=True),
-            400: OpenApiResponse(FieldErrors),
+            **BAD_QUERY,
             **READ_ERRORS,
             **URI_TOO_LONG,
         },
@@ -140,9 +175,10 @@ class PredictionListCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
-        operation_id="predictions_create",
+        summary="Submit a text",
+        description="202 with the queued prediction, or 200 once it finished (from the cache, or within ?wait).",
         request=PredictionInputSerializer,
-        parameters=[WAIT_PARAMETER, IDEMPOTENCY_PARAMETER],
+        parameters=[WAIT_PARAMETER, IDEMPOTENCY_PARAMETER, *WRITE_HEADERS],
         responses={
             200: OpenApiResponse(PredictionSerializer, description="Finished: from the cache, or within ?wait."),
             202: OpenApiResponse(PredictionSerializer, description="Queued; poll the Location URL."),
@@ -184,7 +220,12 @@ class PredictionDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         return predictions_visible_to(signed_in_user(self.request))
 
-    @extend_schema(responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND})
+    @extend_schema(
+        summary="Get a prediction",
+        description="Poll until status is succeeded or failed.",
+        parameters=READ_HEADERS,
+        responses={200: PredictionSerializer, **READ_ERRORS, **NOT_FOUND},
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -194,9 +235,10 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
     idempotency_endpoint = IdempotencyEndpoint.BATCHES
 
     @extend_schema(
-        operation_id="batches_create",
+        summary="Submit a batch of texts",
+        description="202 with the batch, or 200 when the cache answered every text at submission.",
         request=BatchInputSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER],
+        parameters=[IDEMPOTENCY_PARAMETER, *WRITE_HEADERS],
         responses={
             200: OpenApiResponse(BatchSerializer, description="Every text answered from the cache at submission."),
             202: OpenApiResponse(BatchSerializer, description="Saved; poll the Location URL."),
@@ -229,8 +271,10 @@ class BatchDetailView(generics.RetrieveAPIView):
         return batches_visible_to(signed_in_user(self.request))
 
     @extend_schema(
-        parameters=[BATCH_WAIT_PARAMETER],
-        responses={200: BatchSerializer, 400: OpenApiResponse(FieldErrors), **READ_ERRORS, **NOT_FOUND},
+        summary="Get a batch",
+        description="Counts per status and every text's prediction, in input order; `finished` once all are.",
+        parameters=[BATCH_WAIT_PARAMETER, *READ_HEADERS],
+        responses={200: BatchSerializer, **BAD_QUERY, **READ_ERRORS, **NOT_FOUND, **URI_TOO_LONG},
     )
     def get(self, request, *args, **kwargs):
         wait = wait_from(request)
@@ -241,7 +285,12 @@ class BatchDetailView(generics.RetrieveAPIView):
 
 
 class ModelListView(APIView):
-    @extend_schema(operation_id="models_list", responses={200: ModelDescriptionSerializer(many=True), **READ_ERRORS})
+    @extend_schema(
+        summary="List the served models",
+        description="The names `model` accepts, with labels, version and kind.",
+        parameters=READ_HEADERS,
+        responses={200: ModelDescriptionSerializer(many=True), **READ_ERRORS},
+    )
     def get(self, request: Request) -> Response:
         described = []
         for name in model_names():
