@@ -87,7 +87,8 @@ class ApiExceptionMiddleware:
             try:  # checked here, before CommonMiddleware would raise it (an HTML page in DEBUG)
                 request.get_host()
             except DisallowedHost as exc:
-                response = JsonResponse({"detail": "Bad request."}, status=400)
+                # Named like a field, as every 400's body is (the schema's FieldErrors).
+                response = JsonResponse({"Host": ["This host name is not served here (ALLOWED_HOSTS)."]}, status=400)
                 security_logger = logging.getLogger("django.security.DisallowedHost")
                 log_response(
                     str(exc), exception=exc, request=request, response=response, level="error", logger=security_logger
@@ -110,7 +111,8 @@ class ApiExceptionMiddleware:
         else:
             signals.got_request_exception.send(sender=None, request=request)
             code, detail = 500, "Server error."
-        response = JsonResponse({"detail": detail}, status=code)
+        body = {"request": [detail]} if code == 400 else {"detail": detail}  # a 400 names what was wrong
+        response = JsonResponse(body, status=code)
         log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request, exception=exc)
         return response
 
@@ -137,7 +139,7 @@ def api_not_found(request, *args, **kwargs):
 def bad_request(request, exception):
     """JSON for a 400 Django raised under /api/ (e.g. a disallowed Host), HTML elsewhere."""
     if _is_api(request):
-        return JsonResponse({"detail": "Bad request."}, status=400)
+        return JsonResponse({"request": ["Bad request."]}, status=400)
     return defaults.bad_request(request, exception)
 
 
