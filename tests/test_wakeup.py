@@ -121,8 +121,8 @@ def test_a_worker_clears_the_mark_whatever_its_own_coalescing_setting(api, held,
 
 
 def test_with_one_text_per_pass_the_pending_task_still_clears_the_mark_and_takes_the_burst(api, held, settings):
-    """PASS_MAX_TEXTS=1: a single-text task's first claim takes only its own row, so the
-    task must still clear the mark first and claim other rows before it returns."""
+    """PASS_MAX_TEXTS=1: one text a pass; the task must still clear the mark first and run the
+    whole burst before it returns."""
     settings.PASS_MAX_TEXTS = 1
     ids = post(api, 4)
     assert held == [[ids[0]]]
@@ -132,7 +132,7 @@ def test_with_one_text_per_pass_the_pending_task_still_clears_the_mark_and_takes
 
 
 def test_a_task_whose_own_rows_are_gone_still_claims_the_coalesced_ones(api, held, settings):
-    settings.PASS_MAX_TEXTS = 1  # the first claim is for own rows only
+    settings.PASS_MAX_TEXTS = 1  # one text a pass
     ids = post(api, 3)
     Prediction.objects.filter(pk=ids[0]).update(status="succeeded")  # another task ran it meanwhile
     counts = worker.predictions_run(held[0], task_id="t")
