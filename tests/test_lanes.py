@@ -56,8 +56,8 @@ def test_each_submission_path_puts_its_rows_in_its_lane(owner, staff):
     assert {lanes[pk] for pk in ids} == {Lane.BACKGROUND}
 
 
-def test_a_claim_takes_interactive_rows_first_then_one_pass_of_bulk_with_a_share_kept_for_background(owner, settings):
-    settings.PASS_MAX_TEXTS = 10
+def test_a_claim_takes_interactive_rows_first_then_bulk_rows_with_a_share_kept_for_background(owner, settings):
+    settings.CLAIM_BULK_ROWS = 10
     settings.BACKGROUND_SHARE = 20
     requeue(finished_rows(owner, 30, "old"))
     batch_create(owner=owner, texts=[f"bulk {i}" for i in range(30)], model_name="sentiment")
@@ -66,7 +66,7 @@ def test_a_claim_takes_interactive_rows_first_then_one_pass_of_bulk_with_a_share
     rows = claim()
     lanes = [row.lane for row in rows]
     assert [row.pk for row in rows[:3]] == singles  # every interactive row, oldest first
-    assert Counter(lanes) == {Lane.INTERACTIVE: 3, Lane.BULK: 8, Lane.BACKGROUND: 2}  # a pass of 10: 2 kept
+    assert Counter(lanes) == {Lane.INTERACTIVE: 3, Lane.BULK: 8, Lane.BACKGROUND: 2}  # 10 bulk and background: 2 kept
     assert lanes == sorted(lanes)  # returned lane by lane: the worker runs them in this order
 
     settings.BACKGROUND_SHARE = 0
@@ -74,7 +74,7 @@ def test_a_claim_takes_interactive_rows_first_then_one_pass_of_bulk_with_a_share
 
 
 def test_a_single_text_submitted_behind_a_backlog_is_in_the_next_claim(owner, stranger, settings):
-    settings.PASS_MAX_TEXTS = 16
+    settings.CLAIM_BULK_ROWS = 16
     batch_create(owner=owner, texts=[f"bulk {i}" for i in range(300)], model_name="sentiment")
     requeue(finished_rows(owner, 300, "old"))
     assert len(claim()) == 16  # the workers are busy with the backlog
@@ -83,7 +83,7 @@ def test_a_single_text_submitted_behind_a_backlog_is_in_the_next_claim(owner, st
 
 
 def test_two_owners_batches_sent_together_progress_together(owner, stranger, settings):
-    settings.PASS_MAX_TEXTS = 10
+    settings.CLAIM_BULK_ROWS = 10
     batch_create(owner=owner, texts=[f"first {i}" for i in range(100)], model_name="sentiment")
     batch_create(owner=stranger, texts=[f"second {i}" for i in range(100)], model_name="sentiment")
     for _ in range(5):  # half of each goes through, a pass at a time
@@ -91,7 +91,7 @@ def test_two_owners_batches_sent_together_progress_together(owner, stranger, set
 
 
 def test_an_owner_with_a_backlog_waits_behind_it_not_in_front_of_newcomers(owner, stranger, settings):
-    settings.PASS_MAX_TEXTS = 10
+    settings.CLAIM_BULK_ROWS = 10
     for n in range(3):  # the first owner queues three batches
         batch_create(owner=owner, texts=[f"first {n}.{i}" for i in range(50)], model_name="sentiment")
     batch_create(owner=stranger, texts=[f"late {i}" for i in range(20)], model_name="sentiment")
@@ -102,7 +102,7 @@ def test_an_owner_with_a_backlog_waits_behind_it_not_in_front_of_newcomers(owner
 
 
 def test_a_small_rerun_is_not_queued_behind_a_long_one(owner, settings):
-    settings.PASS_MAX_TEXTS = 10
+    settings.CLAIM_BULK_ROWS = 10
     settings.BACKGROUND_SHARE = 100
     requeue(finished_rows(owner, 200, "long"))
     for _ in range(3):
@@ -114,7 +114,7 @@ def test_a_small_rerun_is_not_queued_behind_a_long_one(owner, settings):
 
 
 def test_background_rows_still_run_while_interactive_traffic_keeps_coming(owner, settings):
-    settings.PASS_MAX_TEXTS = 8
+    settings.CLAIM_BULK_ROWS = 8
     settings.BACKGROUND_SHARE = 25
     background = finished_rows(owner, 20, "old")
     requeue(background)
@@ -151,7 +151,7 @@ def test_the_admin_rerun_uses_the_background_lane(owner, staff):
 
 
 def test_the_background_share_rounds_up(owner, settings):
-    settings.PASS_MAX_TEXTS = 16
+    settings.CLAIM_BULK_ROWS = 16
     settings.BACKGROUND_SHARE = 10  # 1.6 rows: a share is never rounded down to nothing
     requeue(finished_rows(owner, 10, "old"))
     batch_create(owner=owner, texts=[f"bulk {i}" for i in range(40)], model_name="sentiment")

@@ -353,7 +353,7 @@ def test_a_single_text_task_takes_other_queued_rows_along_batch_rows_included(ow
 
 
 def test_a_chunk_claims_a_single_text_queued_meanwhile_and_runs_it_first(owner, settings, monkeypatch):
-    settings.PASS_MAX_TEXTS = 2
+    settings.PASS_MAX_TEXTS = settings.CLAIM_BULK_ROWS = 2
     own = queued(owner, "first of the chunk", "second of the chunk")
     Prediction.objects.filter(pk__in=[r.pk for r in own]).update(lane=Lane.BULK)
     [single] = queued(owner, "a single text queued meanwhile")

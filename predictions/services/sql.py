@@ -88,7 +88,7 @@ def _claim_statement(*, own: int, reclaim: bool, others: bool, reserve: bool, sk
       then the oldest), up to the limit;
     - background: with `reserve`, the background lane's next turns, up to its share of the slice,
       whatever else is queued (so that it is never starved);
-    - rest: the bulk lane, then background, by turn, filling the slice (one forward pass) up to the limit.
+    - rest: the bulk lane, then background, by turn, filling the slice (CLAIM_BULK_ROWS) up to the limit.
     """
     table = connection.ops.quote_name(Prediction._meta.db_table)
     held = "(status = %(running)s AND task_id = %(task_id)s)" if reclaim else "FALSE"
@@ -134,7 +134,7 @@ def rows_claim(
     Taken first, with `reclaim`, the rows this task already holds (an earlier delivery of its message
     whose worker died), then queued interactive rows (its own, or with `others` anyone's), up to
     `limit`; then up to `background_rows` background rows whatever else is queued; then, while under
-    `limit`, bulk and background rows up to `slice_rows` in all (one forward pass' worth). One statement
+    `limit`, bulk and background rows up to `slice_rows` in all. One statement
     picks, marks and returns them, so two workers never claim the same row and a claim costs one
     round trip (docs/architecture.md, Lanes).
     """

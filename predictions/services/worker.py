@@ -35,9 +35,8 @@ def predictions_claim(
     """Mark rows as running under `task_id` and return them: interactive first, then by lane and turn.
 
     First come, with `reclaim`, rows this task already held (an earlier delivery of this message whose
-    worker died), then queued interactive rows, up to `limit`; then one forward pass' worth
-    (PASS_MAX_TEXTS) of bulk and background rows, BACKGROUND_SHARE percent of it kept for background
-    rows. Without `others`, only this task's own rows; with it, anyone's: that is how texts from many
+    worker died), then queued interactive rows, up to `limit`; then bulk and background rows up to
+    CLAIM_BULK_ROWS (and `limit` in all), BACKGROUND_SHARE percent of them kept for background rows. Without `others`, only this task's own rows; with it, anyone's: that is how texts from many
     requests share one forward pass, and how rows whose message waits behind others in the broker
     get run (services.sql.rows_claim). Rows already started MAX_ATTEMPTS times are failed instead of
     being run again.
@@ -47,8 +46,8 @@ def predictions_claim(
         list(own_ids),
         task_id=task_id,
         limit=limit,
-        slice_rows=settings.PASS_MAX_TEXTS,
-        background_rows=math.ceil(settings.PASS_MAX_TEXTS * settings.BACKGROUND_SHARE / 100),
+        slice_rows=settings.CLAIM_BULK_ROWS,
+        background_rows=math.ceil(settings.CLAIM_BULK_ROWS * settings.BACKGROUND_SHARE / 100),
         others=others,
         reclaim=reclaim,
         now=now,
