@@ -7,15 +7,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from bench.stack import ROOT, free_port
-from mlsite import webserver
+from bench.stack import ROOT
 from tests.browser import chromium_page, needs_chromium
+from tests.web_server import web_server
 
 SWAGGER_FILES = {"swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"}
 
@@ -76,20 +75,7 @@ def test_the_real_web_server_serves_the_docs_page_files(how, tmp_path):
             check=True,
             capture_output=True,
         )
-    port = free_port()
-    command = webserver.command(bind=f"127.0.0.1:{port}", workers=1, threads=2)
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()
-                assert time.monotonic() < deadline, "the web server did not answer /healthz in 60 s"
-                time.sleep(0.2)
+    with web_server(env) as (base, _):
         assets = page_assets(base)
         assert {url.rsplit("/", 1)[-1] for url in assets} >= SWAGGER_FILES
         for url in assets:
@@ -97,6 +83,3 @@ def test_the_real_web_server_serves_the_docs_page_files(how, tmp_path):
             with urllib.request.urlopen(url, timeout=30) as response:
                 assert response.status == 200, url
                 assert len(response.read()) > 0, url
-    finally:
-        server.terminate()
-        server.wait(timeout=15)

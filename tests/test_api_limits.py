@@ -6,9 +6,7 @@ import io
 import json
 import os
 import socket
-import subprocess
 import time
-import urllib.request
 from collections import Counter
 from types import SimpleNamespace
 
@@ -21,13 +19,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
-from bench.stack import ROOT, free_port
-from mlsite import webserver
 from mlsite.env import env_rate
 from predictions.models import Batch, Prediction, PredictionStatus
 from predictions.services import backpressure
 from predictions.tasks import predictions_run_task
 from tests.factories import DEAD_REDIS
+from tests.web_server import web_server
 
 pytestmark = pytest.mark.django_db
 
@@ -273,7 +270,6 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
     database = settings.DATABASES["default"]
     if "postgresql" not in database["ENGINE"]:
         pytest.skip("needs PostgreSQL (make test sets DATABASE_URL)")
-    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")},
         "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
@@ -282,19 +278,7 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
         "MLSITE_MODELS": ",".join(f"{k}={v}" for k, v in settings.MLSITE_MODELS.items()),
         "DEBUG": "0",
     }
-    command = webserver.command(bind=f"127.0.0.1:{port}", workers=1, threads=2)
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()
-                assert time.monotonic() < deadline, server.stderr.read().decode()
-                time.sleep(0.2)
-
+    with web_server(env, timeout=30) as (_, port):
         head = (
             f"POST /api/v1/predictions/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -344,9 +328,6 @@ def test_the_web_server_answers_a_chunked_10_mb_post_with_413_before_the_body_en
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # over --http1-buffer-size
             sock.sendall(f"GET /api/v1/predictions/?{'x' * 20000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             assert http_reply(sock).startswith(b"HTTP/1.1 431 ")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def http_reply(sock) -> bytes:
