@@ -413,6 +413,55 @@ def test_a_pool_process_killed_mid_batch_has_every_row_run_again_exactly_once(st
     assert stack.worker.poll() is None  # the same worker carried on with a new pool process
 
 
+@pytest.mark.parametrize("lane", ["interactive", "background"])
+def test_a_pool_process_killed_mid_pass_in_each_lane_has_every_row_run_again_once(stack, lane):
+    """The test above is the bulk lane (a batch); the same for single texts and for a re-run."""
+    texts = texts_for(f"lane-{lane}", 4)
+    if lane == "background":  # rows that ran once, then `reprocess` while passes are held
+        status, batch = stack.request("POST", "/api/v1/batches/", {"texts": texts})
+        assert status == 202, batch
+        ids = stack.batch_ids(batch["id"])
+        stack.wait_finished(ids)
+    ended_before = stack.passes_ended(texts)
+    seen = len(stack.passes())
+    with stack.held():
+        if lane == "interactive":
+            ids = [stack.request("POST", "/api/v1/predictions/", {"text": text})[1]["id"] for text in texts]
+        else:
+            stack.manage("reprocess", "--batch", str(batch["id"]))
+
+        def started_now() -> dict | None:  # a pass that started after the ones the batch ran in
+            return next(
+                (p for p in stack.passes()[seen:] if p["event"] == "start" and set(texts) & set(p["texts"])), None
+            )
+
+        wait_until(started_now, 60, "a held pass on the texts", stack.logs)
+        started = started_now()
+        child = psutil.Process(started["pid"])
+        assert child.ppid() == stack.worker.pid
+        child.kill()
+        child.wait(timeout=10)
+    rows = stack.wait_finished(ids)
+    assert {r["status"] for r in rows.values()} == {"succeeded"}, rows
+    assert not [p for p in stack.passes()[seen:] if p["event"] == "end" and p["pid"] == started["pid"]]  # killed
+    # Each text computed once more than before, whichever pass took it after the kill.
+    assert stack.passes_ended(texts) == {text: n + 1 for text, n in ended_before.items()}
+    runs = 1 if lane == "interactive" else 2  # a re-run writes each row a second time...
+    writes = dict(
+        stack.sql(
+            "SELECT prediction_id, count(*) FROM fault_finish_log WHERE prediction_id = ANY(%s) GROUP BY 1", [ids]
+        )
+    )
+    assert writes == dict.fromkeys(ids, runs), writes
+    history = dict(
+        stack.sql(
+            "SELECT prediction_id, count(*) FROM predictions_predictionresult WHERE prediction_id = ANY(%s) GROUP BY 1",
+            [ids],
+        )
+    )
+    assert history == (dict.fromkeys(ids, 1) if lane == "background" else {}), history  # ...archiving the first once
+
+
 def test_a_worker_killed_mid_batch_leaves_its_rows_to_the_next_worker_which_runs_each_once(stack):
     """The whole worker SIGKILLed: RabbitMQ redelivers the unacked message to a new worker."""
     with stack.held():

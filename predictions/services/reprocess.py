@@ -102,7 +102,6 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
         # re-run of a few rows is not queued behind a long one (services.lanes).
         rows.sort(key=lambda row: row.pk)
         turns_take(rows, lane=Lane.BACKGROUND)
-        Prediction.objects.bulk_update(rows, ["turn"], batch_size=500)
         by_model: dict[str, list[int]] = defaultdict(list)
         for row in rows:
             by_model[run.to_model or row.model_name].append(row.pk)
@@ -127,6 +126,7 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
                 reviewed_by=None,
                 reviewed_at=None,
             )
+        Prediction.objects.bulk_update(rows, ["turn"], batch_size=500)  # once queued: a finished row is not rewritten
         if not sync:
             queued = list(ids)
             transaction.on_commit(lambda: predictions_publish(queued))
