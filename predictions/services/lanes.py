@@ -10,21 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Q
 
 from predictions.models import Lane, Prediction, PredictionStatus
 
 
 def turns_take(rows: Sequence[Prediction], *, lane: Lane, owner_id: int | None = None) -> None:
-    """Set `lane` and consecutive turns on unsaved (or about to be requeued) rows, in their order.
+    """Set consecutive turns in `lane` on rows about to be queued there, in their order (one query).
 
     With `owner_id`, the turns start after that owner's last queued turn in the lane too. Two
     submissions at the same moment may take overlapping turns: they share the turns, which is fair.
     """
     queued = Prediction.objects.filter(status=PredictionStatus.QUEUED, lane=lane)
-    clock = queued.aggregate(clock=Min("turn"))["clock"]
-    start = 0 if clock is None else clock - 1  # the first new row shares the turn being served now
-    if owner_id is not None:
-        start = max(start, queued.filter(owner_id=owner_id).aggregate(last=Max("turn"))["last"] or 0)
+    owners = {"last": Max("turn", filter=Q(owner_id=owner_id))} if owner_id is not None else {}
+    found = queued.aggregate(clock=Min("turn"), **owners)
+    start = 0 if found["clock"] is None else found["clock"] - 1  # the first new row shares the turn served now
+    start = max(start, found.get("last") or 0)
     for offset, row in enumerate(rows, start=1):
-        row.lane, row.turn = lane, start + offset
+        row.turn = start + offset

@@ -33,6 +33,7 @@ def _prediction_build(
     hit: dict[str, Any] | None,
     batch: Batch | None = None,
     position: int = 0,
+    lane: Lane = Lane.INTERACTIVE,
 ) -> Prediction:
     """An unsaved row: succeeded from the cache hit when the same model version answered this text before
     (started and finished at the moment it was created: the cache answers at once)."""
@@ -41,6 +42,7 @@ def _prediction_build(
         owner=owner,
         batch=batch,
         position=position,
+        lane=lane,
         text=text,
         text_sha256=digest,
         model_name=model_name,
@@ -98,13 +100,12 @@ def batch_create(*, owner: User, texts: Sequence[str], model_name: str) -> Batch
                 version=version,
                 batch=batch,
                 position=i,
+                lane=Lane.BULK,
                 hit=hits.get(digests[i]),
             )
             for i, text in enumerate(texts)
         ]
         queued = [row for row in rows if not row.cached]
-        for row in rows:
-            row.lane = Lane.BULK
         turns_take(queued, lane=Lane.BULK, owner_id=owner.pk)
         now = timezone.now()
         chunk = settings.PUBLISH_CHUNK_ROWS
