@@ -1,6 +1,7 @@
 """Loaded into the fault tests' Celery worker with `--include tests.fault_plugin`; the service never imports it.
 
-It wraps the forward pass of every served model so a test can see and steer it from outside the
+It wraps every served model's run over the texts a worker gives it together (TextClassifier.passes:
+one or more forward passes; called "a pass" below) so a test can see and steer it from outside the
 worker, through files named in the worker's environment:
 
 - FAULT_PASSES_FILE: each pass appends a JSON line {"pid", "event": "start" | "end", "texts"};
@@ -31,11 +32,11 @@ def _forward_pass_wrap(**_) -> None:
     """Patched in each pool process, where the forward passes run."""
     from textclf.serving.classifier import TextClassifier  # noqa: PLC0415 (torch loads lazily, not when Celery imports this plugin)
 
-    if getattr(TextClassifier.predict, "fault_wrapped", False):
+    if getattr(TextClassifier.passes, "fault_wrapped", False):
         return
-    real_predict = TextClassifier.predict
+    real_passes = TextClassifier.passes
 
-    def predict(self, texts, **kwargs):
+    def passes(self, texts, **kwargs):
         texts = list(texts)
         _record("start", texts)
         hold = os.environ.get("FAULT_HOLD_FILE")
@@ -44,9 +45,8 @@ def _forward_pass_wrap(**_) -> None:
         poison = os.environ.get("FAULT_POISON")
         if poison and any(poison in text for text in texts):
             raise RuntimeError("the model broke on this input")
-        results = real_predict(self, texts, **kwargs)
+        yield from real_passes(self, texts, **kwargs)
         _record("end", texts)
-        return results
 
-    predict.fault_wrapped = True
-    TextClassifier.predict = predict
+    passes.fault_wrapped = True
+    TextClassifier.passes = passes

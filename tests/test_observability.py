@@ -117,14 +117,14 @@ def test_no_prediction_text_is_logged_at_info_or_above(api, monkeypatch):
     quotes the text), a cache hit, a bad request. The text may be logged at DEBUG, never above."""
     secret, poison = "zebra marmalade sings at dawn", "quokka verdict blue"
     classifier = classifier_get("sentiment")
-    real_predict = classifier.predict
+    real_passes = classifier.passes
 
-    def predict(texts, **kwargs):
+    def passes(texts, **kwargs):
         if poison in texts:
             raise ValueError(f"cannot encode {texts!r}")  # what a careless library might say
-        return real_predict(texts, **kwargs)
+        yield from real_passes(texts, **kwargs)
 
-    monkeypatch.setattr(classifier, "predict", predict)
+    monkeypatch.setattr(classifier, "passes", passes)
     with captured_log_lines(logging.DEBUG) as lines:
         assert api.post("/api/v1/predictions/?wait=5", {"text": secret}).status_code == 200
         # 200 here: the eager tasks ran at commit, so the batch was finished when it was answered

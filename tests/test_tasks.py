@@ -61,14 +61,14 @@ def test_a_row_running_under_another_live_task_is_not_taken(owner):
 def test_a_text_that_breaks_the_model_fails_only_its_own_row(owner, monkeypatch):
     rows = queued(owner, "good film", "POISON", "bad plot")
     classifier = classifier_get("sentiment")
-    real_predict = classifier.predict
+    real_passes = classifier.passes
 
-    def predict(texts, **kwargs):
+    def passes(texts, **kwargs):
         if "POISON" in texts:
             raise RuntimeError("the model choked")
-        return real_predict(texts, **kwargs)
+        yield from real_passes(texts, **kwargs)
 
-    monkeypatch.setattr(classifier, "predict", predict)
+    monkeypatch.setattr(classifier, "passes", passes)
     assert worker.predictions_run([r.pk for r in rows]) == {"succeeded": 2, "failed": 1, "skipped": 0, "batches": 1}
     statuses = {r.text: (r.status, r.error) for r in Prediction.objects.all()}
     assert statuses["good film"] == (PredictionStatus.SUCCEEDED, "")
@@ -122,16 +122,17 @@ def test_transient_database_errors_are_retried_and_others_are_not(owner, monkeyp
 
 @pytest.fixture
 def forward_passes(monkeypatch):
-    """The texts of each predict() call on the sentiment model, in order."""
+    """The texts of each forward pass of the sentiment model, in order."""
     classifier = classifier_get("sentiment")
-    real_predict = classifier.predict
+    real_passes = classifier.passes
     calls: list[list[str]] = []
 
     def spy(texts, **kwargs):
-        calls.append(list(texts))
-        return real_predict(texts, **kwargs)
+        for indexes, answers in real_passes(texts, **kwargs):
+            calls.append([texts[i] for i in indexes])
+            yield indexes, answers
 
-    monkeypatch.setattr(classifier, "predict", spy)
+    monkeypatch.setattr(classifier, "passes", spy)
     return calls
 
 
@@ -364,3 +365,50 @@ def test_a_chunk_claims_a_single_text_queued_meanwhile_and_runs_it_first(owner, 
     )
     worker.predictions_run([r.pk for r in own], task_id="chunk")
     assert passes == [[single.pk], [own[0].pk, own[1].pk]]  # the interactive lane's pass, then the chunk's
+
+
+def test_a_bulk_claim_runs_a_single_text_queued_during_it_between_two_forward_passes(
+    owner, settings, forward_passes, monkeypatch
+):
+    """A claim of many bulk rows runs in several passes; a single text that arrives during the
+    first one is claimed and run before the second, not after the whole claim."""
+    settings.PASS_MAX_TEXTS, settings.CLAIM_WAIT_MS = 2, 0
+    bulk_texts = [f"bulk text {i}" for i in range(6)]
+    bulk = queued(owner, *bulk_texts)
+    Prediction.objects.filter(pk__in=[r.pk for r in bulk]).update(lane=Lane.BULK)
+    arrived = []
+    real_claim = worker.predictions_claim
+
+    def claim(*args, **kwargs):
+        if forward_passes and not arrived:  # the first pass ran: a client sends a single text
+            arrived.extend(queued(owner, "a single text sent meanwhile"))
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "predictions_claim", claim)
+    counts = worker.predictions_run([r.pk for r in bulk], task_id="chunk")
+    assert counts["succeeded"] == 7
+    assert forward_passes[1] == ["a single text sent meanwhile"]  # right after the bulk claim's first pass
+    assert sorted(text for texts in [forward_passes[0], *forward_passes[2:]] for text in texts) == bulk_texts
+    assert len(forward_passes) == 4
+    [single] = arrived
+    single.refresh_from_db()
+    assert single.status == PredictionStatus.SUCCEEDED
+    assert single.task_id == "chunk"
+    assert single.finished_at < min(
+        Prediction.objects.filter(pk__in=[r.pk for r in bulk]).values_list("finished_at", flat=True)
+    )
+
+
+def test_between_passes_a_worker_takes_only_interactive_rows(owner, settings):
+    settings.CLAIM_WAIT_MS = 0
+    [bulk] = queued(owner, "a bulk text")
+    [background] = queued(owner, "a background text")
+    [single] = queued(owner, "a single text")
+    Prediction.objects.filter(pk=bulk.pk).update(lane=Lane.BULK)
+    Prediction.objects.filter(pk=background.pk).update(lane=Lane.BACKGROUND)
+    taken = worker.predictions_claim([], task_id="t", limit=8, others=True, interactive_only=True)
+    assert [r.pk for r in taken] == [single.pk]
+    assert set(Prediction.objects.filter(status=PredictionStatus.QUEUED).values_list("pk", flat=True)) == {
+        bulk.pk,
+        background.pk,
+    }

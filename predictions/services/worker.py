@@ -7,8 +7,9 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, cast
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from predictions.cache import CACHED_FIELDS, result_cache_set_many
 from predictions.memos import memo
-from predictions.models import Prediction, PredictionStatus
+from predictions.models import Lane, Prediction, PredictionStatus
 from predictions.monitoring import forward_pass_observe, prediction_finished_observe
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get
@@ -26,11 +27,20 @@ from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
 from textclf import LabelScores, ModelLoadError
 
+if TYPE_CHECKING:
+    from textclf.serving.classifier import TextClassifier
+
 logger = logging.getLogger(__name__)
 
 
 def predictions_claim(
-    own_ids: Sequence[int], *, task_id: str, limit: int, others: bool, reclaim: bool = False
+    own_ids: Sequence[int],
+    *,
+    task_id: str,
+    limit: int,
+    others: bool,
+    reclaim: bool = False,
+    interactive_only: bool = False,
 ) -> list[Prediction]:
     """Mark rows as running under `task_id` and return them: interactive first, then by lane and turn.
 
@@ -39,15 +49,17 @@ def predictions_claim(
     CLAIM_BULK_ROWS (and `limit` in all), BACKGROUND_SHARE percent of them kept for background rows. Without `others`, only this task's own rows; with it, anyone's: that is how texts from many
     requests share one forward pass, and how rows whose message waits behind others in the broker
     get run (services.sql.rows_claim). Rows already started MAX_ATTEMPTS times are failed instead of
-    being run again.
+    being run again. With `interactive_only`, queued interactive rows alone (what a worker takes
+    between the forward passes of a bulk claim).
     """
     now = timezone.now()
+    slice_rows = 0 if interactive_only else settings.CLAIM_BULK_ROWS
     rows = rows_claim(
         list(own_ids),
         task_id=task_id,
         limit=limit,
-        slice_rows=settings.CLAIM_BULK_ROWS,
-        background_rows=math.ceil(settings.CLAIM_BULK_ROWS * settings.BACKGROUND_SHARE / 100),
+        slice_rows=slice_rows,
+        background_rows=math.ceil(slice_rows * settings.BACKGROUND_SHARE / 100),
         others=others,
         reclaim=reclaim,
         now=now,
@@ -97,6 +109,14 @@ def predictions_run(
     first = True
     # A task whose own rows fill a forward pass (a chunk of an API batch) does not wait for company.
     fill = others and len(own_ids) < settings.PASS_MAX_TEXTS
+
+    def interactive_run() -> None:
+        """Between two forward passes of bulk or background rows: claim and run the interactive texts
+        queued meanwhile, so a single text waits for one pass, not for the rest of the claim."""
+        taken = predictions_claim([], task_id=task_id, limit=limit, others=True, interactive_only=True)
+        done.update(r.pk for r in taken)
+        _claimed_run(taken, task_id=task_id, counts=counts, between=None)
+
     if others:  # before any claim: submissions from now on publish again (services.dispatch)
         wakeup_taken()
     while True:
@@ -110,17 +130,8 @@ def predictions_run(
             break
         _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
         done.update(r.pk for r in rows)
-        # Lane by lane (the claim returns them in lane order): an interactive text is in the first pass.
-        by_model: dict[tuple[int, str], list[Prediction]] = defaultdict(list)
-        for prediction in rows:
-            by_model[(prediction.lane, prediction.model_name)].append(prediction)
-        for (_, model_name), group in by_model.items():
-            retried = [r for r in group if r.attempts > 1]
-            fresh = [r for r in group if r.attempts <= 1]
-            for batch in ([fresh] if fresh else []) + [[r] for r in retried]:
-                counts["batches"] += 1
-                for key, value in _rows_run(model_name, batch, task_id=task_id).items():
-                    counts[key] += value
+
+        _claimed_run(rows, task_id=task_id, counts=counts, between=interactive_run if others else None)
         # Own rows may still wait if this claim was full of them; if it took none, the rest are not
         # claimable here (finished, given up, or held by another worker).
         own_left = any(r.pk in own_set for r in rows) and any(pk not in done for pk in own_ids)
@@ -132,36 +143,71 @@ def predictions_run(
     return counts
 
 
-def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[str, int]:
+def _claimed_run(
+    rows: list[Prediction], *, task_id: str, counts: dict[str, int], between: Callable[[], None] | None
+) -> None:
+    """Run claimed rows lane by lane (the claim returns them in lane order, so an interactive text is
+    in the first pass), by model; rows started before (their worker died) one by one. `between` runs
+    between the forward passes of bulk and background rows."""
+    by_model: dict[tuple[int, str], list[Prediction]] = defaultdict(list)
+    for prediction in rows:
+        by_model[(prediction.lane, prediction.model_name)].append(prediction)
+    for (lane, model_name), group in by_model.items():
+        retried = [r for r in group if r.attempts > 1]
+        fresh = [r for r in group if r.attempts <= 1]
+        for batch in ([fresh] if fresh else []) + [[r] for r in retried]:
+            counts["batches"] += 1
+            interleave = between if lane != Lane.INTERACTIVE else None
+            for key, value in _rows_run(model_name, batch, task_id=task_id, between=interleave).items():
+                counts[key] += value
+
+
+def _rows_run(
+    model_name: str, rows: list[Prediction], *, task_id: str, between: Callable[[], None] | None = None
+) -> dict[str, int]:
+    """Run the model on these rows, PASS_MAX_TEXTS (and PASS_MAX_TOKENS) at a time, and write them all
+    in one statement. If a pass fails, its texts are retried one by one, so a bad text fails only its
+    own row. `between`, if given, runs after every pass but the last (docs/architecture.md, Lanes)."""
     try:
         classifier = classifier_get(model_name)
     except (ModelLoadError, KeyError) as exc:
         unloaded = ModelLoadError(f"model {model_name!r} could not be loaded: {exc}")
         return _results_write(model_name, "", rows, [unloaded] * len(rows), task_id=task_id)
     texts = [row.text for row in rows]
-    started, cpu_started = time.perf_counter(), time.process_time()
-    results: Sequence[LabelScores | Exception]
-    try:
-        results = classifier.predict(texts, batch_size=settings.PASS_MAX_TEXTS, max_tokens=settings.PASS_MAX_TOKENS)
-    except SoftTimeLimitExceeded:
-        raise  # out of time: the rows stay running and go back to the queue (sweeper), not one by one
-    except Exception as exc:
-        # The exception's message may quote a text: the traceback goes to DEBUG only.
-        logger.warning(
-            "batch of %d failed for %s (%s); retrying texts one by one", len(rows), model_name, type(exc).__name__
-        )
-        logger.debug("batch of %d failed for %s", len(rows), model_name, exc_info=True)
-        one_by_one: list[LabelScores | Exception] = []
-        for text in texts:
-            try:
-                one_by_one.append(classifier.predict([text])[0])
-            except SoftTimeLimitExceeded:
-                raise
-            except Exception as exc:
-                one_by_one.append(exc)
-        results = one_by_one
-    else:
-        seconds = time.perf_counter() - started
+    results: list[LabelScores | Exception | None] = [None] * len(rows)
+    seconds = cpu_seconds = 0.0
+    passes = classifier.passes(texts, batch_size=settings.PASS_MAX_TEXTS, max_tokens=settings.PASS_MAX_TOKENS)
+    answered, failed = 0, False
+    while True:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            step = next(passes, None)
+        except SoftTimeLimitExceeded:
+            raise  # out of time: the rows stay running and go back to the queue (sweeper), not one by one
+        except Exception as exc:
+            # The exception's message may quote a text: the traceback goes to DEBUG only.
+            logger.warning(
+                "pass over %d text(s) failed for %s (%s); retrying texts one by one",
+                len(rows) - answered,
+                model_name,
+                type(exc).__name__,
+            )
+            logger.debug("pass failed for %s", model_name, exc_info=True)
+            for i, result in enumerate(results):  # the generator is spent: the texts not yet answered
+                if result is None:
+                    results[i] = _text_run(classifier, texts[i])
+            failed = True
+            break
+        if step is None:
+            break
+        seconds += time.perf_counter() - started
+        cpu_seconds += time.process_time() - cpu_started
+        for i, answer in zip(*step, strict=True):
+            results[i] = answer
+        answered += len(step[0])
+        if between is not None and answered < len(rows):
+            between()  # outside the try: its own errors are not a failed pass
+    if not failed:
         forward_pass_observe(model_name, len(rows), seconds)
         logger.info(
             "forward pass of %d text(s) for %s in %.3fs",
@@ -172,13 +218,22 @@ def _rows_run(model_name: str, rows: list[Prediction], *, task_id: str) -> dict[
                 "model": model_name,
                 "size": len(rows),
                 "seconds": round(seconds, 4),
-                "cpu_seconds": round(time.process_time() - cpu_started, 4),  # this process's, all threads
+                "cpu_seconds": round(cpu_seconds, 4),  # this process's, all threads
                 "prediction_ids": [row.pk for row in rows],
                 # The requests whose texts shared this pass; the task's own request is `request_id`.
                 "request_ids": sorted({row.request_id for row in rows if row.request_id}),
             },
         )
-    return _results_write(model_name, classifier.version, rows, results, task_id=task_id)
+    return _results_write(model_name, classifier.version, rows, cast(list, results), task_id=task_id)
+
+
+def _text_run(classifier: TextClassifier, text: str) -> LabelScores | Exception:
+    try:
+        return classifier.predict([text])[0]
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        return exc
 
 
 def _results_write(

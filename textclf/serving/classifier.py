@@ -173,7 +173,20 @@ class TextClassifier:
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> list[LabelScores]:
         """One LabelScores per text, in input order."""
+        results: list[LabelScores | None] = [None] * len(texts)
+        for indexes, answers in self.passes(texts, batch_size=batch_size, max_tokens=max_tokens):
+            for i, answer in zip(indexes, answers, strict=True):
+                results[i] = answer
+        return cast("list[LabelScores]", results)
+
+    def passes(
+        self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192
+    ) -> Iterator[tuple[list[int], list[LabelScores]]]:
+        """Run the forward passes one at a time: yield (original indexes, their LabelScores) after each,
+        so a caller can do other work between passes (a worker runs newly queued interactive texts)."""
         if not texts:
-            return []
-        logits = self.logits(texts, batch_size=batch_size, max_tokens=max_tokens)
-        return logits_decode(logits, labels=self.labels, kind=self.kind, thresholds=self.thresholds)
+            return
+        for indexes, sequences in self.chunks(texts, batch_size=batch_size, max_tokens=max_tokens):
+            with torch.inference_mode():
+                logits = self._forward(sequences).float().cpu()
+            yield indexes, logits_decode(logits, labels=self.labels, kind=self.kind, thresholds=self.thresholds)

@@ -31,6 +31,25 @@ def test_a_local_checkpoint_loads_and_answers_every_text_in_order(tiny_sentiment
         assert batched.scores == pytest.approx(classifier.predict([text])[0].scores, abs=1e-4)
 
 
+def test_passes_yield_each_forward_pass_as_it_runs_and_together_answer_as_predict(tiny_sentiment_dir: Path) -> None:
+    classifier = classifier_load("sentiment", f"path:{tiny_sentiment_dir}", device="cpu")
+    texts = ["a", "awful boring plot and bad acting all the way", "good film", "bad", "the plot"]
+    passes = classifier.passes(texts, batch_size=2)
+    indexes, first = next(passes)  # the first pass is answered before the next one runs
+    assert len(indexes) == len(first) == 2
+    seen = dict(zip(indexes, first, strict=True))
+    for more, answers in passes:
+        assert len(more) == len(answers) <= 2
+        seen.update(zip(more, answers, strict=True))
+    assert sorted(seen) == list(range(len(texts)))
+    whole = classifier.predict(texts, batch_size=len(texts))
+    for i, answer in seen.items():
+        assert answer.label == whole[i].label
+        assert answer.scores == pytest.approx(whole[i].scores, abs=1e-4)
+    assert list(classifier.passes([], batch_size=2)) == []
+    assert classifier.predict([]) == []
+
+
 def test_a_tiny_model_s_tokenizer_knows_its_words_and_nothing_else(tiny_sentiment_dir: Path) -> None:
     tokenizer = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu").tokenizer
     known, unknown = tokenizer(["Good film", "zebra"])["input_ids"]
