@@ -176,6 +176,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
         "p95_ms": percentile(latencies, 0.95) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "errors": errors,
+        "cached": len(latencies) - len(stages),  # answers from the cache (W3's are; W1's and W4's must not be)
         **(
             {"stages_p50_ms": {name: percentile([s[k] for s in stages], 0.50) for k, name in enumerate(STAGES)}}
             if stages
@@ -540,9 +541,9 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
                 moments["until"].isoformat(),
             )
 
-        interactive = unique_texts(base, 20000, "w4i-")
         w4 = {}
         for name, during in (("batches", queue_bulk), ("reprocess", queue_reprocess)):
+            interactive = unique_texts(base, 20000, f"w4i-{name}-")  # each variant its own: no cache hits
             w4[name] = mixed(stack, clients=16, seconds=args.seconds, texts=interactive, during=during)
             print(
                 f"W4 with {name}: interactive p95 {w4[name]['p95_ms']:.0f} ms p99 {w4[name]['p99_ms']:.0f} ms, "

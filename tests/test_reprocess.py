@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from predictions.models import Batch, Prediction, PredictionResult, PredictionStatus, ReprocessRun
+from predictions.registry import classifier_get
 from predictions.services import reprocess as reprocess_service
 from predictions.services import review
 
@@ -266,3 +267,29 @@ def test_a_review_moves_into_history_with_the_result_it_reviewed(owner, staff):
     earlier = row.history.get()
     assert (earlier.corrected_label, earlier.review_note, earlier.reviewed_by) == ("negative", "sarcasm", staff)
     assert (row.corrected_label, row.reviewed_by, row.reviewed_at) == ("", None, None)
+
+
+def test_a_rerun_counts_attempts_afresh_so_its_rows_share_passes_and_are_never_given_up(owner, settings, monkeypatch):
+    """A row's attempts count its worker's deaths in this run, not earlier runs: rows run before are
+    not mistaken for rows whose worker died (run one by one, then failed after MAX_ATTEMPTS)."""
+    settings.MAX_ATTEMPTS = 2
+    rows = [finished(owner, f"text {i}", attempts=1) for i in range(3)]
+    classifier = classifier_get("sentiment")
+    real_passes, passes = classifier.passes, []
+
+    def spy(texts, **kwargs):
+        for indexes, answers in real_passes(texts, **kwargs):
+            passes.append(len(indexes))
+            yield indexes, answers
+
+    monkeypatch.setattr(classifier, "passes", spy)
+    for _ in range(settings.MAX_ATTEMPTS + 1):
+        passes.clear()
+        _, summary = reprocess("--all", "--sync")
+        assert summary["rerun"] == 3
+        assert summary["failed"] == 0
+        assert passes == [3]  # together, as fresh rows are
+    for row in rows:
+        row.refresh_from_db()
+        assert (row.status, row.attempts, row.error) == (PredictionStatus.SUCCEEDED, 1, "")
+        assert row.history.count() == settings.MAX_ATTEMPTS + 1

@@ -118,6 +118,7 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
                 cached=False,
                 error="",
                 task_id="",
+                attempts=0,  # counts this run's worker deaths: a row run before is not one to run alone
                 started_at=None,
                 finished_at=None,
                 published_at=None,
