@@ -15,6 +15,7 @@ from django.utils import timezone
 from predictions.models import Lane, Prediction, PredictionStatus
 from predictions.services import reprocess as reprocess_service
 from predictions.services import worker
+from predictions.services.lanes import turns_by_id, turns_take
 from predictions.services.submission import batch_create, prediction_create
 
 pytestmark = pytest.mark.django_db
@@ -156,3 +157,23 @@ def test_the_background_share_rounds_up(owner, settings):
     requeue(finished_rows(owner, 10, "old"))
     batch_create(owner=owner, texts=[f"bulk {i}" for i in range(40)], model_name="sentiment")
     assert Counter(row.lane for row in claim()) == {Lane.BULK: 14, Lane.BACKGROUND: 2}
+
+
+def test_a_rerun_s_turns_set_in_its_requeue_statement_are_those_turns_take_gives(owner):
+    """The re-run sets turns in SQL (services.lanes.turns_by_id); the same rows get the same turns as
+    turns_take's, ids with gaps included, and after other background rows already queued."""
+    ids = finished_rows(owner, 12, "old")
+    Prediction.objects.filter(pk__in=ids[:3]).update(status=PredictionStatus.QUEUED, lane=Lane.BACKGROUND, turn=40)
+    chosen = [ids[3], ids[5], ids[6], ids[9], ids[11]]  # not contiguous
+    expected = sorted(Prediction.objects.filter(pk__in=chosen), key=lambda row: row.pk)
+    turns_take(expected, lane=Lane.BACKGROUND)
+    assert [row.turn for row in expected] == [40, 41, 42, 43, 44]  # from the lane's clock, which they share
+    Prediction.objects.filter(pk__in=chosen[::-1][:2]).update(turn=turns_by_id(chosen, lane=Lane.BACKGROUND))
+    Prediction.objects.filter(pk__in=chosen[:3]).update(turn=turns_by_id(chosen, lane=Lane.BACKGROUND))
+    assert dict(Prediction.objects.filter(pk__in=chosen).values_list("pk", "turn")) == {
+        row.pk: row.turn for row in expected
+    }
+    requeue(chosen)  # the reprocess path itself
+    assert dict(Prediction.objects.filter(pk__in=chosen).values_list("pk", "turn")) == {
+        row.pk: row.turn for row in expected
+    }

@@ -10,9 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db.models import Max, Min, Q
+from django.db.models import BigIntegerField, F, Func, Max, Min, OuterRef, Q, Subquery, Value
+from django.db.models.expressions import CombinedExpression
 
 from predictions.models import Lane, Prediction, PredictionStatus
+
+
+def turns_start(*, lane: Lane, owner_id: int | None = None) -> int:
+    """The turn before the first one rows queued now in `lane` take (one query): the lane's clock less
+    one, so the first new row shares the turn served now, or, with `owner_id`, that owner's last
+    queued turn in the lane if it is later."""
+    queued = Prediction.objects.filter(status=PredictionStatus.QUEUED, lane=lane)
+    owners = {"last": Max("turn", filter=Q(owner_id=owner_id))} if owner_id is not None else {}
+    found = queued.aggregate(clock=Min("turn"), **owners)
+    start = 0 if found["clock"] is None else found["clock"] - 1
+    return max(start, found.get("last") or 0)
 
 
 def turns_take(rows: Sequence[Prediction], *, lane: Lane, owner_id: int | None = None) -> None:
@@ -21,10 +33,20 @@ def turns_take(rows: Sequence[Prediction], *, lane: Lane, owner_id: int | None =
     With `owner_id`, the turns start after that owner's last queued turn in the lane too. Two
     submissions at the same moment may take overlapping turns: they share the turns, which is fair.
     """
-    queued = Prediction.objects.filter(status=PredictionStatus.QUEUED, lane=lane)
-    owners = {"last": Max("turn", filter=Q(owner_id=owner_id))} if owner_id is not None else {}
-    found = queued.aggregate(clock=Min("turn"), **owners)
-    start = 0 if found["clock"] is None else found["clock"] - 1  # the first new row shares the turn served now
-    start = max(start, found.get("last") or 0)
+    start = turns_start(lane=lane, owner_id=owner_id)
     for offset, row in enumerate(rows, start=1):
         row.turn = start + offset
+
+
+def turns_by_id(ids: Sequence[int], *, lane: Lane) -> CombinedExpression:
+    """What turns_take sets on the rows with these ids in id order, as an expression for the UPDATE
+    that queues them: each row's turn is the start plus its rank among `ids`. The re-run sets its
+    rows' turns in the statement that requeues them, rather than in a bulk_update of its own, which
+    cost the `reprocess` command a third of its time (docs/performance.md, Turns set by the requeue)."""
+    rank = (
+        Prediction.objects.filter(pk__in=list(ids), pk__lte=OuterRef("pk"))
+        .order_by()
+        .annotate(rank=Func(F("pk"), function="COUNT"))
+        .values("rank")
+    )
+    return Value(turns_start(lane=lane)) + Subquery(rank, output_field=BigIntegerField())

@@ -32,7 +32,7 @@ from predictions.models import (
 from predictions.registry import model_version_or_blank
 from predictions.selectors import reprocess_pending
 from predictions.services.dispatch import predictions_publish
-from predictions.services.lanes import turns_take
+from predictions.services.lanes import turns_by_id
 from predictions.services.worker import predictions_run
 
 if TYPE_CHECKING:
@@ -98,16 +98,16 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
                 for row in rows
             ]
         )
-        # Background lane, the turns after the lane's clock (taken before these rows join it): a later
-        # re-run of a few rows is not queued behind a long one (services.lanes).
-        rows.sort(key=lambda row: row.pk)
-        turns_take(rows, lane=Lane.BACKGROUND)
+        # Background lane, the turns after the lane's clock (read before these rows join it), in id
+        # order: a later re-run of a few rows is not queued behind a long one (services.lanes).
+        turns = turns_by_id([row.pk for row in rows], lane=Lane.BACKGROUND)
         by_model: dict[str, list[int]] = defaultdict(list)
         for row in rows:
             by_model[run.to_model or row.model_name].append(row.pk)
         for model_name, pks in by_model.items():
             Prediction.objects.filter(pk__in=pks).update(
                 lane=Lane.BACKGROUND,
+                turn=turns,
                 status=PredictionStatus.QUEUED,
                 model_name=model_name,
                 model_version=model_version_or_blank(model_name),
@@ -127,7 +127,6 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
                 reviewed_by=None,
                 reviewed_at=None,
             )
-        Prediction.objects.bulk_update(rows, ["turn"], batch_size=500)  # once queued: a finished row is not rewritten
         if not sync:
             queued = list(ids)
             transaction.on_commit(lambda: predictions_publish(queued))
