@@ -207,12 +207,12 @@ CLAIM_WAIT_MS = env_int("CLAIM_WAIT_MS", 5, minimum=0, old="BATCH_MAX_WAIT_MS") 
 CLAIM_LOOP_SECONDS = env_int("CLAIM_LOOP_SECONDS", 10, minimum=0, old="BATCH_LOOP_SECONDS")  # a task claims this long
 PASS_MAX_TEXTS = env_int("PASS_MAX_TEXTS", 16, minimum=1, old="INFERENCE_BATCH_SIZE")  # texts in one forward pass
 PASS_MAX_TOKENS = env_int("PASS_MAX_TOKENS", 8192, minimum=64, old="BATCH_MAX_TOKENS")  # padded tokens in one pass
+# Bulk and background rows a claim takes after the interactive ones: whole batches sorted by length
+# run faster (docs/performance.md, Bulk claims as large as interactive ones); interactive texts sent
+# meanwhile run between two of its passes (docs/architecture.md, Lanes).
+CLAIM_BULK_ROWS = env_int("CLAIM_BULK_ROWS", CLAIM_MAX_ROWS, minimum=1)
 # Percent of each claim's bulk-and-background rows kept for background work (reprocess, re-runs), so
 # that it is never starved by bulk work; interactive rows always come first.
-# Bulk and background rows a claim takes after the interactive ones: whole batches sorted by length
-# run faster (docs/performance.md, Bulk claims as large as interactive ones); PASS_MAX_TEXTS puts
-# a single text sent meanwhile in the next pass, at that cost.
-CLAIM_BULK_ROWS = env_int("CLAIM_BULK_ROWS", CLAIM_MAX_ROWS, minimum=1)
 BACKGROUND_SHARE = env_int("BACKGROUND_SHARE", 20, minimum=0, maximum=100)
 # How long a published wake-up counts as pending: single predictions submitted meanwhile send no
 # message of their own (predictions/services/dispatch.py); 0: one message per prediction.
