@@ -120,6 +120,19 @@ def test_web_worker_and_beat_run_from_that_image_as_that_user_writing_only_under
         assert schedule.startswith("/app/var/")
 
 
+def test_the_worker_scales_to_several_containers_each_checked_on_its_own():
+    """`docker compose up --scale worker=3`: no name, hostname or host port that two containers would
+    share, and each container's health is its own worker's ping, not any worker's on the broker."""
+    worker = compose_resolved()["worker"]
+    for fixed in ("container_name", "hostname", "ports"):
+        assert fixed not in worker, f"worker sets {fixed}: a second replica would clash with the first"
+    test = worker["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    # $$ in the file (a `config` may print it either way): the shell gets $HOSTNAME, the container's own
+    assert re.search(r"inspect ping --destination celery@\$?\$HOSTNAME ", test[1]), test[1]
+    assert "container_name" not in compose_resolved()["beat"]
+
+
 def requirement_lines(name: str) -> list[str]:
     """The lines of a requirements file without comments and blank lines."""
     lines = [line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines()]
