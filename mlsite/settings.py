@@ -105,6 +105,13 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:  # a persistent connection the server closed (a restart) is replaced before a request's first query
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# DATABASE_URL names a pooler in transaction mode (PgBouncer): each transaction may run on another
+# server connection, so nothing may outlive one. Django's server-side cursors do (the CSV export's
+# iterator then fetches in chunks instead); prepared statements would too, and Django already turns
+# psycopg's off. docs/scaling.md, Database connections.
+DATABASE_TRANSACTION_POOLING = env_bool("DATABASE_TRANSACTION_POOLING", False)
+if DATABASE_TRANSACTION_POOLING and DATABASES["default"]["ENGINE"] == "mlsite.postgresql":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache --------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def _insert_statement() -> tuple[str, tuple]:
 
 def prediction_insert(prediction: Prediction) -> None:
     """prediction.save() of a new row: the same statement and values, built once instead of for each row,
-    and bound server-side so psycopg prepares it on a connection after a few uses. No pre_save/post_save
+    and bound server-side (its values sent apart from it; never a prepared statement: Django turns
+    psycopg's off, which keeps it working through PgBouncer in transaction mode). No pre_save/post_save
     signal is sent: no receiver listens for Prediction (a test checks). Django's cursor wrapper stays
     around it (query logging, execute wrappers). On SQLite, save() itself."""
     if connection.vendor != "postgresql" or not fast_path("prebuilt_insert"):
