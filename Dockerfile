@@ -9,8 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY requirements.txt .
-# The CPU index provides torch==2.13.0+cpu, which satisfies the exact pin without CUDA wheels.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+# Where torch comes from. The default, PyTorch's CPU index, provides torch==2.13.0+cpu, which
+# satisfies the exact pin without CUDA wheels. An empty one (--build-arg TORCH_INDEX=) takes PyPI's
+# torch==2.13.0, built with CUDA on Linux: the image for a GPU worker (docs/scaling.md, GPU workers).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -r requirements.txt
 
 COPY . .
 RUN useradd --create-home --uid 10001 mlsite \

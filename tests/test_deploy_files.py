@@ -162,6 +162,23 @@ def test_the_image_installs_requirements_txt_only_and_make_install_both_files():
     assert "$(STAMP): requirements.txt requirements-dev.txt" in (ROOT / "Makefile").read_text()
 
 
+def test_one_build_argument_chooses_torch_s_cpu_or_cuda_build_and_cpu_is_the_default():
+    """`docker build` gives the CPU image; `--build-arg TORCH_INDEX=` the GPU worker's (PyPI's CUDA torch)."""
+    steps = dockerfile_instructions()
+    assert ("ARG", "TORCH_INDEX=https://download.pytorch.org/whl/cpu") in steps
+    [install] = [args for kind, args in steps if kind == "RUN" and "pip install" in args]
+    assert '${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}' in install  # nothing extra when it is empty
+    expanded = subprocess.run(
+        ["sh", "-c", 'echo pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -r requirements.txt'],
+        env={"TORCH_INDEX": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert expanded == ["pip", "install", "-r", "requirements.txt"]
+    assert "torch==2.13.0" in requirement_lines("requirements.txt")  # the same pin either way
+
+
 def _distributions_needed(requirements: list[str]) -> set[str]:
     """The installed distributions these requirement lines pull in, dependencies (and extras) included."""
     needed: set[str] = set()

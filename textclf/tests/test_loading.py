@@ -123,3 +123,14 @@ def test_int8_quantization_keeps_the_answers_close(tiny_sentiment_dir: Path) -> 
     assert int8.int8
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.network.modules())
     assert torch.allclose(fp32.logits(texts), int8.logits(texts), atol=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (the GPU worker image's path)")
+def test_on_a_cuda_device_a_model_answers_as_on_the_cpu(tiny_sentiment_dir: Path) -> None:
+    cpu = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu")
+    gpu = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cuda")
+    assert gpu.device.type == "cuda"
+    assert classifier_load("s", f"path:{tiny_sentiment_dir}", device="auto").device.type == "cuda"
+    texts = ["good film", "awful boring plot and bad acting all the way", "a"]
+    assert torch.allclose(cpu.logits(texts), gpu.logits(texts, batch_size=2), atol=1e-4)
+    assert [r.label for r in gpu.predict(texts)] == [r.label for r in cpu.predict(texts)]
