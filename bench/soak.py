@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 checks = database_checks(lambda sql: conn.execute(sql).fetchall(), load, max_attempts)
         finally:
             stack.stop()
-            queue_delete(broker_url, queue)
+            for name in (queue, f"{queue}.sentiment", f"{queue}.emotions"):  # its own and its models' queues
+                queue_delete(broker_url, name)
             drop()
 
     kills = [f for f in faults if f.startswith("SIGKILL")]

@@ -197,6 +197,9 @@ CELERY_BEAT_SCHEDULE = {
 # --- Models and limits ----------------------------------------------------------------------
 MLSITE_MODELS = env_models("MLSITE_MODELS", {"sentiment": "bundled:sentiment", "emotions": "bundled:emotions"})
 DEFAULT_MODEL = env_str("DEFAULT_MODEL", "sentiment")
+# A worker pool: the models this worker loads, claims and consumes the queues of; empty: all of them.
+# The web ignores it (docs/scaling.md, Worker pools).
+WORKER_MODELS = env_subset("WORKER_MODELS", MLSITE_MODELS)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 INFERENCE_INT8 = env_bool("INFERENCE_INT8", False)
 # BERT encoders run texts unpadded (docs/performance.md, Packed forward passes).

@@ -23,6 +23,7 @@ from mlsite.celery import app
 from predictions.cache import cache_ping
 from predictions.memos import memo
 from predictions.registry import model_info_get, model_names
+from predictions.services.dispatch import model_queue
 
 
 def _database() -> None:
@@ -73,12 +74,36 @@ def _worker() -> None:
             try:
                 replies = app.control.ping(timeout=timeout, limit=1)
                 failure = None if replies else f"no worker answered a ping within {timeout:g}s"
+                unserved = _models_without_worker() if replies else []
+                if unserved:
+                    failure = f"no worker serves {', '.join(repr(name) for name in unserved)} (its rows wait)"
             except Exception as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             _worker_answer.update(at=time.monotonic(), failure=failure)
         failure = _worker_answer["failure"]
     if failure is not None:
         raise NoWorker(failure)
+
+
+def _models_without_worker() -> list[str]:
+    """The models whose queue no worker consumes (worker pools: docs/scaling.md). RabbitMQ tells, in a
+    passive declare's consumer count; on another broker (the embedded default), none is named."""
+    unserved = []
+    with app.connection_for_write() as conn:
+        if conn.transport.driver_type != "amqp":
+            return []
+        for name in model_names():
+            channel = conn.channel()  # a declare of a queue that does not exist closes its channel
+            try:
+                consumers = channel.queue_declare(queue=model_queue(name), passive=True).consumer_count
+            except conn.channel_errors:
+                consumers = 0
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+            if not consumers:
+                unserved.append(name)
+    return unserved
 
 
 # Each check, and whether its failure makes the process unready (503) or only degraded (200).

@@ -39,6 +39,11 @@ def model_names() -> list[str]:
     return list(settings.MLSITE_MODELS)
 
 
+def served_models() -> list[str]:
+    """The models this worker serves: WORKER_MODELS (a pool), or every model."""
+    return [name for name in model_names() if not settings.WORKER_MODELS or name in settings.WORKER_MODELS]
+
+
 def model_exists(name: str) -> bool:
     return name in settings.MLSITE_MODELS
 
@@ -63,8 +68,8 @@ def classifier_get(name: str) -> TextClassifier:
 
 
 def models_preload() -> None:
-    """Load every served model now; a model that fails is logged and its rows fail with the reason later."""
-    for name in model_names():
+    """Load every model this worker serves now; a model that fails is logged and its rows fail with the reason later."""
+    for name in served_models():
         try:
             classifier_get(name)
         except Exception:

@@ -8,11 +8,12 @@ import time
 from celery import shared_task
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import worker_init, worker_process_init
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from predictions.registry import models_preload
+from predictions.registry import models_preload, served_models
+from predictions.services.dispatch import model_queue
 from predictions.services.idempotency import idempotency_keys_expire
 from predictions.services.reprocess import reprocess_runs_close
 from predictions.services.worker import predictions_run, predictions_sweep
@@ -52,6 +53,18 @@ def predictions_sweep_task() -> dict[str, int]:
     result["reprocess_runs_closed"] = reprocess_runs_close()
     result["idempotency_keys_expired"] = idempotency_keys_expire(max_rows=settings.SWEEP_MAX_ROWS)
     return result
+
+
+@celeryd_after_setup.connect
+def _model_queues_consume(sender=None, instance=None, **_) -> None:
+    """A worker consumes the queue of each model it serves (WORKER_MODELS, or all), besides the
+    queues its command names (CELERY_QUEUE: beat's tasks): a pool receives only its models' work."""
+    if instance is None:
+        return
+    for name in served_models():
+        instance.app.amqp.queues.select_add(model_queue(name))
+    consumed = sorted(instance.app.amqp.queues.consume_from or ())
+    logger.info("serving %s from the queues %s", ", ".join(served_models()), ", ".join(consumed))
 
 
 @worker_init.connect

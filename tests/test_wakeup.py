@@ -58,11 +58,11 @@ def post(api, n: int, prefix: str = "text") -> list[int]:
 def test_submissions_while_a_wake_up_is_pending_send_nothing_and_its_task_runs_them_all(api, held):
     ids = post(api, 6)
     assert held == [[ids[0]]]  # one message for six requests
-    assert 0 < redis().pttl(_key()) <= 60_000
+    assert 0 < redis().pttl(_key("sentiment")) <= 60_000
     counts = worker.predictions_run(held[0], task_id="the-pending-one")  # the worker takes the message
     assert counts["succeeded"] == 6
     assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
-    assert not redis().exists(_key())  # the task cleared it before claiming
+    assert not redis().exists(_key("sentiment"))  # the task cleared it before claiming
     later = post(api, 2, prefix="later")
     assert held[1:] == [[later[0]]]  # the next burst publishes again, once
 
@@ -76,7 +76,7 @@ def test_the_mark_is_cleared_before_the_first_claim_so_a_row_committed_after_it_
 
     def claim(*args, **kwargs):
         if not between:
-            assert not redis().exists(_key())
+            assert not redis().exists(_key("sentiment"))
             between.extend(post(api, 1, prefix="between"))
         return real_claim(*args, **kwargs)
 
@@ -92,7 +92,7 @@ def test_a_failed_publish_clears_the_mark_and_leaves_the_row_to_the_sweeper(api,
     monkeypatch.setattr(predictions_run_task, "apply_async", broker_down)
     [first] = post(api, 1)
     assert Prediction.objects.get(pk=first).published_at is None
-    assert not redis().exists(_key())
+    assert not redis().exists(_key("sentiment"))
 
 
 def test_with_redis_down_or_coalescing_off_every_submission_publishes(api, held, settings):
@@ -107,7 +107,7 @@ def test_with_redis_down_or_coalescing_off_every_submission_publishes(api, held,
 def test_a_mark_whose_task_never_came_expires(api, held, settings):
     post(api, 2)
     assert len(held) == 1
-    redis().pexpire(_key(), 1)  # as WAKEUP_COALESCE_MS would, later
+    redis().pexpire(_key("sentiment"), 1)  # as WAKEUP_COALESCE_MS would, later
     time.sleep(0.05)
     post(api, 1, prefix="after")
     assert len(held) == 2
@@ -117,7 +117,7 @@ def test_a_worker_clears_the_mark_whatever_its_own_coalescing_setting(api, held,
     post(api, 1)
     settings.WAKEUP_COALESCE_MS = 0  # the worker's setting may differ from the web's
     worker.predictions_run(held[0], task_id="t")
-    assert not redis().exists(_key())
+    assert not redis().exists(_key("sentiment"))
 
 
 def test_with_one_text_per_pass_the_pending_task_still_clears_the_mark_and_takes_the_burst(api, held, settings):
@@ -127,7 +127,7 @@ def test_with_one_text_per_pass_the_pending_task_still_clears_the_mark_and_takes
     ids = post(api, 4)
     assert held == [[ids[0]]]
     worker.predictions_run(held[0], task_id="t")
-    assert not redis().exists(_key())
+    assert not redis().exists(_key("sentiment"))
     assert all(p.status == "succeeded" for p in Prediction.objects.filter(pk__in=ids))
 
 

@@ -16,7 +16,7 @@ a Redis key marks one as pending:
 So a submission that finds the key set committed its row before the pending task's claim, which
 will take it; one that finds it gone publishes. Redis down at submit: the web publishes. A task
 that reaches CLAIM_LOOP_SECONDS with rows still queued sends a wake-up before it returns. Web and
-worker must share REDIS_URL and the queue (the key is per queue). Two fault paths leave rows to
+worker must share REDIS_URL and CELERY_QUEUE (the key is per model queue). Two fault paths leave rows to
 the sweeper (SWEEP_QUEUED_AFTER), as a lost message does: a worker that cannot delete the key
 (Redis failing between the web's SET and the worker's DELETE: rows submitted until the key
 expires), and a publish that fails after setting it (the key is deleted then; rows submitted
@@ -41,52 +41,67 @@ logger = logging.getLogger(__name__)
 RUN_TASK = "predictions.run"  # predictions.tasks.predictions_run_task, sent by name: tasks import services
 
 
-def _run_task_send(ids: Sequence[int], *, task_id: str | None = None) -> None:
-    current_app.tasks[RUN_TASK].apply_async(args=[list(ids)], task_id=task_id, timeout=settings.BROKER_PUBLISH_TIMEOUT)
+def model_queue(model_name: str) -> str:
+    """The queue of a model's run tasks: a worker consumes those of the models it serves (WORKER_MODELS),
+    besides CELERY_QUEUE itself (beat's tasks; messages sent before queues were per model)."""
+    return f"{settings.CELERY_TASK_DEFAULT_QUEUE}.{model_name}"
+
+
+def _run_task_send(ids: Sequence[int], model_name: str, *, task_id: str | None = None) -> None:
+    current_app.tasks[RUN_TASK].apply_async(
+        args=[list(ids)], task_id=task_id, queue=model_queue(model_name), timeout=settings.BROKER_PUBLISH_TIMEOUT
+    )
 
 
 def prediction_publish(prediction: Prediction) -> None:
     """Send the run task for one row under the task id its INSERT recorded, unless a pending wake-up's
     claim will take the row; on a broker failure the row is marked unpublished, for the sweeper."""
-    if not wakeup_needed():
+    if not wakeup_needed(prediction.model_name):
         return
     try:
-        _run_task_send([prediction.pk], task_id=prediction.task_id)
+        _run_task_send([prediction.pk], prediction.model_name, task_id=prediction.task_id)
     except Exception as exc:
         logger.error("could not publish prediction %d (%s): %s", prediction.pk, type(exc).__name__, exc)
-        wakeup_taken()  # nothing is pending after all: the next submission publishes
+        wakeup_taken([prediction.model_name])  # nothing is pending after all: the next submission publishes
         Prediction.objects.filter(pk=prediction.pk, status=PredictionStatus.QUEUED).update(published_at=None)
         prediction.published_at = None
 
 
 def predictions_publish(prediction_ids: Sequence[int]) -> None:
-    """Send the run task for these queued rows in chunks of PUBLISH_CHUNK_ROWS (the sweeper, reprocess).
+    """Send the run task for these queued rows in chunks of PUBLISH_CHUNK_ROWS, each to its model's queue
+    (the sweeper, reprocess).
 
     Each chunk's rows are marked with its task id and publish time first (committed), then the
     message is sent.
     """
+    by_model: dict[str, list[int]] = {}
+    for pk, model_name in (
+        Prediction.objects.filter(pk__in=list(prediction_ids)).order_by("pk").values_list("pk", "model_name")
+    ):
+        by_model.setdefault(model_name, []).append(pk)
     chunk = settings.PUBLISH_CHUNK_ROWS
     sends = []
-    for start in range(0, len(prediction_ids), chunk):
-        task_id, ids = str(uuid.uuid4()), list(prediction_ids[start : start + chunk])
-        Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
-            task_id=task_id, published_at=timezone.now()
-        )
-        sends.append((task_id, ids))
+    for model_name, ids_of_model in by_model.items():
+        for start in range(0, len(ids_of_model), chunk):
+            task_id, ids = str(uuid.uuid4()), ids_of_model[start : start + chunk]
+            Prediction.objects.filter(pk__in=ids, status=PredictionStatus.QUEUED).update(
+                task_id=task_id, published_at=timezone.now()
+            )
+            sends.append((task_id, ids, model_name))
     chunks_send(sends)
 
 
-def chunks_send(sends: Sequence[tuple[str, list[int]]]) -> None:
-    """Publish one run task per (task id, row ids). On a broker failure, that chunk's and the later
-    chunks' rows are marked unpublished, for the sweeper."""
-    for i, (task_id, ids) in enumerate(sends):
+def chunks_send(sends: Sequence[tuple[str, list[int], str]]) -> None:
+    """Publish one run task per (task id, row ids, model) to the model's queue. On a broker failure,
+    that chunk's and the later chunks' rows are marked unpublished, for the sweeper."""
+    for i, (task_id, ids, model_name) in enumerate(sends):
         try:
-            _run_task_send(ids, task_id=task_id)
+            _run_task_send(ids, model_name, task_id=task_id)
         except Exception as exc:  # broker down: these and the remaining rows wait for the sweeper
-            unsent = [tid for tid, _ in sends[i:]]
+            unsent = [tid for tid, _, _ in sends[i:]]
             logger.error(
                 "could not publish %d prediction(s) (%s): %s",
-                sum(len(ids) for _, ids in sends[i:]),
+                sum(len(ids) for _, ids, _ in sends[i:]),
                 type(exc).__name__,
                 exc,
             )
@@ -94,39 +109,39 @@ def chunks_send(sends: Sequence[tuple[str, list[int]]]) -> None:
             return
 
 
-def wakeup_send() -> None:
-    """A run task with no rows of its own: it claims whatever is queued (a task that stops at
-    CLAIM_LOOP_SECONDS while rows are still queued sends one)."""
+def wakeup_send(model_name: str) -> None:
+    """A run task with no rows of its own, on a model's queue: it claims whatever is queued (a task
+    that stops at CLAIM_LOOP_SECONDS while rows are still queued sends one per model it serves)."""
     try:
-        _run_task_send([])
+        _run_task_send([], model_name)
     except Exception as exc:  # the sweeper sends the rows left queued
         logger.error("could not publish a wake-up (%s): %s", type(exc).__name__, exc)
 
 
-def _wakeup_key() -> str:
-    return f"mlsite:wakeup-pending:{settings.CELERY_TASK_DEFAULT_QUEUE}"
+def _wakeup_key(model_name: str) -> str:
+    return f"mlsite:wakeup-pending:{model_queue(model_name)}"
 
 
-def wakeup_needed() -> bool:
+def wakeup_needed(model_name: str) -> bool:
     """True when this submission must publish its own message (and the key now says one is
-    pending); False when a pending wake-up's claim will take its row."""
+    pending on its model's queue); False when a pending wake-up's claim will take its row."""
     client = redis_client()
     if client is None or settings.WAKEUP_COALESCE_MS == 0:
         return True
     try:
-        return bool(client.set(_wakeup_key(), b"1", nx=True, px=settings.WAKEUP_COALESCE_MS))
+        return bool(client.set(_wakeup_key(model_name), b"1", nx=True, px=settings.WAKEUP_COALESCE_MS))
     except Exception as exc:  # Redis cannot say: publish, as without coalescing
         logger.warning("wake-up coalescing unavailable (%s): %s", type(exc).__name__, exc)
         return True
 
 
-def wakeup_taken() -> None:
-    """A run task is about to claim other queued rows: submissions from now on publish again.
-    Also called when the publish that set the key failed."""
+def wakeup_taken(model_names: Sequence[str]) -> None:
+    """A run task is about to claim other queued rows of these models: submissions for them from now
+    on publish again. Also called when the publish that set a key failed."""
     client = redis_client()
-    if client is None:  # cleared whatever this process's WAKEUP_COALESCE_MS: the web's may differ
+    if client is None or not model_names:  # cleared whatever this process's WAKEUP_COALESCE_MS: the web's may differ
         return
     try:
-        client.delete(_wakeup_key())
+        client.delete(*(_wakeup_key(name) for name in model_names))
     except Exception as exc:  # the key expires within WAKEUP_COALESCE_MS
         logger.warning("could not clear the pending wake-up (%s): %s", type(exc).__name__, exc)

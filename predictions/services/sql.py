@@ -82,7 +82,7 @@ def prediction_insert(prediction: Prediction) -> None:
 
 
 @functools.lru_cache(maxsize=512)
-def _claim_statement(*, own: int, reclaim: bool, others: bool, reserve: bool, skip_locked: bool) -> str:
+def _claim_statement(*, own: int, reclaim: bool, others: bool, reserve: bool, skip_locked: bool, models: int) -> str:
     """Three picks, locked as they are read, then one UPDATE of what they picked:
 
     - urgent: rows this task already holds (`reclaim`), then the interactive lane (its own rows first,
@@ -95,7 +95,8 @@ def _claim_statement(*, own: int, reclaim: bool, others: bool, reserve: bool, sk
     held = "(status = %(running)s AND task_id = %(task_id)s)" if reclaim else "FALSE"
     own_ids = ", ".join(f"%(own_{i})s" for i in range(own))
     mine = f"id IN ({own_ids})" if own else "FALSE"
-    ready = f"status = %(queued)s AND ({'TRUE' if others else mine})"
+    served = f"model_name IN ({', '.join(f'%(model_{i})s' for i in range(models))})" if models else "TRUE"
+    ready = f"status = %(queued)s AND ({'TRUE' if others else mine}) AND {served}"
     lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
     least, greatest = ("LEAST", "GREATEST") if connection.vendor == "postgresql" else ("MIN", "MAX")
     room = f"{greatest}(0, {least}(%(slice)s, %(limit)s - (SELECT count(*) FROM urgent)))"
@@ -129,13 +130,15 @@ def rows_claim(
     others: bool,
     reclaim: bool,
     now: datetime,
+    models: Sequence[str] = (),
 ) -> list[Prediction]:
     """Mark rows as running under `task_id` and return them, interactive first, then by lane and turn.
 
     Taken first, with `reclaim`, the rows this task already holds (an earlier delivery of its message
     whose worker died), then queued interactive rows (its own, or with `others` anyone's), up to
     `limit`; then up to `background_rows` background rows whatever else is queued; then, while under
-    `limit`, bulk and background rows up to `slice_rows` in all. One statement
+    `limit`, bulk and background rows up to `slice_rows` in all. With `models` (a worker pool), only
+    rows of those models are taken. One statement
     picks, marks and returns them, so two workers never claim the same row and a claim costs one
     round trip (docs/architecture.md, Lanes).
     """
@@ -145,6 +148,7 @@ def rows_claim(
         others=others,
         reserve=background_rows > 0,
         skip_locked=connection.features.has_select_for_update_skip_locked,
+        models=len(models),
     )
     params: dict[str, Any] = {
         "running": PredictionStatus.RUNNING.value,
@@ -155,6 +159,7 @@ def rows_claim(
         "slice": slice_rows,
         "reserve": background_rows,
         **{f"own_{i}": pk for i, pk in enumerate(own_ids)},
+        **{f"model_{i}": name for i, name in enumerate(models)},
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

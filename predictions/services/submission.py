@@ -115,6 +115,6 @@ def batch_create(*, owner: User, texts: Sequence[str], model_name: str) -> Batch
                 row.task_id, row.published_at = task_id, now
         Prediction.objects.bulk_create(rows, batch_size=500)
         if chunks:
-            sends = [(task_id, [row.pk for row in members]) for task_id, members in chunks]
+            sends = [(task_id, [row.pk for row in members], model_name) for task_id, members in chunks]
             transaction.on_commit(lambda: chunks_send(sends))
     return batch

@@ -21,7 +21,7 @@ from predictions.memos import memo
 from predictions.models import Lane, Prediction, PredictionStatus
 from predictions.monitoring import forward_pass_observe, prediction_finished_observe
 from predictions.notify import predictions_finished_notify
-from predictions.registry import classifier_get
+from predictions.registry import classifier_get, served_models
 from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
 from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
@@ -60,6 +60,7 @@ def predictions_claim(
         limit=limit,
         slice_rows=slice_rows,
         background_rows=math.ceil(slice_rows * settings.BACKGROUND_SHARE / 100),
+        models=sorted(settings.WORKER_MODELS),
         others=others,
         reclaim=reclaim,
         now=now,
@@ -118,7 +119,7 @@ def predictions_run(
         _claimed_run(taken, task_id=task_id, counts=counts, between=None)
 
     if others:  # before any claim: submissions from now on publish again (services.dispatch)
-        wakeup_taken()
+        wakeup_taken(served_models())
     while True:
         remaining = [pk for pk in own_ids if pk not in done]
         rows = predictions_claim(remaining, task_id=task_id, limit=limit, others=others, reclaim=first)
@@ -137,7 +138,8 @@ def predictions_run(
         own_left = any(r.pk in own_set for r in rows) and any(pk not in done for pk in own_ids)
         if not own_left and (not others or time.monotonic() > deadline):
             if others:  # rows may still be queued whose submissions counted on this task
-                wakeup_send()
+                for model_name in served_models():
+                    wakeup_send(model_name)
             break
     counts["skipped"] += len(set(own_ids) - done)
     return counts
