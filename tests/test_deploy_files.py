@@ -350,6 +350,7 @@ def test_a_bad_setting_value_stops_start_up_naming_the_variable():
     assert "API_BATCH_MAX_TEXTS='lots': expected an integer" in result.stderr
 
 
+@pytest.mark.django_db  # the request cycle checks a connection an earlier test may have left open
 def test_the_wsgi_application_drops_the_server_s_process_environment_from_each_request():
     """granian starts every request's environ from a copy of os.environ: DATABASE_URL and the like
     must not reach request.META (DEBUG error pages show it), nor HTTP_PROXY read as a header."""

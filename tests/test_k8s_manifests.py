@@ -62,6 +62,9 @@ def named(kind: str, name: str) -> dict:
     return doc
 
 
+POOLS = ("sentiment", "emotions")  # one worker Deployment per model served by default (MLSITE_MODELS)
+
+
 def containers() -> list[tuple[dict, dict]]:
     """(pod spec, container) of every workload."""
     found = []
@@ -94,13 +97,15 @@ def test_a_field_the_schema_lacks_is_refused():
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
 
-def test_the_scaled_object_uses_only_keda_s_fields_and_targets_the_worker_deployment():
-    scaled = named("ScaledObject", "mlsite-worker")
+@pytest.mark.parametrize("model", POOLS)
+def test_each_pool_s_scaled_object_uses_only_keda_s_fields_and_targets_its_deployment(model):
+    scaled = named("ScaledObject", f"mlsite-worker-{model}")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
     assert set(spec) <= SCALED_OBJECT_SPEC
     assert set(spec["scaleTargetRef"]) <= SCALE_TARGET_REF
-    assert named("Deployment", spec["scaleTargetRef"]["name"])  # kind defaults to Deployment
+    assert spec["scaleTargetRef"]["name"] == f"mlsite-worker-{model}"  # kind defaults to Deployment
+    assert named("Deployment", spec["scaleTargetRef"]["name"])
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     assert spec["pollingInterval"] >= 1
     assert spec["cooldownPeriod"] >= 0
@@ -119,17 +124,36 @@ def test_the_scaled_object_uses_only_keda_s_fields_and_targets_the_worker_deploy
     assert {ref["key"] for ref in auth["spec"]["secretTargetRef"]} == {"DATABASE_URL"}
 
 
+def test_the_pools_serve_every_bundled_model_each_its_own():
+    served = []
+    for model in POOLS:
+        [worker] = named("Deployment", f"mlsite-worker-{model}")["spec"]["template"]["spec"]["containers"]
+        served.append(next(e["value"] for e in worker["env"] if e["name"] == "WORKER_MODELS"))
+    assert sorted(served) == sorted(POOLS)
+    bundled = sorted(p.name for p in (ROOT / "predictions" / "bundled_models").iterdir() if p.is_dir())
+    assert sorted(POOLS) == bundled  # what MLSITE_MODELS serves by default
+    workers = [
+        d for d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("mlsite-worker")
+    ]
+    assert len(workers) == len(POOLS)
+
+
 @pytest.mark.django_db
-def test_the_scaler_s_query_counts_queued_rows_on_the_real_database(owner):
+def test_each_pool_s_query_counts_its_model_s_queued_rows_on_the_real_database(owner):
     from predictions.models import Prediction, PredictionStatus  # noqa: PLC0415 (models: after Django's setup)
 
-    query = named("ScaledObject", "mlsite-worker")["spec"]["triggers"][0]["metadata"]["query"]
-    assert Prediction._meta.db_table in query
-    for status in (PredictionStatus.QUEUED, PredictionStatus.QUEUED, PredictionStatus.SUCCEEDED):
-        Prediction.objects.create(owner=owner, text="t", model_name="sentiment", status=status)
-    with connection.cursor() as cursor:
-        cursor.execute(query)
-        assert cursor.fetchall() == [(2,)]  # one integer, as the scaler needs
+    for model, statuses in (("sentiment", "qqs"), ("emotions", "qrq")):
+        for code in statuses:
+            status = {"q": PredictionStatus.QUEUED, "s": PredictionStatus.SUCCEEDED, "r": PredictionStatus.RUNNING}[
+                code
+            ]
+            Prediction.objects.create(owner=owner, text="t", model_name=model, status=status)
+    for model in POOLS:
+        query = named("ScaledObject", f"mlsite-worker-{model}")["spec"]["triggers"][0]["metadata"]["query"]
+        assert Prediction._meta.db_table in query
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            assert cursor.fetchall() == [(2,)]  # one integer, as the scaler needs: its model's queued rows
 
 
 def test_every_pod_runs_as_the_image_s_non_root_user_with_limits_and_the_secret():
@@ -156,7 +180,8 @@ def test_web_worker_beat_and_migrations_run_the_commands_compose_runs():
         return container["command"]
 
     assert command("Deployment", "mlsite-web") == COMPOSE["services"]["web"]["command"]
-    assert command("Deployment", "mlsite-worker") == COMPOSE["services"]["worker"]["command"]
+    for model in POOLS:
+        assert command("Deployment", f"mlsite-worker-{model}") == COMPOSE["services"]["worker"]["command"]
     assert command("Deployment", "mlsite-beat") == COMPOSE["services"]["beat"]["command"]
     assert command("Job", "mlsite-migrate") == COMPOSE["services"]["migrate"]["command"]
 
@@ -180,7 +205,8 @@ def test_beat_is_exactly_one_pod_never_two_during_a_rollout_and_the_worker_pings
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"] == {"type": "Recreate"}
     assert not [d for d in documents() if d.get("spec", {}).get("scaleTargetRef", {}).get("name") == "mlsite-beat"]
-    [worker] = named("Deployment", "mlsite-worker")["spec"]["template"]["spec"]["containers"]
-    assert "inspect ping --destination celery@$HOSTNAME" in worker["livenessProbe"]["exec"]["command"][-1]
-    assert {"name": "CELERY_WORKER_CONCURRENCY", "value": "2"} in worker["env"]
-    assert worker["resources"]["requests"]["cpu"] == "2"  # one pool process per requested core
+    for model in POOLS:
+        [worker] = named("Deployment", f"mlsite-worker-{model}")["spec"]["template"]["spec"]["containers"]
+        assert "inspect ping --destination celery@$HOSTNAME" in worker["livenessProbe"]["exec"]["command"][-1]
+        assert {"name": "CELERY_WORKER_CONCURRENCY", "value": "2"} in worker["env"]
+        assert worker["resources"]["requests"]["cpu"] == "2"  # one pool process per requested core
