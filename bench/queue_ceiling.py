@@ -184,15 +184,28 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=60000, help="rows queued before each claim → write run")
     parser.add_argument("--messages", type=int, default=20000, help="messages per publish → consume run")
     parser.add_argument("--ids", default="1,128", help="row ids in each message (a single text; a batch chunk)")
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the claimers' sessions, e.g. synchronous_commit=off (repeatable)",
+    )
+    parser.add_argument("--no-broker", action="store_true", help="skip publish → consume")
     args = parser.parse_args()
     os.environ.setdefault("CLAIM_WAIT_MS", "0")
     counts = [int(k) for k in args.claimers.split(",")]
     with demo_database() as (user, _):
         from django.conf import settings  # noqa: PLC0415 (after django.setup())
+        from django.db import connections  # noqa: PLC0415
 
         assert settings.DATABASES["default"]["ENGINE"].endswith("postgresql"), "set DATABASE_URL to PostgreSQL"
+        if args.pg_setting:  # libpq's startup options: each claimer's session runs with them
+            options = connections["default"].settings_dict.setdefault("OPTIONS", {})
+            options["options"] = " ".join(f"-c {setting}" for setting in args.pg_setting)
         cores = os.cpu_count()
-        print(f"claim → write, {cores} cores, rows/s (CPU: % of all cores)")
+        settings_note = f", sessions with {', '.join(args.pg_setting)}" if args.pg_setting else ""
+        print(f"claim → write, {cores} cores{settings_note}, rows/s (CPU: % of all cores)")
         for claim in (int(c) for c in args.claim.split(",")):
             settings.CLAIM_BULK_ROWS = claim
             for k in counts:
@@ -202,6 +215,8 @@ def main() -> None:
                     flush=True,
                 )
         url = settings.CELERY_BROKER_URL
+    if args.no_broker:
+        return
     print("publish → consume, one publisher with confirms, messages/s (CPU: % of all cores)")
     for ids in (int(i) for i in args.ids.split(",")):
         for k in counts:
