@@ -46,7 +46,8 @@ def predictions_claim(
 
     First come, with `reclaim`, rows this task already held (an earlier delivery of this message whose
     worker died), then queued interactive rows, up to `limit`; then bulk and background rows up to
-    CLAIM_BULK_ROWS (and `limit` in all), BACKGROUND_SHARE percent of them kept for background rows. Without `others`, only this task's own rows; with it, anyone's: that is how texts from many
+    CLAIM_BULK_ROWS (and `limit` in all), BACKGROUND_SHARE percent of them kept for background rows.
+    Without `others`, only this task's own rows; with it, anyone's: that is how texts from many
     requests share one forward pass, and how rows whose message waits behind others in the broker
     get run (services.sql.rows_claim). Rows already started MAX_ATTEMPTS times are failed instead of
     being run again. With `interactive_only`, queued interactive rows alone (what a worker takes
@@ -131,7 +132,6 @@ def predictions_run(
             break
         _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
         done.update(r.pk for r in rows)
-
         _claimed_run(rows, task_id=task_id, counts=counts, between=interactive_run if others else None)
         # Own rows may still wait if this claim was full of them; if it took none, the rest are not
         # claimable here (finished, given up, or held by another worker).
