@@ -12,6 +12,15 @@ The model is left out: what is measured is the work every row costs besides its 
   one by one, prefetch 4 as a Celery worker process has) while one publisher sends them with
   publisher confirms, the body a run task's: a list of row ids.
 
+Two options show what lies past the ceiling (`docs/scaling.md`, "Past the ceiling"):
+
+- `--history N`: N finished rows (30 days of them) sit in the table beside the queued ones, as a
+  service that keeps every prediction has: what a big table costs the claim, the question
+  partitioning by time answers.
+- `--readers R`: R more processes load the admin overview's figures and the prediction list's first
+  page, over and over, while the claimers run: what the review desk's reads cost the queue, the
+  question read replicas answer. Each line then also gives the pages a second they served.
+
 Each line also says where the CPU went (bench/cpu.py): on a host where the claimers, PostgreSQL
 and RabbitMQ share the cores, the ceiling is the host's, and the split says which part would need
 a host of its own first. It uses the database, broker and Redis the environment names (as
@@ -56,6 +65,61 @@ def _rows_fill(user, n: int) -> None:
     )
 
 
+def _history_fill(user, n: int) -> None:
+    """N finished rows spread over the last 30 days, as the review desk's history: inserted in
+    chunks of 5,000 so that memory stays flat."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from django.utils import timezone  # noqa: PLC0415 (after django.setup())
+
+    from predictions.models import Lane, Prediction, PredictionStatus  # noqa: PLC0415
+
+    now, tag, chunk = timezone.now(), uuid.uuid4().hex[:8], 5000
+    for first in range(0, n, chunk):
+        rows = []
+        for i in range(first, min(n, first + chunk)):
+            created = now - timedelta(seconds=(i * 2_591_999) // max(n, 1))
+            positive = i % 3 != 0
+            rows.append(
+                Prediction(
+                    owner=user,
+                    text=f"history {tag}-{i}",
+                    text_sha256=f"h{tag}{i:055x}",
+                    model_name="sentiment",
+                    model_version="stub",
+                    status=PredictionStatus.SUCCEEDED,
+                    label="positive" if positive else "negative",
+                    score=0.9,
+                    scores={"negative": 0.1, "positive": 0.9} if positive else {"negative": 0.9, "positive": 0.1},
+                    lane=Lane.INTERACTIVE,
+                    created_at=created,
+                    started_at=created,
+                    finished_at=created + timedelta(milliseconds=40),
+                )
+            )
+        Prediction.objects.bulk_create(rows)
+
+
+def _reader(start, stop, pages) -> None:
+    """The review desk's reads, over and over: the overview's figures, then the prediction list's
+    first page (its count and its 100 newest rows, as the admin's changelist asks for them)."""
+    from django.db import connections  # noqa: PLC0415 (after django.setup())
+
+    from predictions.models import Prediction  # noqa: PLC0415
+    from predictions.overview import overview_figures  # noqa: PLC0415
+
+    connections.close_all()
+    start.wait()
+    served = 0
+    while not stop.is_set():
+        overview_figures()
+        Prediction.objects.count()
+        list(Prediction.objects.select_related("owner").order_by("-created_at", "-pk")[:100])
+        served += 2
+    with pages.get_lock():
+        pages.value += served
+
+
 def _claimer(claim: int, seconds: float, start, end, written) -> None:
     """One worker process's loop without the model: claim, fill, write, until `seconds` or no rows left."""
     from django.db import connections  # noqa: PLC0415 (after django.setup())
@@ -84,32 +148,42 @@ def _claimer(claim: int, seconds: float, start, end, written) -> None:
     end.wait()  # let go
 
 
-def claim_write(user, *, claimers: int, claim: int, seconds: float, rows: int) -> dict:
+def claim_write(user, *, claimers: int, claim: int, seconds: float, rows: int, readers: int = 0) -> dict:
     from django.db import connection, connections  # noqa: PLC0415 (after django.setup())
 
     from predictions.models import Prediction  # noqa: PLC0415
 
     table = connection.ops.quote_name(Prediction._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {table} CASCADE")  # the previous run's rows
+    with connection.cursor() as cursor:  # the previous run's rows; the history (text "history …") stays
+        cursor.execute(f"DELETE FROM {table} WHERE text LIKE 'row %%'")
     _rows_fill(user, rows)
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM ANALYZE {table}")
     connections.close_all()
     context = multiprocessing.get_context("fork")
-    start, end, written = context.Barrier(claimers + 1), context.Barrier(claimers + 1), context.Value("q", 0)
+    start, end, written = context.Barrier(claimers + readers + 1), context.Barrier(claimers + 1), context.Value("q", 0)
+    stop, pages = context.Event(), context.Value("q", 0)
     processes = [context.Process(target=_claimer, args=(claim, seconds, start, end, written)) for _ in range(claimers)]
-    for process in processes:
+    reading = [context.Process(target=_reader, args=(start, stop, pages)) for _ in range(readers)]
+    for process in processes + reading:
         process.start()
     start.wait()
     meter, began = CpuMeter().start(), time.monotonic()
     end.wait()
     wall = time.monotonic() - began
     cpu = meter.stop()
+    stop.set()
     end.wait()
-    for process in processes:
+    for process in processes + reading:
         process.join()
-    return {"claimers": claimers, "claim": claim, "rows_per_second": written.value / wall, "cpu": cpu, "wall": wall}
+    return {
+        "claimers": claimers,
+        "claim": claim,
+        "rows_per_second": written.value / wall,
+        "pages_per_second": pages.value / wall,  # a reader's last round may end after the claimers: near enough
+        "cpu": cpu,
+        "wall": wall,
+    }
 
 
 def _consumer(url: str, queue: str, expected, start, end, done, last) -> None:
@@ -191,6 +265,10 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a PostgreSQL setting for the claimers' sessions, e.g. synchronous_commit=off (repeatable)",
     )
+    parser.add_argument("--history", type=int, default=0, help="finished rows kept in the table beside the queued ones")
+    parser.add_argument(
+        "--readers", default="0", help="processes reading the admin overview and list meanwhile (a list: 0,1)"
+    )
     parser.add_argument("--no-broker", action="store_true", help="skip publish → consume")
     args = parser.parse_args()
     os.environ.setdefault("CLAIM_WAIT_MS", "0")
@@ -203,17 +281,31 @@ def main() -> None:
         if args.pg_setting:  # libpq's startup options: each claimer's session runs with them
             options = connections["default"].settings_dict.setdefault("OPTIONS", {})
             options["options"] = " ".join(f"-c {setting}" for setting in args.pg_setting)
+        from django.db import connection  # noqa: PLC0415
+
+        from predictions.models import Prediction  # noqa: PLC0415
+
+        with connection.cursor() as cursor:  # a history left by an earlier run, or test rows
+            cursor.execute(f"TRUNCATE {connection.ops.quote_name(Prediction._meta.db_table)} CASCADE")
+        if args.history:
+            _history_fill(user, args.history)
         cores = os.cpu_count()
         settings_note = f", sessions with {', '.join(args.pg_setting)}" if args.pg_setting else ""
-        print(f"claim → write, {cores} cores{settings_note}, rows/s (CPU: % of all cores)")
-        for claim in (int(c) for c in args.claim.split(",")):
-            settings.CLAIM_BULK_ROWS = claim
-            for k in counts:
-                row = claim_write(user, claimers=k, claim=claim, seconds=args.seconds, rows=args.rows)
-                print(
-                    f"  claim {claim:4d}  K {k:3d}  {row['rows_per_second']:8.0f} rows/s   {_cpu_line(row['cpu'], row['wall'])}",
-                    flush=True,
-                )
+        extra = f", {args.history:,} finished rows in the table" if args.history else ""
+        print(f"claim → write, {cores} cores{settings_note}{extra}, rows/s (CPU: % of all cores)")
+        for readers in (int(r) for r in args.readers.split(",")):
+            for claim in (int(c) for c in args.claim.split(",")):
+                settings.CLAIM_BULK_ROWS = claim
+                for k in counts:
+                    row = claim_write(
+                        user, claimers=k, claim=claim, seconds=args.seconds, rows=args.rows, readers=readers
+                    )
+                    read = f"  readers {readers}  {row['pages_per_second']:5.1f} admin pages/s" if readers else ""
+                    print(
+                        f"  claim {claim:4d}  K {k:3d}  {row['rows_per_second']:8.0f} rows/s{read}   "
+                        f"{_cpu_line(row['cpu'], row['wall'])}",
+                        flush=True,
+                    )
         url = settings.CELERY_BROKER_URL
     if args.no_broker:
         return

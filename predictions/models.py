@@ -149,6 +149,9 @@ class Prediction(ModelOutput):
             models.Index(fields=["reviewed_at"], name="prediction_reviewed"),
             # Small (queued rows only): a lane's next turn, and an owner's last queued turn (services.lanes).
             models.Index(fields=["lane", "turn"], name="prediction_queued_turn", condition=Q(status="queued")),
+            # The claim's interactive pick, oldest first: without it PostgreSQL walks the primary key
+            # through every finished row of the table (docs/scaling.md, Past the ceiling).
+            models.Index(fields=["lane", "id"], name="prediction_queued_id", condition=Q(status="queued")),
             models.Index(
                 fields=["owner", "lane", "turn"], name="prediction_queued_owner_turn", condition=Q(status="queued")
             ),
