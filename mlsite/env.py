@@ -64,6 +64,21 @@ def env_int(
     return value
 
 
+def env_fraction(name: str, default: float) -> float:
+    """A share between 0 and 1, written as 0.01 or as a percentage (1%)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a share such as 0.01 or 1%") from None
+    if not 0 <= value <= 1:
+        raise ImproperlyConfigured(f"{name}={raw!r}: must be between 0 and 1 (0% and 100%)")
+    return value
+
+
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.environ.get(name, default).strip().lower()
     if value not in choices:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from mlsite.env import env_bool, env_choice, env_int, env_list, env_models, env_rate, env_str, env_subset
+from mlsite.env import env_bool, env_choice, env_fraction, env_int, env_list, env_models, env_rate, env_str, env_subset
 from mlsite.fastpaths import BYPASSES
 from mlsite.logs import logging_config
 
@@ -228,6 +228,8 @@ BACKGROUND_SHARE = env_int("BACKGROUND_SHARE", 20, minimum=0, maximum=100)
 # message of their own (predictions/services/dispatch.py); 0: one message per prediction.
 WAKEUP_COALESCE_MS = env_int("WAKEUP_COALESCE_MS", 1000, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Share of predictions drawn, when made, into the review desk's random audit sample (0.01 or 1%).
+REVIEW_SAMPLE_RATE = env_fraction("REVIEW_SAMPLE_RATE", 0.01)
 
 # --- Back-pressure, rate limits, idempotency (docs/api.md, Limits and back-pressure) ---------------
 MAX_QUEUED = env_int("MAX_QUEUED", 10_000, minimum=0)  # predictions queued or running; 0: no limit

@@ -13,22 +13,28 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
-from predictions.charts import bars_svg, stacked_columns_svg
+from predictions.charts import PALETTE, bars_svg, stacked_columns_svg
 from predictions.export import csv_rows
 from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, ReprocessRun
 from predictions.overview import overview_figures
-from predictions.registry import model_exists, model_info_get
-from predictions.selectors import reprocess_summary
+from predictions.registry import model_exists, model_info_get, model_names
+from predictions.selectors import batch_figures, model_versions_seen, reprocess_summary, review_queue
 from predictions.services.reprocess import predictions_rerun
 from predictions.services.review import prediction_review, predictions_mark_reviewed
 from textclf import ModelLoadError
+
+# The app list beside every page takes a quarter of a 1280-pixel screen the prediction list needs;
+# the home page and the breadcrumbs lead everywhere it does.
+admin.site.enable_nav_sidebar = False
 
 
 class LabelFilter(admin.SimpleListFilter):
@@ -84,20 +90,19 @@ class ReviewForm(forms.ModelForm):
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
     form = ReviewForm
+    # Nine short columns that fit 1280 px beside the filters: the text on one line (whole on hover and
+    # on its page), a reviewer's correction beside the model's label, a cache hit as its status; the
+    # finish time and duration are on the prediction's page.
     list_display = (
         "id",
         "short_text",
-        "label",
+        "label_display",
         "score_display",
         "model_display",
-        "status",
-        "cached",
-        "owner",
+        "status_display",
+        "owner_display",
         "batch_link",
-        "created_at",
-        "finished_at",
-        "duration",
-        "corrected_label",
+        "created_display",
     )
     list_filter = (
         "status",
@@ -117,8 +122,20 @@ class PredictionAdmin(admin.ModelAdmin):
     actions = ("rerun", "mark_reviewed", "export_csv")
     fieldsets = (
         (None, {"fields": ["text_display", "label", "score_bars", "labels", "status", "error"]}),
-        ("Model", {"fields": ["model_name", "model_version", "cached", "task_link", "attempts"]}),
-        ("Review", {"fields": ["corrected_label", "review_note", "reviewed_by", "reviewed_at", "review_trail"]}),
+        ("Model", {"fields": ["model_name", "model_version", "margin", "cached", "task_link", "attempts"]}),
+        (
+            "Review",
+            {
+                "fields": [
+                    "corrected_label",
+                    "review_note",
+                    "reviewed_by",
+                    "reviewed_at",
+                    "review_sample",
+                    "review_trail",
+                ]
+            },
+        ),
         (
             "Audit",
             {
@@ -155,16 +172,51 @@ class PredictionAdmin(admin.ModelAdmin):
 
     # --- columns -----------------------------------------------------------------------------
     @admin.display(description="text")
-    def short_text(self, obj: Prediction) -> str:
-        return obj.text if len(obj.text) <= 60 else obj.text[:57] + "…"
+    def short_text(self, obj: Prediction):
+        short = obj.text if len(obj.text) <= 200 else obj.text[:199] + "…"
+        return format_html('<span class="one-line" title="{}">{}</span>', short, short)
+
+    @admin.display(description="label", ordering="label")
+    def label_display(self, obj: Prediction):
+        if obj.corrected_label and obj.corrected_label != obj.label:
+            return format_html(
+                '<span class="one-line label" title="the model said {}; a reviewer corrected it to {}">'
+                "{} → <strong>{}</strong></span>",
+                obj.label,
+                obj.corrected_label,
+                obj.label,
+                obj.corrected_label,
+            )
+        return format_html('<span class="one-line label" title="{}">{}</span>', obj.label, obj.label or "—")
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: Prediction):
+        if obj.cached:
+            return format_html('<span title="succeeded: answered from the result cache">cached</span>')
+        return obj.status
+
+    @admin.display(description="owner", ordering="owner__username")
+    def owner_display(self, obj: Prediction):
+        return format_html('<span class="one-line owner" title="{}">{}</span>', obj.owner, obj.owner)
+
+    @admin.display(description="created", ordering="created_at")
+    def created_display(self, obj: Prediction):
+        created = timezone.localtime(obj.created_at)  # the year is in the date bar above and on hover
+        return format_html(
+            '<span title="{}">{}</span>',
+            created.isoformat(sep=" ", timespec="seconds"),
+            created.strftime("%m-%d %H:%M"),
+        )
 
     @admin.display(description="score", ordering="score")
     def score_display(self, obj: Prediction) -> str:
         return "" if obj.score is None else f"{obj.score:.3f}"
 
     @admin.display(description="model", ordering="model_name")
-    def model_display(self, obj: Prediction) -> str:
-        return f"{obj.model_name}@{obj.model_version[:8]}" if obj.model_version else obj.model_name
+    def model_display(self, obj: Prediction):
+        if not obj.model_version:
+            return obj.model_name
+        return format_html('<span title="{}">{}@{}</span>', obj.model_version, obj.model_name, obj.model_version[:6])
 
     @admin.display(description="batch", ordering="batch")
     def batch_link(self, obj: Prediction):
@@ -306,10 +358,90 @@ class PredictionAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="predictions-{stamp}.csv"'
         return response
 
+    # --- review queue ------------------------------------------------------------------------
+    REVIEW_PAGE = 25  # items on one page of the queue; reviewed ones leave it, so the next load goes on
+
+    def review_queue_view(self, request):
+        """Unreviewed answers, most uncertain first (or the audit sample), decided in place: each
+        item's buttons post to review_decide_view; with JavaScript the page stays and the keyboard
+        moves through it (j/k, 1–9 a label, Enter confirms)."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        model_name = request.GET.get("model", "")
+        model_name = model_name if model_name in model_names() else ""
+        version = request.GET.get("version", "")[:64] if model_name else ""
+        sample = request.GET.get("sample") == "1"
+        queue = review_queue(model_name=model_name, model_version=version, sample=sample)
+        items = [
+            (row, sorted((row.scores or {}).items(), key=lambda item: item[1], reverse=True))
+            for row in queue.select_related("owner")[: self.REVIEW_PAGE]
+        ]
+        waiting = queue[: 10_000 + 1].count()  # capped: the count of a big queue is not worth a full scan
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Audit sample" if sample else "Review queue",
+            "opts": self.model._meta,
+            "items": items,
+            "waiting": "10,000+" if waiting > 10_000 else f"{waiting:,}",
+            "sample": sample,
+            "model": model_name,
+            "version": version,
+            "models": model_names(),
+            "versions": model_versions_seen(model_name) if model_name else [],
+            "here": request.get_full_path(),
+        }
+        return TemplateResponse(request, "admin/predictions/review_queue.html", context)
+
+    def review_decide_view(self, request, pk: int):
+        """Confirm (no correction) or correct one prediction; JSON for the queue's script, else back to `next`."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        prediction = get_object_or_404(Prediction, pk=pk)
+        label = request.POST.get("corrected_label", "")
+        form = ReviewForm(
+            data={
+                "corrected_label": "" if label == prediction.label else label,
+                "review_note": request.POST.get("note", ""),
+            },
+            instance=prediction,
+        )
+        wants_json = request.headers.get("Accept", "").startswith("application/json")
+        if not form.is_valid():
+            errors = {field: [str(e) for e in messages_] for field, messages_ in form.errors.items()}
+            if wants_json:
+                return JsonResponse({"errors": errors}, status=400)
+            self.message_user(request, f"Prediction {pk} not reviewed: {errors}", messages.ERROR)
+        else:
+            with transaction.atomic():
+                prediction_review(
+                    prediction=prediction,
+                    reviewer=request.user,
+                    corrected_label=form.cleaned_data["corrected_label"],
+                    note=form.cleaned_data["review_note"],
+                )
+            if wants_json:
+                return JsonResponse(
+                    {
+                        "id": prediction.pk,
+                        "label": prediction.label,
+                        "corrected_label": prediction.corrected_label,
+                        "reviewed_by": request.user.get_username(),
+                    }
+                )
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = reverse("admin:predictions_prediction_review")
+        return HttpResponseRedirect(back)
+
     # --- overview page -------------------------------------------------------------------------
     def get_urls(self):
+        view = self.admin_site.admin_view
         custom = [
-            path("overview/", self.admin_site.admin_view(self.overview_view), name="predictions_prediction_overview")
+            path("overview/", view(self.overview_view), name="predictions_prediction_overview"),
+            path("review/", view(self.review_queue_view), name="predictions_prediction_review"),
+            path("review/<int:pk>/", view(self.review_decide_view), name="predictions_prediction_review_decide"),
         ]
         return custom + super().get_urls()
 
@@ -323,7 +455,10 @@ class PredictionAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "figures": figures,
             "per_day_chart": stacked_columns_svg(figures["per_day"], series=PredictionStatus.values),
-            "per_status_chart": bars_svg(figures["per_status"]),
+            # Each status in its colour on the per-day chart, so that one legend reads for both.
+            "per_status_chart": bars_svg(
+                figures["per_status"], colours=[PALETTE[i % len(PALETTE)] for i in range(len(figures["per_status"]))]
+            ),
             "label_charts": [(model, bars_svg(items[:28])) for model, items in figures["labels"]],
             "error_rate": "—" if figures["error_rate"] is None else f"{figures['error_rate']:.2%}",
             "latency_mean": "—" if figures["latency_mean"] is None else f"{figures['latency_mean']:.3f} s",
@@ -332,7 +467,11 @@ class PredictionAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/predictions/overview.html", context)
 
     def changelist_view(self, request, extra_context=None):
-        extra_context = {**(extra_context or {}), "overview_url": reverse("admin:predictions_prediction_overview")}
+        extra_context = {
+            **(extra_context or {}),
+            "overview_url": reverse("admin:predictions_prediction_overview"),
+            "review_url": reverse("admin:predictions_prediction_review"),
+        }
         return super().changelist_view(request, extra_context)
 
 
@@ -384,3 +523,80 @@ class BatchAdmin(ReadOnlyAdmin):
     list_select_related = ("owner",)
     raw_id_fields = ("owner",)
     show_full_result_count = False
+    fields = ("owner", "model_name", "size", "created_at", "status_counts", "timings", "predictions_table")
+    readonly_fields = fields
+    PREDICTIONS_SHOWN = 100
+
+    @staticmethod
+    def _figures(obj: Batch) -> dict:
+        """Read once for the page's two fields that show them."""
+        if not hasattr(obj, "_figures"):
+            obj._figures = batch_figures(obj)  # type: ignore[attr-defined]  # a per-request memo on the instance
+        return obj._figures  # type: ignore[attr-defined]
+
+    @admin.display(description="by status")
+    def status_counts(self, obj: Batch):
+        figures = self._figures(obj)
+        url = reverse("admin:predictions_prediction_changelist")
+        return format_html_join(
+            " · ",
+            '<a href="{}?batch__exact={}&status__exact={}">{}: {}</a>',
+            ((url, obj.pk, status, status, n) for status, n in figures["per_status"]),
+        )
+
+    @admin.display(description="timings")
+    def timings(self, obj: Batch) -> str:
+        figures = self._figures(obj)
+        if figures["finished"] == 0:
+            return "Nothing finished yet."
+        seconds = "{:.2f} s".format
+        parts = [
+            f"first started {seconds(figures['first_start'])} after submission"
+            if figures["first_start"] is not None
+            else "",
+            f"last finished {seconds(figures['last_finish'])} after submission",
+            f"{figures['finished']} finished, {figures['per_second']:.1f} texts/s" if figures["per_second"] else "",
+            f"per text: p50 {seconds(figures['p50'])}, p95 {seconds(figures['p95'])}",
+        ]
+        return "; ".join(part for part in parts if part)
+
+    @admin.display(description="predictions")
+    def predictions_table(self, obj: Batch):
+        rows = list(
+            obj.predictions.order_by("position").only(
+                "pk", "position", "text", "status", "label", "score", "corrected_label", "cached", "batch_id"
+            )[: self.PREDICTIONS_SHOWN]
+        )
+        change = "admin:predictions_prediction_change"
+        more = (
+            format_html(
+                '<p><a href="{}?batch__exact={}">All {} in the prediction list</a></p>',
+                reverse("admin:predictions_prediction_changelist"),
+                obj.pk,
+                obj.size,
+            )
+            if obj.size > len(rows)
+            else ""
+        )
+        return format_html(
+            '<table class="batch-predictions"><thead><tr><th>#</th><th>id</th><th>text</th><th>status</th>'
+            "<th>label</th><th>score</th><th>corrected</th></tr></thead><tbody>{}</tbody></table>{}",
+            format_html_join(
+                "",
+                '<tr><td>{}</td><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+                (
+                    (
+                        row.position,
+                        reverse(change, args=[row.pk]),
+                        row.pk,
+                        row.text if len(row.text) <= 80 else row.text[:79] + "…",
+                        f"{row.status} (cache)" if row.cached else row.status,
+                        row.label or "—",
+                        "" if row.score is None else f"{row.score:.3f}",
+                        row.corrected_label,
+                    )
+                    for row in rows
+                ),
+            ),
+            more,
+        )

@@ -16,7 +16,7 @@ from predictions.monitoring import cache_lookups_observe
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "result:v1"
-CACHED_FIELDS = ("label", "score", "scores", "labels")  # what an entry holds: the model's answer to a text
+CACHED_FIELDS = ("label", "score", "scores", "labels", "margin")  # what an entry holds: the model's answer to a text
 
 
 def result_cache_key(model_name: str, model_version: str, text_sha256: str) -> str:

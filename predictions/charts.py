@@ -11,9 +11,14 @@ PALETTE = ["#417690", "#79aec8", "#e8a33d", "#ba2121", "#5b9a68", "#8e6bb8", "#c
 
 
 def bars_svg(
-    items: Sequence[tuple[str, float]], *, width: int = 520, bar_height: int = 18, value_format: str = "{:,.0f}"
+    items: Sequence[tuple[str, float]],
+    *,
+    width: int = 520,
+    bar_height: int = 18,
+    value_format: str = "{:,.0f}",
+    colours: Sequence[str] | None = None,
 ) -> SafeString:
-    """Horizontal bars, one per (label, value), longest value spanning the chart."""
+    """Horizontal bars, one per (label, value), longest value spanning the chart; one colour, or one per bar."""
     if not items:
         return mark_safe('<p class="chart-empty">No data yet.</p>')
     label_width, value_width = 150, 70
@@ -25,7 +30,7 @@ def bars_svg(
         length = max(1.0, span * value / top) if value else 0
         rows.append(
             f'<text x="{label_width - 6}" y="{y + bar_height - 4}" text-anchor="end">{escape(str(label))[:24]}</text>'
-            f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar_height}" fill="{PALETTE[0]}"><title>{escape(str(label))}: {value_format.format(value)}</title></rect>'
+            f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar_height}" fill="{colours[i] if colours else PALETTE[0]}"><title>{escape(str(label))}: {value_format.format(value)}</title></rect>'
             f'<text x="{label_width + length + 6:.1f}" y="{y + bar_height - 4}">{value_format.format(value)}</text>'
         )
     height = len(items) * (bar_height + 6)

@@ -31,7 +31,7 @@ class Lane(models.IntegerChoices):
 
 FINISHED_STATUSES = (PredictionStatus.SUCCEEDED, PredictionStatus.FAILED)
 # What a finished run writes on its row.
-RESULT_FIELDS = ("status", "error", "label", "score", "scores", "labels", "model_version", "finished_at")
+RESULT_FIELDS = ("status", "error", "label", "score", "scores", "labels", "margin", "model_version", "finished_at")
 
 
 class Batch(models.Model):
@@ -65,6 +65,12 @@ class ModelOutput(models.Model):
     score = models.FloatField(null=True, blank=True, help_text="Score of the top label.")
     scores = models.JSONField(null=True, blank=True, help_text="Score of every label, by label.")
     labels = models.JSONField(null=True, blank=True, help_text="Labels over their threshold (multi-label models).")
+    margin = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="How far the answer is from going another way: top score minus the second (single-label), "
+        "smallest distance of a score from its threshold (multi-label). The review queue shows the smallest first.",
+    )
     cached = models.BooleanField(default=False, help_text="Answered from the result cache, without a worker.")
     error = models.TextField(blank=True, help_text="Why the prediction failed.")
     task_id = models.CharField(max_length=255, blank=True, help_text="Celery task id of the run.")
@@ -131,6 +137,11 @@ class Prediction(ModelOutput):
         help_text="Who last reviewed this prediction.",
     )
     reviewed_at = models.DateTimeField(null=True, blank=True, help_text="When it was last reviewed.")
+    review_sample = models.BooleanField(
+        default=False,
+        help_text="Drawn at random when the prediction was made (REVIEW_SAMPLE_RATE): the audit sample "
+        "quality is estimated on, kept apart from the uncertainty-ordered review queue.",
+    )
     redacted_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -155,6 +166,13 @@ class Prediction(ModelOutput):
             models.Index(
                 fields=["owner", "lane", "turn"], name="prediction_queued_owner_turn", condition=Q(status="queued")
             ),
+            # The review queue: unreviewed answers of a model, most uncertain first; and the audit sample.
+            models.Index(
+                fields=["model_name", "margin"],
+                name="prediction_review_queue",
+                condition=Q(status="succeeded", reviewed_at__isnull=True),
+            ),
+            models.Index(fields=["model_name"], name="prediction_review_sample", condition=Q(review_sample=True)),
         ]
 
     def __str__(self) -> str:

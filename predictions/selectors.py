@@ -17,6 +17,7 @@ from predictions.models import (
     PredictionStatus,
     ReprocessRun,
 )
+from predictions.overview import percentile
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -153,3 +154,53 @@ def reprocess_summary(run: ReprocessRun) -> dict[str, int]:
         pending=Count("pk", filter=~finished),
     )
     return {"selected": run.selected, **totals}
+
+
+def review_queue(*, model_name: str = "", model_version: str = "", sample: bool = False) -> QuerySet[Prediction]:
+    """Finished answers no reviewer has seen: the most uncertain first (smallest margin; answers
+    stored before margins were kept come last), or the random audit sample, oldest first, whose
+    agreement rate is not biased by that ordering."""
+    queryset = Prediction.objects.filter(status=PredictionStatus.SUCCEEDED, reviewed_at__isnull=True)
+    if model_name:
+        queryset = queryset.filter(model_name=model_name)
+    if model_version:
+        queryset = queryset.filter(model_version=model_version)
+    if sample:
+        return queryset.filter(review_sample=True).order_by("pk")
+    return queryset.order_by(F("margin").asc(nulls_last=True), "pk")
+
+
+def model_versions_seen(model_name: str, *, limit: int = 50) -> list[str]:
+    """The versions of a model that answered predictions (the review queue's version filter)."""
+    versions = (
+        Prediction.objects.filter(model_name=model_name)
+        .exclude(model_version="")
+        .values_list("model_version", flat=True)
+        .distinct()
+        .order_by("model_version")
+    )
+    return list(versions[:limit])
+
+
+def batch_figures(batch: Batch) -> dict[str, Any]:
+    """A batch's rows per status and its timings from submission: first start, last finish, per-text
+    latency percentiles and texts a second (one query for the counts, one for the finished rows' times)."""
+    counts = dict(batch.predictions.values_list("status").annotate(n=Count("pk")).order_by())
+    times = list(
+        batch.predictions.filter(status__in=FINISHED_STATUSES, finished_at__isnull=False).values_list(
+            "created_at", "started_at", "finished_at"
+        )
+    )
+    latencies = [(finished - created).total_seconds() for created, _, finished in times]
+    starts = [started for _, started, _ in times if started is not None]
+    last = max((finished for _, _, finished in times), default=None)
+    wall = (last - batch.created_at).total_seconds() if last else None
+    return {
+        "per_status": [(status, counts.get(status, 0)) for status in PredictionStatus.values],
+        "finished": len(times),
+        "first_start": (min(starts) - batch.created_at).total_seconds() if starts else None,
+        "last_finish": wall,
+        "per_second": len(times) / wall if wall else None,
+        "p50": percentile(latencies, 0.5),
+        "p95": percentile(latencies, 0.95),
+    }

@@ -37,7 +37,7 @@ def chromium_page(monkeypatch) -> Iterator[Page]:
             ],
         )
         try:
-            page = browser.new_page(viewport={"width": 1900, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 900})  # a laptop: the desk must read here
             page.set_default_timeout(15_000)
             yield page
         finally:

@@ -198,6 +198,22 @@ def test_the_overview_shows_volume_errors_and_latency(client, superuser, owner):
     assert "Label distribution: sentiment" in html
 
 
+def test_each_status_bar_on_the_overview_has_its_colour_in_the_per_day_legend(client, superuser, owner):
+    import re  # noqa: PLC0415
+
+    rows(owner, 3)
+    Prediction.objects.create(owner=owner, text="x", model_name="sentiment", status="failed")
+    Prediction.objects.create(owner=owner, text="y", model_name="sentiment", status="queued")
+    client.force_login(superuser)
+    html = client.get(reverse("admin:predictions_prediction_overview")).content.decode()
+    per_day, rest = html.split("Predictions per day and status")[1].split("Predictions per status")
+    per_status = rest.split("Label distribution")[0]
+    legend = re.findall(r'y="2" width="12" height="12" fill="(#\w+)"></rect><text [^>]*>(\w+)</text>', per_day)
+    bars = re.findall(r'fill="(#\w+)"><title>(\w+): ', per_status)
+    assert {status: colour for colour, status in bars} == {status: colour for colour, status in legend}
+    assert len({colour for colour, _ in bars}) == 4  # queued, running, succeeded, failed: four colours
+
+
 def test_percentile_is_nearest_rank():
     assert percentile(list(range(1, 101)), 0.95) == 95
     assert percentile([], 0.95) is None

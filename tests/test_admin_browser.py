@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from mlsite.celery import app
-from predictions.models import Prediction, PredictionResult, PredictionReview, PredictionStatus
+from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus
 from tests.browser import chromium_page, needs_chromium
 
 pytestmark = [
@@ -95,10 +96,19 @@ def log_in(page, live_server, username: str, password: str) -> None:
 
 
 def test_a_reviewer_filters_searches_opens_and_corrects_a_prediction(page, live_server, desk, screenshots):
+    Prediction.objects.filter(pk=desk[1].pk).update(  # a long text and a correction, as real rows have
+        text="a dull, lifeless and boring mess " * 8, corrected_label="positive", reviewed_at=timezone.now()
+    )
     log_in(page, live_server, "rita", "pw-rita-1234")
     page.goto(f"{live_server.url}/admin/predictions/prediction/")
     assert page.locator("#result_list tbody tr").count() == 6
     page.screenshot(path=str(screenshots / "admin-changelist.png"), full_page=True)
+    # At 1280 px every column shows without scrolling sideways, and each row is one line high.
+    table_right = page.evaluate("document.querySelector('#result_list').getBoundingClientRect().right")
+    box_right = page.evaluate("document.querySelector('#changelist .results').getBoundingClientRect().right")
+    assert table_right <= box_right + 1  # no column hidden behind a sideways scroll
+    heights = page.eval_on_selector_all("#result_list tbody tr", "rows => rows.map(r => r.offsetHeight)")
+    assert max(heights) < 1.6 * min(heights)
 
     page.click("#changelist-filter a:text-is('Failed')")
     page.wait_for_url("**status__exact=failed**")
@@ -145,3 +155,86 @@ def test_a_superuser_reruns_selected_rows_and_sees_the_overview(page, live_serve
     assert page.inner_text("#total") == "6"
     assert page.locator("svg.chart").count() >= 3
     page.screenshot(path=str(screenshots / "admin-overview.png"), full_page=True)
+
+
+def test_a_reviewer_works_through_the_review_queue_with_the_keyboard(page, live_server, desk, screenshots):
+    margins = {"a gorgeous, witty, moving film": 0.94, "a dull, lifeless and boring mess": 0.9}
+    margins |= {"oh great, another sequel nobody asked for": 0.24, "the acting is superb": 0.86}
+    margins |= {"i want my two hours back": 0.76}
+    for text, margin in margins.items():
+        Prediction.objects.filter(text=text).update(margin=margin)
+    sampled = Prediction.objects.get(text="the acting is superb")
+    Prediction.objects.filter(pk=sampled.pk).update(review_sample=True)
+    log_in(page, live_server, "rita", "pw-rita-1234")
+    page.goto(f"{live_server.url}/admin/predictions/prediction/")
+    page.click("a:text-is('Review queue')")
+    page.wait_for_selector("#queue")
+    texts = page.locator("#queue li.item .text").all_inner_texts()
+    assert texts == sorted(margins, key=margins.get)  # most uncertain first; the failed row is not there
+    assert "active" in page.locator("#queue li.item").first.get_attribute("class")
+
+    page.keyboard.press("1")  # the sarcastic one, corrected to its first other label: negative
+    page.wait_for_selector("#queue li.item.done")
+    assert page.locator("#queue li.item").first.locator(".outcome").inner_text() == "corrected to negative"
+    page.keyboard.press("n")
+    page.keyboard.type("clearly negative")
+    page.keyboard.press("Enter")  # in the note: confirms the second item (now active) with that note
+    page.wait_for_selector("#queue li.item:nth-child(2).done")
+    page.keyboard.press("k")
+    page.screenshot(path=str(screenshots / "admin-review-queue.png"), full_page=True)
+
+    sarcastic = Prediction.objects.get(text__contains="sequel")
+    assert (sarcastic.label, sarcastic.corrected_label, sarcastic.reviewed_by.username) == (
+        "positive",
+        "negative",
+        "rita",
+    )
+    second = Prediction.objects.get(text="i want my two hours back")
+    assert second.reviewed_at is not None
+    assert second.corrected_label == ""
+    assert second.review_note == "clearly negative"
+    assert PredictionReview.objects.count() == 2
+
+    page.click("a:text-is('Audit sample')")
+    page.wait_for_url("**sample=1**")
+    assert page.locator("#queue li.item .text").all_inner_texts() == ["the acting is superb"]
+    page.goto(f"{live_server.url}/admin/predictions/prediction/review/")
+    assert len(page.locator("#queue li.item").all()) == 3  # the two reviewed left the queue
+
+
+def test_a_batch_page_shows_its_counts_timings_and_predictions(page, live_server, desk, owner, screenshots):
+    batch = Batch.objects.create(owner=owner, model_name="sentiment", size=4)
+    created = batch.created_at
+    for i, (status, label) in enumerate(
+        [("succeeded", "positive"), ("succeeded", "negative"), ("failed", ""), ("queued", "")]
+    ):
+        finished = created + timedelta(seconds=1 + i) if status != "queued" else None
+        Prediction.objects.create(
+            owner=owner,
+            batch=batch,
+            position=i,
+            text=f"batch text {i}",
+            model_name="sentiment",
+            status=status,
+            label=label,
+            score=0.8 if label else None,
+            created_at=created,
+            started_at=created + timedelta(seconds=0.5) if finished else None,
+            finished_at=finished,
+        )
+    log_in(page, live_server, "rita", "pw-rita-1234")
+    page.goto(f"{live_server.url}/admin/predictions/batch/{batch.pk}/change/")
+    page.wait_for_selector("table.batch-predictions")
+    counts = page.locator(".field-status_counts").inner_text()
+    assert "queued: 1" in counts
+    assert "succeeded: 2" in counts
+    assert "failed: 1" in counts
+    timings = page.locator(".field-timings").inner_text()
+    assert "first started 0.50 s after submission" in timings
+    assert "last finished 3.00 s after submission" in timings
+    assert "3 finished, 1.0 texts/s" in timings
+    assert page.locator("table.batch-predictions tbody tr").count() == 4
+    page.screenshot(path=str(screenshots / "admin-batch.png"), full_page=True)
+    page.click(".field-status_counts a:text-is('succeeded: 2')")
+    page.wait_for_selector("#result_list")
+    assert page.locator("#result_list tbody tr").count() == 2

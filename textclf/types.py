@@ -21,3 +21,6 @@ class LabelScores:
     score: float
     scores: dict[str, float]
     labels: list[str] = field(default_factory=list)
+    # How far the answer is from going another way: the top score minus the second (single-label),
+    # the smallest distance of a score from its label's threshold (multi-label). Small is uncertain.
+    margin: float | None = None

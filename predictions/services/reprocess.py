@@ -115,6 +115,7 @@ def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> Non
                 score=None,
                 scores=None,
                 labels=None,
+                margin=None,
                 cached=False,
                 error="",
                 task_id="",

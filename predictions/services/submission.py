@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ def _prediction_build(
         model_version=version,
         request_id=current_request_id() or "",
         created_at=now,
+        review_sample=random.random() < settings.REVIEW_SAMPLE_RATE,
     )
     if hit is not None:
         prediction.status = PredictionStatus.SUCCEEDED

@@ -278,10 +278,11 @@ def _row_fill(row: Prediction, result: LabelScores | Exception, *, version: str,
     row.model_version, row.finished_at = version, finished
     if isinstance(result, Exception):
         row.status, row.error = PredictionStatus.FAILED, f"{type(result).__name__}: {result}"[:2000]
-        row.label, row.score, row.scores, row.labels = "", None, None, None
+        row.label, row.score, row.scores, row.labels, row.margin = "", None, None, None, None
     else:
         row.status, row.error = PredictionStatus.SUCCEEDED, ""
         row.label, row.score, row.scores, row.labels = result.label, result.score, result.scores, result.labels
+        row.margin = result.margin
 
 
 def predictions_sweep(*, queued_after: float, running_after: float) -> dict[str, int]:

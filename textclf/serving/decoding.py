@@ -35,8 +35,15 @@ def logits_decode(
         top = max(range(len(row)), key=row.__getitem__)
         if kind is ModelKind.SINGLE_LABEL:
             chosen = [labels[top]]
+            runner_up = max((p for i, p in enumerate(row) if i != top), default=0.0)
+            margin = row[top] - runner_up
         else:
             over = [i for i, p in enumerate(row) if p >= float(threshold_row[i])]
             chosen = [labels[i] for i in sorted(over, key=row.__getitem__, reverse=True)]
-        results.append(LabelScores(label=labels[top], score=scores[labels[top]], scores=scores, labels=chosen))
+            margin = min(abs(p - float(threshold_row[i])) for i, p in enumerate(row))
+        results.append(
+            LabelScores(
+                label=labels[top], score=scores[labels[top]], scores=scores, labels=chosen, margin=round(margin, 6)
+            )
+        )
     return results

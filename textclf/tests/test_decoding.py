@@ -49,3 +49,20 @@ def test_tuned_thresholds_maximise_each_labels_f1() -> None:
     scores = multilabel_scores(probabilities, gold, thresholds)
     assert scores["macro_f1"] == pytest.approx(1.0)
     assert scores["top1_accuracy"] == pytest.approx(0.75)
+
+
+def test_a_single_label_margin_is_the_top_score_minus_the_second():
+    [result] = logits_decode(
+        torch.tensor([[0.0, 1.0, 0.5]]), labels=["negative", "positive", "neutral"], kind=ModelKind.SINGLE_LABEL
+    )
+    top, second = sorted(result.scores.values(), reverse=True)[:2]
+    assert result.margin == pytest.approx(top - second, abs=2e-6)
+
+
+def test_a_multi_label_margin_is_the_score_nearest_its_threshold():
+    sure, unsure = torch.logit(torch.tensor(0.95)), torch.logit(torch.tensor(0.35))
+    [result] = logits_decode(
+        torch.tensor([[sure, unsure]]), labels=["joy", "anger"], kind=ModelKind.MULTI_LABEL, thresholds=[0.5, 0.3]
+    )
+    assert result.labels == ["joy", "anger"]
+    assert result.margin == pytest.approx(0.05, abs=1e-5)  # anger: 0.35 against its 0.3
