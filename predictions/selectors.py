@@ -191,9 +191,10 @@ def batch_figures(batch: Batch) -> dict[str, Any]:
             "created_at", "started_at", "finished_at"
         )
     )
-    latencies = [(finished - created).total_seconds() for created, _, finished in times]
+    finishes = [(created, finished) for created, _, finished in times if finished is not None]  # all: filtered above
+    latencies = [(finished - created).total_seconds() for created, finished in finishes]
     starts = [started for _, started, _ in times if started is not None]
-    last = max((finished for _, _, finished in times), default=None)
+    last = max((finished for _, finished in finishes), default=None)
     wall = (last - batch.created_at).total_seconds() if last else None
     return {
         "per_status": [(status, counts.get(status, 0)) for status in PredictionStatus.values],

@@ -51,7 +51,7 @@ def test_tuned_thresholds_maximise_each_labels_f1() -> None:
     assert scores["top1_accuracy"] == pytest.approx(0.75)
 
 
-def test_a_single_label_margin_is_the_top_score_minus_the_second():
+def test_a_single_label_margin_is_the_top_score_minus_the_second() -> None:
     [result] = logits_decode(
         torch.tensor([[0.0, 1.0, 0.5]]), labels=["negative", "positive", "neutral"], kind=ModelKind.SINGLE_LABEL
     )
@@ -59,7 +59,7 @@ def test_a_single_label_margin_is_the_top_score_minus_the_second():
     assert result.margin == pytest.approx(top - second, abs=2e-6)
 
 
-def test_a_multi_label_margin_is_the_score_nearest_its_threshold():
+def test_a_multi_label_margin_is_the_score_nearest_its_threshold() -> None:
     sure, unsure = torch.logit(torch.tensor(0.95)), torch.logit(torch.tensor(0.35))
     [result] = logits_decode(
         torch.tensor([[sure, unsure]]), labels=["joy", "anger"], kind=ModelKind.MULTI_LABEL, thresholds=[0.5, 0.3]
