@@ -200,6 +200,8 @@ DEFAULT_MODEL = env_str("DEFAULT_MODEL", "sentiment")
 # A worker pool: the models this worker loads, claims and consumes the queues of; empty: all of them.
 # The web ignores it (docs/scaling.md, Worker pools).
 WORKER_MODELS = env_subset("WORKER_MODELS", MLSITE_MODELS)
+# How often a process reads which model versions are active: a promotion reaches it within this time.
+MODEL_VERSION_CHECK_SECONDS = env_int("MODEL_VERSION_CHECK_SECONDS", 5, minimum=0)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 INFERENCE_INT8 = env_bool("INFERENCE_INT8", False)
 # BERT encoders run texts unpadded (docs/performance.md, Packed forward passes).

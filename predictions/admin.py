@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import cast
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -24,12 +25,23 @@ from django.utils.safestring import mark_safe
 
 from predictions.charts import PALETTE, bars_svg, stacked_columns_svg
 from predictions.export import csv_rows
-from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus, ReprocessRun
+from predictions.models import (
+    FINISHED_STATUSES,
+    Batch,
+    ModelVersion,
+    ModelVersionState,
+    Prediction,
+    PredictionResult,
+    PredictionReview,
+    PredictionStatus,
+    ReprocessRun,
+)
 from predictions.overview import overview_figures
 from predictions.registry import model_exists, model_info_get, model_names
 from predictions.selectors import batch_figures, model_versions_seen, reprocess_summary, review_queue
 from predictions.services.reprocess import predictions_rerun
 from predictions.services.review import prediction_review, predictions_mark_reviewed
+from predictions.services.versions import VersionRefused, model_version_promote, model_version_rollback
 from textclf import ModelLoadError
 
 # The app list beside every page takes a quarter of a 1280-pixel screen the prediction list needs;
@@ -599,4 +611,123 @@ class BatchAdmin(ReadOnlyAdmin):
                 ),
             ),
             more,
+        )
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    """Every served, candidate and retired version; the `model managers` group promotes and rolls back.
+
+    Each promotion and rollback is stamped on the rows (who, when) and written to the admin's log.
+    """
+
+    list_display = (
+        "name",
+        "version_short",
+        "state",
+        "metrics_summary",
+        "registered_by",
+        "registered_at",
+        "promoted_by",
+        "promoted_at",
+    )
+    list_filter = ("name", "state")
+    list_select_related = ("registered_by", "promoted_by")
+    readonly_fields = (
+        "name",
+        "version",
+        "state",
+        "source",
+        "metrics",
+        "note",
+        "registered_by",
+        "registered_at",
+        "promoted_by",
+        "promoted_at",
+        "retired_at",
+        "replaced",
+    )
+    actions = ("promote", "rollback", "rerun_history")
+
+    def has_promote_permission(self, request) -> bool:
+        return request.user.has_perm("predictions.promote_modelversion")
+
+    @admin.display(description="version", ordering="version")
+    def version_short(self, obj: ModelVersion) -> str:
+        return obj.version[:12]
+
+    @admin.display(description="metrics")
+    def metrics_summary(self, obj: ModelVersion) -> str:
+        return (
+            ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in sorted((obj.metrics or {}).items())[:4]
+            )
+            or "—"
+        )
+
+    def _one(self, request, queryset) -> ModelVersion | None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version.", messages.ERROR)
+            return None
+        return queryset.get()
+
+    @admin.action(
+        description="Promote the selected version (serve it; the active one is retired)", permissions=["promote"]
+    )
+    def promote(self, request, queryset):
+        version = self._one(request, queryset)
+        if version is None:
+            return
+        try:
+            previous = model_version_promote(version, user=request.user)
+        except VersionRefused as exc:
+            self.message_user(request, f"Not promoted: {exc}.", messages.ERROR)
+            return
+        replaced = f"; {previous} retired" if previous else ""
+        self.log_change(request, version, f"Promoted to active{replaced}.")
+        if previous is not None:
+            self.log_change(request, previous, f"Retired: {version} promoted.")
+        self.message_user(
+            request,
+            f"{version.name}@{version.version[:12]} is active{replaced}. Workers take it up within "
+            f"{settings.MODEL_VERSION_CHECK_SECONDS} s. To re-run the predictions earlier versions answered, "
+            "select it and run “Re-run history under the selected active version”.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(
+        description="Roll back the selected active version (serve the one it replaced)", permissions=["promote"]
+    )
+    def rollback(self, request, queryset):
+        version = self._one(request, queryset)
+        if version is None:
+            return
+        if version.state != ModelVersionState.ACTIVE:
+            self.message_user(request, f"Not rolled back: {version} is not active.", messages.ERROR)
+            return
+        retired, back = model_version_rollback(version.name, user=request.user)
+        serving = str(back) if back else f"the configured {settings.MLSITE_MODELS.get(version.name, '?')}"
+        self.log_change(request, retired, f"Rolled back: {serving} served again.")
+        if back is not None:
+            self.log_change(request, back, f"Active again: {retired} rolled back.")
+        self.message_user(request, f"Rolled back {retired.name}: serving {serving}.", messages.SUCCESS)
+
+    @admin.action(
+        description="Re-run history under the selected active version (earlier results kept)", permissions=["promote"]
+    )
+    def rerun_history(self, request, queryset):
+        version = self._one(request, queryset)
+        if version is None:
+            return
+        if version.state != ModelVersionState.ACTIVE:
+            self.message_user(request, f"Not re-run: {version} is not the active version.", messages.ERROR)
+            return
+        history = Prediction.objects.filter(model_name=version.name, status__in=FINISHED_STATUSES).exclude(
+            model_version=version.version
+        )
+        run, queued = predictions_rerun(queryset=history, user=request.user)
+        self.log_change(request, version, f"Re-ran {queued} earlier prediction(s) under it (run {run.pk}).")
+        self.message_user(
+            request, f"Queued {queued} prediction(s) answered by earlier versions (run {run.pk}).", messages.SUCCESS
         )

@@ -309,3 +309,67 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint} key {self.key!r} of user {self.owner_id}"
+
+
+class ModelVersionState(models.TextChoices):
+    ACTIVE = "active", "Active"  # answers the model's traffic
+    CANDIDATE = "candidate", "Candidate"  # registered (e.g. trained on reviews), not served yet
+    RETIRED = "retired", "Retired"  # was active; a rollback can make it active again
+
+
+class ModelVersion(models.Model):
+    """One version of a served model's artifact, and its state: at most one active per model name.
+
+    Workers and the web serve the active version's artifact (predictions.registry), or the one
+    MLSITE_MODELS names while no version is active. Promotions and rollbacks are admin actions
+    for the `model managers` group, each also in the admin's log.
+    """
+
+    name = models.CharField(max_length=100, help_text="Registry name of the model (a key of MLSITE_MODELS).")
+    version = models.CharField(max_length=64, help_text="The artifact's version: a hash of its weights.")
+    source = models.CharField(
+        max_length=500, help_text="Where the artifact lies: bundled:NAME, a local directory, or a hub id."
+    )
+    state = models.CharField(max_length=16, choices=ModelVersionState.choices, default=ModelVersionState.CANDIDATE)
+    metrics = models.JSONField(null=True, blank=True, help_text="Evaluation figures, e.g. dev accuracy, by name.")
+    note = models.TextField(blank=True, help_text="How it was made (data, recipe) or why it was registered.")
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who registered it (blank: a command run without --user).",
+    )
+    registered_at = models.DateTimeField(auto_now_add=True)
+    promoted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who last made it active.",
+    )
+    promoted_at = models.DateTimeField(null=True, blank=True, help_text="When it was last made active.")
+    retired_at = models.DateTimeField(null=True, blank=True, help_text="When it last stopped being active.")
+    replaced = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The version active when this one was first promoted: what a rollback serves again.",
+    )
+
+    class Meta:
+        ordering = ["name", "-registered_at"]
+        permissions = [("promote_modelversion", "Can promote and roll back model versions")]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="model_version_once"),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(state="active"), name="model_version_one_active_per_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version[:12]} ({self.state})"

@@ -1,18 +1,23 @@
 """Which classifiers this deployment serves, and the loaded instance of each (once per process).
 
-Settings name models by source (MLSITE_MODELS); nothing loads until a model is first used, so the
-web process stays light unless it must answer the models endpoint or a cache key.
+Settings name the models and their first source (MLSITE_MODELS); a model's active ModelVersion row,
+once one is promoted, names the source served instead. Each process reads the active versions at
+most every MODEL_VERSION_CHECK_SECONDS, so a promotion reaches running workers and web processes
+within seconds, without a restart. Nothing loads until a model is first used, so the web process
+stays light unless it must answer the models endpoint or a cache key.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 
 from textclf import ModelLoadError
 from textclf.serving.loading import ModelInfo, classifier_load, model_info
@@ -49,22 +54,62 @@ def model_exists(name: str) -> bool:
 
 
 _lock = threading.Lock()
+_active: dict[str, str] = {}  # model name → source of its active ModelVersion, as last read
+_active_read_at = float("-inf")  # time.monotonic() of that read
+_loaded: dict[str, tuple[tuple, TextClassifier]] = {}  # model name → (what it was loaded from, the classifier)
 
 
-@cache
-def _classifier(name: str, source: str, device: str, int8: bool, packed: bool) -> TextClassifier:
-    return classifier_load(name, source, bundled_dir=BUNDLED_MODELS_DIR, device=device, int8=int8, packed=packed)
+def _active_sources() -> dict[str, str]:
+    """The active versions' sources, read again once MODEL_VERSION_CHECK_SECONDS have passed. If the
+    database can't be read, the last sources read stay (a worker keeps serving what it served)."""
+    global _active, _active_read_at
+    if time.monotonic() - _active_read_at < settings.MODEL_VERSION_CHECK_SECONDS:
+        return _active
+    from predictions.models import ModelVersion, ModelVersionState  # noqa: PLC0415 (models need apps ready; this module doesn't)
+
+    try:
+        with transaction.atomic():  # a savepoint inside a caller's transaction: a failure here leaves it usable
+            _active = dict(ModelVersion.objects.filter(state=ModelVersionState.ACTIVE).values_list("name", "source"))
+    except DatabaseError as exc:
+        logger.warning("could not read the active model versions, serving those read before: %s", exc)
+    _active_read_at = time.monotonic()
+    return _active
+
+
+def active_versions_forget() -> None:
+    """Read the active versions again at the next use (after a promotion in this process)."""
+    global _active_read_at
+    _active_read_at = float("-inf")
+
+
+def model_source(name: str) -> str:
+    """Where the served artifact of `name` lies: its active version's source, else MLSITE_MODELS's."""
+    if not model_exists(name):
+        raise UnknownModel(name)
+    return _active_sources().get(name) or settings.MLSITE_MODELS[name]
 
 
 def classifier_get(name: str) -> TextClassifier:
-    """The loaded TextClassifier for a registered model name."""
-    if not model_exists(name):
-        raise UnknownModel(name)
+    """The loaded TextClassifier serving a registered model name: loaded again when its active
+    version changes (the one it replaces is let go: one classifier per name in memory)."""
+    source = model_source(name)
     with _lock:
         device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE  # int8 kernels are CPU-only
-        return _classifier(
-            name, settings.MLSITE_MODELS[name], device, settings.INFERENCE_INT8, settings.INFERENCE_PACKED
-        )
+        key = (source, device, settings.INFERENCE_INT8, settings.INFERENCE_PACKED)
+        loaded = _loaded.get(name)
+        if loaded is None or loaded[0] != key:
+            if loaded is not None:
+                logger.info("model %r: serving %s in place of %s", name, source, loaded[0][0])
+            classifier = classifier_load(
+                name,
+                source,
+                bundled_dir=BUNDLED_MODELS_DIR,
+                device=device,
+                int8=settings.INFERENCE_INT8,
+                packed=settings.INFERENCE_PACKED,
+            )
+            _loaded[name] = loaded = (key, classifier)
+        return loaded[1]
 
 
 def models_preload() -> None:
@@ -77,10 +122,8 @@ def models_preload() -> None:
 
 
 def model_info_get(name: str) -> ModelInfo:
-    """Version, kind and labels of a registered model, read from its files without loading torch."""
-    if not model_exists(name):
-        raise UnknownModel(name)
-    return _info(settings.MLSITE_MODELS[name])
+    """Version, kind and labels of a registered model's served artifact, read from its files without loading torch."""
+    return source_info(model_source(name))
 
 
 def model_version(name: str) -> str:
@@ -97,11 +140,14 @@ def model_version_or_blank(name: str) -> str:
 
 
 @cache
-def _info(source: str) -> ModelInfo:
+def source_info(source: str) -> ModelInfo:
+    """Version, kind and labels of any artifact (a candidate too), read once from its files."""
     return model_info(source, bundled_dir=BUNDLED_MODELS_DIR)
 
 
 def registry_clear() -> None:
-    """Forget loaded models (tests that swap MLSITE_MODELS call this)."""
-    _classifier.cache_clear()
-    _info.cache_clear()
+    """Forget loaded models and the active versions read (tests that swap MLSITE_MODELS call this)."""
+    with _lock:
+        _loaded.clear()
+    source_info.cache_clear()
+    active_versions_forget()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 
 from predictions.models import (
@@ -205,3 +206,33 @@ def batch_figures(batch: Batch) -> dict[str, Any]:
         "p50": percentile(latencies, 0.5),
         "p95": percentile(latencies, 0.95),
     }
+
+
+def reviewed_examples(model_name: str) -> Iterator[tuple[int, str, list[str], str]]:
+    """(id, text, the model's labels, the reviewer's correction or "") of every reviewed answer of a
+    model whose text is kept: one row per text, its latest review winning; read in chunks."""
+    rows = (
+        Prediction.objects.filter(
+            model_name=model_name,
+            status=PredictionStatus.SUCCEEDED,
+            reviewed_at__isnull=False,
+            redacted_at__isnull=True,
+        )
+        .order_by("text_sha256", "-reviewed_at", "-pk")
+        .distinct("text_sha256")
+        if connection.vendor == "postgresql"
+        else Prediction.objects.filter(
+            model_name=model_name,
+            status=PredictionStatus.SUCCEEDED,
+            reviewed_at__isnull=False,
+            redacted_at__isnull=True,
+        ).order_by("text_sha256", "-reviewed_at", "-pk")
+    )
+    seen: set[str] = set()
+    for pk, digest, text, label, labels, corrected in rows.values_list(
+        "pk", "text_sha256", "text", "label", "labels", "corrected_label"
+    ).iterator(chunk_size=2000):
+        if digest in seen:  # SQLite has no DISTINCT ON: the first of each text is its latest review
+            continue
+        seen.add(digest)
+        yield pk, text, list(labels or ([label] if label else [])), corrected

@@ -10,7 +10,7 @@ from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from predictions.registry import models_preload, served_models
 from predictions.services.dispatch import model_queue
@@ -82,6 +82,7 @@ def _models_load_before_fork(sender=None, **_) -> None:
     # One thread here: no intra-op thread pool exists for the fork to copy half-alive; each child sets its own.
     torch.set_num_threads(1)
     models_preload()
+    connections.close_all()  # the active versions were read here: no child may inherit this process's connection
 
 
 @worker_process_init.connect

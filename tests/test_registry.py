@@ -6,6 +6,8 @@ import pytest
 
 from predictions.registry import BUNDLED_MODELS_DIR, classifier_get, model_info_get, registry_clear
 
+pytestmark = pytest.mark.django_db  # the registry reads which model versions are active
+
 
 @pytest.fixture
 def fresh_registry():

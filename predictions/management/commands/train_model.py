@@ -14,6 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from predictions.registry import BUNDLED_MODELS_DIR
+from predictions.services.versions import model_version_register
+from textclf.errors import DatasetFormatError
 from textclf.serving.loading import classifier_load
 from textclf.training.recipes import RECIPES
 
@@ -30,6 +32,14 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
         parser.add_argument("--datasets-dir", type=Path, default=None)
+        parser.add_argument(
+            "--extra-data",
+            type=Path,
+            action="append",
+            default=[],
+            help="more training rows in the dataset's format (export_reviews writes them); repeatable. "
+            "The result is registered as a candidate version of the model, never written over the bundled one",
+        )
 
     def handle(self, *args, **options) -> None:
         import torch  # noqa: PLC0415 (torch loads lazily: only when the command runs)
@@ -53,6 +63,17 @@ class Command(BaseCommand):
         train, dev = reader(train_path), reader(dev_path)
         if options["limit"]:
             train = train[: options["limit"]]
+        extra = []
+        for path in options["extra_data"]:
+            try:
+                extra += reader(path)
+            except (OSError, DatasetFormatError) as exc:
+                raise CommandError(f"--extra-data: {exc}") from None
+        if extra and not options["out"]:
+            raise CommandError(
+                "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
+            )
+        train = train + extra
         hyper: dict[str, Any] = dict(recipe.defaults)
         if options["epochs"]:
             hyper["epochs"] = options["epochs"]
@@ -66,8 +87,10 @@ class Command(BaseCommand):
             **hyper,
         )
         out_dir = options["out"] or BUNDLED_MODELS_DIR / recipe.name
+        more = f" + {len(extra):,} extra" if extra else ""
         self.stdout.write(
-            f"training {recipe.name} on {len(train):,} rows of {train_path.name} ({device}), writing to {out_dir}"
+            f"training {recipe.name} on {len(train) - len(extra):,} rows of {train_path.name}{more} ({device}), "
+            f"writing to {out_dir}"
         )
         result = model_train(
             config,
@@ -102,4 +125,15 @@ class Command(BaseCommand):
         self.stdout.write(
             f"wrote {result.adapter_path} ({result.adapter_path.stat().st_size / 1024:.0f} KiB) and {card}"
         )
-        self.stdout.write(json.dumps({"fp32": metrics, "int8": metrics_int8}))
+        report: dict[str, Any] = {"fp32": metrics, "int8": metrics_int8}
+        if extra:
+            version, _ = model_version_register(
+                name=recipe.name,
+                source=source,
+                metrics={f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                note=f"train_model with {len(extra):,} extra rows from "
+                + ", ".join(p.name for p in options["extra_data"]),
+            )
+            self.stdout.write(f"registered {version} (promote it from the admin's Model versions)")
+            report["candidate"] = {"id": version.pk, "version": version.version, "state": version.state}
+        self.stdout.write(json.dumps(report))

@@ -1,0 +1,140 @@
+"""From reviews to data: export_reviews writes reviewed answers in the model's training format, and
+train_model --extra-data trains on them and registers the result as a candidate version."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from predictions.models import ModelVersion, ModelVersionState, Prediction, PredictionStatus, text_sha256
+from textclf.training.datasets import goemotions_read, sst2_read
+
+pytestmark = pytest.mark.django_db
+
+
+def answer(
+    owner,
+    text: str,
+    label: str,
+    *,
+    model: str = "sentiment",
+    corrected: str = "",
+    reviewed: bool = True,
+    labels: list[str] | None = None,
+    **extra,
+) -> Prediction:
+    return Prediction.objects.create(
+        owner=owner,
+        text=text,
+        text_sha256=text_sha256(text),
+        model_name=model,
+        label=label,
+        labels=labels if labels is not None else [label],
+        corrected_label=corrected,
+        reviewed_at=timezone.now() if reviewed else None,
+        **{"status": PredictionStatus.SUCCEEDED, **extra},
+    )
+
+
+def export(model: str, out: Path) -> dict:
+    printed = io.StringIO()
+    call_command("export_reviews", model, "--out", str(out), stdout=printed)
+    return json.loads(printed.getvalue())
+
+
+def test_confirmed_and_corrected_sentiment_answers_are_written_in_sst2_format(owner, tmp_path):
+    answer(owner, "a gorgeous\tfilm,\nwitty", "positive")  # confirmed
+    answer(owner, "oh great, another sequel", "positive", corrected="negative")
+    answer(owner, "not reviewed yet", "negative", reviewed=False)
+    answer(owner, "redacted text", "negative", redacted_at=timezone.now())
+    answer(owner, "a failed one", "", status=PredictionStatus.FAILED, labels=[])
+    answer(owner, "joyful", "joy", model="emotions")
+    report = export("sentiment", tmp_path / "reviews.tsv")
+    assert report == {
+        "model": "sentiment",
+        "out": str(tmp_path / "reviews.tsv"),
+        "rows": 2,
+        "confirmed": 1,
+        "corrected": 1,
+        "skipped": 0,
+    }
+    examples = sst2_read(tmp_path / "reviews.tsv")  # the reader train_model uses
+    assert {(e.text, e.label_ids) for e in examples} == {
+        ("a gorgeous film, witty", (1,)),
+        ("oh great, another sequel", (0,)),
+    }
+
+
+def test_a_text_reviewed_twice_is_exported_once_with_its_latest_review(owner, tmp_path):
+    first = answer(owner, "hard to say", "positive", corrected="negative")
+    answer(owner, "hard to say", "positive")  # reviewed later: confirmed
+    Prediction.objects.filter(pk=first.pk).update(reviewed_at=timezone.now() - timedelta(days=1))
+    assert export("sentiment", tmp_path / "r.tsv")["rows"] == 1
+    assert [e.label_ids for e in sst2_read(tmp_path / "r.tsv")] == [(1,)]
+
+
+def test_emotions_answers_are_written_in_goemotions_format_with_a_correction_replacing_the_labels(owner, tmp_path):
+    answer(owner, "so happy and a bit scared", "joy", model="emotions", labels=["joy", "fear"])
+    answer(owner, "furious", "joy", model="emotions", labels=["joy"], corrected="anger")
+    report = export("emotions", tmp_path / "emotions.tsv")
+    assert (report["rows"], report["confirmed"], report["corrected"]) == (2, 1, 1)
+    examples = goemotions_read(tmp_path / "emotions.tsv", n_labels=4)  # tiny labels: joy, anger, fear, neutral
+    assert {(e.text, e.label_ids) for e in examples} == {("so happy and a bit scared", (0, 2)), ("furious", (1,))}
+
+
+def test_export_refuses_an_unknown_model_and_an_unwritable_file_naming_them(tmp_path):
+    with pytest.raises(CommandError, match=r"^model: unknown model 'nope'"):
+        export("nope", tmp_path / "x.tsv")
+    with pytest.raises(CommandError, match=r"^--out: "):
+        export("sentiment", tmp_path / "no-such-dir" / "x.tsv")
+
+
+@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
+def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_not_served(owner, tmp_path, settings):
+    settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "sentiment": "bundled:sentiment"}  # its labels: the recipe's
+    answer(owner, "oh great, another sequel nobody asked for", "positive", corrected="negative")
+    answer(owner, "a quietly devastating film", "positive")
+    export("sentiment", tmp_path / "reviews.tsv")
+    printed = io.StringIO()
+    call_command(
+        "train_model",
+        "sentiment",
+        "--limit",
+        "32",
+        "--epochs",
+        "1",
+        "--extra-data",
+        str(tmp_path / "reviews.tsv"),
+        "--out",
+        str(tmp_path / "candidate"),
+        stdout=printed,
+    )
+    output = printed.getvalue()
+    assert "on 32 rows of train.tsv + 2 extra" in output
+    report = json.loads(output.strip().splitlines()[-1])
+    candidate = ModelVersion.objects.get(pk=report["candidate"]["id"])
+    assert candidate.state == ModelVersionState.CANDIDATE
+    assert candidate.source == f"path:{tmp_path / 'candidate'}"
+    assert candidate.metrics["dev_accuracy"] == report["fp32"]["accuracy"]
+    assert "2 extra rows from reviews.tsv" in candidate.note
+
+
+@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
+def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_the_line(tmp_path):
+    (tmp_path / "good.tsv").write_text("label\tsentence\n1\ta fine film\n")
+    (tmp_path / "bad.tsv").write_text("label\tsentence\n7\tbad label\n")
+    with pytest.raises(CommandError, match="--extra-data: give --out"):
+        call_command("train_model", "sentiment", "--extra-data", str(tmp_path / "good.tsv"), "--limit", "1")
+    with pytest.raises(CommandError, match=r"--extra-data: .*bad.tsv:2: label must be 0 or 1"):
+        call_command(
+            "train_model", "sentiment", "--extra-data", str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "o")
+        )
+    assert not (tmp_path / "o").exists()
+    assert not ModelVersion.objects.exists()
