@@ -12,6 +12,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mlsite.celery import app
+from predictions import registry
 from predictions.memos import memos_forget
 from predictions.tasks import predictions_run_task
 from textclf.testing import TINY_EMOTION_LABELS, TINY_SENTIMENT_LABELS, tiny_bert_save
@@ -39,8 +40,11 @@ def metrics_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir):
-    """Every test serves tiny random models unless it registers others; the bundled ones have their own tests."""
+def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir, monkeypatch):
+    """Every test serves tiny random models unless it registers others; the bundled ones have their own tests.
+    No model version is active, and none is read from the database (tests/test_model_versions.py reads them)."""
+    monkeypatch.setattr(registry, "_active", {})
+    monkeypatch.setattr(registry, "_active_read_at", float("inf"))  # as if just read: not read again
     settings.MLSITE_MODELS = {"sentiment": f"path:{tiny_sentiment_dir}", "emotions": f"path:{tiny_emotions_dir}"}
     settings.DEFAULT_MODEL = "sentiment"
     return settings.MLSITE_MODELS

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 
 from predictions.models import ModelVersion, ModelVersionState, Prediction, PredictionStatus, ReprocessRun
-from predictions.registry import model_info_get, model_source
+from predictions.registry import active_versions_forget, model_info_get, model_source
 from predictions.services.versions import (
     VersionRefused,
     model_version_promote,
@@ -23,7 +23,7 @@ from predictions.services.versions import (
     model_version_rollback,
 )
 from tests.factories import tiny_bert_save
-from tests.test_pools import Pool
+from tests.test_pools import Pool, pool_env
 from tests.test_worker import eventually
 
 pytestmark = pytest.mark.django_db
@@ -32,8 +32,9 @@ VERSIONS = "/admin/predictions/modelversion/"
 
 
 @pytest.fixture(autouse=True)
-def versions_read_at_once(settings):
+def versions_read_at_once(settings, tiny_models):
     settings.MODEL_VERSION_CHECK_SECONDS = 0  # every use reads the active versions (a worker: within seconds)
+    active_versions_forget()
 
 
 @pytest.fixture(scope="module")
@@ -202,16 +203,7 @@ def test_register_model_prints_the_version_and_refuses_an_unknown_model(candidat
 def test_a_running_worker_takes_up_a_promotion_within_seconds_without_a_restart(
     api, candidate_dirs, tiny_sentiment_dir, tiny_emotions_dir, tmp_path, celery_eager
 ):
-    database = django_settings.DATABASES["default"]
-    if "postgresql" not in database["ENGINE"] or not django_settings.CELERY_BROKER_URL.startswith("amqp"):
-        pytest.skip("the worker process shares the test's PostgreSQL and RabbitMQ")
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-        "MLSITE_MODELS": f"sentiment=path:{tiny_sentiment_dir},emotions=path:{tiny_emotions_dir}",
-        "MLSITE_VAR_DIR": str(tmp_path),
-        "MODEL_VERSION_CHECK_SECONDS": "1",
-    }
+    env = pool_env(tiny_sentiment_dir, tiny_emotions_dir, tmp_path, MODEL_VERSION_CHECK_SECONDS="1")
     celery_eager.conf.task_always_eager = False
     pool = Pool("sentiment", env, tmp_path).start()
     try:

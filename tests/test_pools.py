@@ -50,17 +50,24 @@ class Pool:
             self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def pools(django_db_setup, tiny_sentiment_dir, tiny_emotions_dir, tmp_path, celery_eager):
+def pool_env(tiny_sentiment_dir, tiny_emotions_dir, var_dir, **more: str) -> dict[str, str]:
+    """A worker process's environment on the test database and broker, serving the tiny models
+    (skips the test where they are not PostgreSQL and RabbitMQ, which processes can share)."""
     database = django_settings.DATABASES["default"]
     if "postgresql" not in database["ENGINE"] or not django_settings.CELERY_BROKER_URL.startswith("amqp"):
-        pytest.skip("worker pools share a PostgreSQL and a RabbitMQ")
-    env = {
+        pytest.skip("worker processes share a PostgreSQL and a RabbitMQ with the test")
+    return {
         **os.environ,
         "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
         "MLSITE_MODELS": f"sentiment=path:{tiny_sentiment_dir},emotions=path:{tiny_emotions_dir}",
-        "MLSITE_VAR_DIR": str(tmp_path),
+        "MLSITE_VAR_DIR": str(var_dir),
+        **more,
     }
+
+
+@pytest.fixture
+def pools(django_db_setup, tiny_sentiment_dir, tiny_emotions_dir, tmp_path, celery_eager):
+    env = pool_env(tiny_sentiment_dir, tiny_emotions_dir, tmp_path)
     celery_eager.conf.task_always_eager = False
     started = {model: Pool(model, env, tmp_path).start() for model in ("sentiment", "emotions")}
     worker_ping_forget()
