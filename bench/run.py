@@ -391,6 +391,7 @@ def stack_start(
         "INFERENCE_PACKED": "1" if packed else "0",
         "LOG_LEVEL": log_level,
         "CLAIM_LOOP_SECONDS": "10",
+        "SHADOW_RATE": "1",  # W6 shadows every text it can; no other workload has a shadowed version
     }
     env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
@@ -410,10 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="1,4,16", help="client counts for W1")
     parser.add_argument("--batches", type=int, default=6, help="batches per W2 client (2 clients)")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--workloads", default="w1,w2,w3,w4,w5", help="which workloads to run (RAW always runs)")
+    parser.add_argument("--workloads", default="w1,w2,w3,w4,w5,w6", help="which workloads to run (RAW always runs)")
     parser.add_argument("--w2-clients", type=int, default=2, help="clients posting batches at once in W2")
     parser.add_argument("--w4-texts", type=int, default=10000, help="bulk texts queued (as batches of 1,000) in W4")
     parser.add_argument("--w5-size", type=int, default=1000, help="each of W5's two users' batch size")
+    parser.add_argument("--w6-clients", type=int, default=4, help="single-text clients in W6 (shadow traffic)")
     parser.add_argument("--web-workers", type=int, default=2, help="web server (granian) processes (as make run: 2)")
     parser.add_argument("--web-threads", type=int, default=16, help="threads per web server process (as make run: 16)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
@@ -552,11 +554,54 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
             )
             raw.around(w4[name])
         results["w4"] = w4
+    if "w6" in workloads:
+        results["w6"] = shadow_cost(stack, base, args)
     if "w5" in workloads:
         results["w5"] = fair_share(stack, size=args.w5_size, texts=unique_texts(base, 2 * args.w5_size, "w5-"))
         print(f"W5: two batches finished {results['w5']['apart']:.0%} apart", flush=True)
     results["raw"] = raw.summary()
     return results
+
+
+def _shadow_answered(stack: Stack) -> int:
+    out = stack.manage(
+        "shell",
+        "-c",
+        "from predictions.models import ShadowAnswer; print(ShadowAnswer.objects.filter(status='succeeded').count())",
+    )
+    return int(out.strip().splitlines()[-1])
+
+
+def shadow_cost(stack: Stack, base: list[str], args) -> dict:
+    """W6: single texts (W1 at --w6-clients) with a version shadowed at SHADOW_RATE = 1 and without,
+    alternating, two rounds. The shadowed version is the bundled model registered again: a candidate's
+    cost. Counts the shadow answers given while the clients ran, and after."""
+    rows: dict[str, list[dict]] = {"off": [], "on": []}
+    for round_ in range(2):
+        for state in ("off", "on"):
+            stack.manage("register_model", "sentiment", "bundled:sentiment", "--shadow", state)
+            time.sleep(6)  # every process reads the versions at most every MODEL_VERSION_CHECK_SECONDS (5)
+            before = _shadow_answered(stack)
+            texts = unique_texts(base, 20000, f"w6{state}{round_}-")
+            row = closed_loop(
+                stack,
+                clients=args.w6_clients,
+                seconds=args.seconds,
+                texts=texts,
+                path="/api/v1/predictions/?wait=30",
+                ok={200},
+            )
+            row["shadow_during"] = _shadow_answered(stack) - before
+            row["tail"] = settle()
+            row["shadow_after"] = _shadow_answered(stack) - before - row["shadow_during"]
+            print(
+                f"W6 shadow {state}: p50 {row['p50_ms']:.0f} ms p95 {row['p95_ms']:.0f} ms, "
+                f"{row['per_second']:.1f} texts/s, shadow answers {row['shadow_during']} + {row['shadow_after']} after",
+                flush=True,
+            )
+            rows[state].append(row)
+    stack.manage("register_model", "sentiment", "bundled:sentiment", "--shadow", "off")
+    return rows
 
 
 def settle(timeout: float = 180) -> dict:
@@ -656,6 +701,19 @@ def lanes_table(results: dict) -> list[str]:
                 f"| {name} | {row['per_second']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} "
                 f"| {against_w1} | {row['bulk_per_second']:.1f} | {against_w2} | {row['errors']} |"
             )
+        lines.append("")
+    if w6 := results.get("w6"):
+        lines += _table_head(
+            f"W6: {w6['on'][0]['clients']} single-text clients with a version shadowed at SHADOW_RATE = 1, and without "
+            "(alternating, 2 rounds each). Shadow answers run only when no live row is queued.",
+            ["shadow", "texts/s", "p50 ms", "p95 ms", "p99 ms", "shadow answers during", "after", "errors"],
+        )
+        for state, runs in w6.items():
+            for row in runs:
+                lines.append(
+                    f"| {state} | {row['per_second']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | "
+                    f"{row['p99_ms']:.0f} | {row['shadow_during']} | {row['shadow_after']} | {row['errors']} |"
+                )
         lines.append("")
     if w5 := results.get("w5"):
         lines += [

@@ -230,6 +230,8 @@ BACKGROUND_SHARE = env_int("BACKGROUND_SHARE", 20, minimum=0, maximum=100)
 # message of their own (predictions/services/dispatch.py); 0: one message per prediction.
 WAKEUP_COALESCE_MS = env_int("WAKEUP_COALESCE_MS", 1000, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Share of the texts workers answer that a shadowed model version also answers, in their idle time.
+SHADOW_RATE = env_fraction("SHADOW_RATE", 0.1)
 # Share of predictions drawn, when made, into the review desk's random audit sample (0.01 or 1%).
 REVIEW_SAMPLE_RATE = env_fraction("REVIEW_SAMPLE_RATE", 0.01)
 

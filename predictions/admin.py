@@ -36,11 +36,19 @@ from predictions.models import (
     PredictionStatus,
     ReprocessRun,
 )
-from predictions.overview import overview_figures
+from predictions.overview import overview_figures, wilson_interval
 from predictions.registry import model_exists, model_info_get, model_names
-from predictions.selectors import batch_figures, model_versions_seen, reprocess_summary, review_queue
+from predictions.selectors import (
+    batch_figures,
+    model_versions_seen,
+    reprocess_summary,
+    review_queue,
+    reviewed_agreement,
+    shadow_agreement,
+)
 from predictions.services.reprocess import predictions_rerun
 from predictions.services.review import prediction_review, predictions_mark_reviewed
+from predictions.services.shadow import shadow_compare_on_reviews, shadow_start, shadow_stop
 from predictions.services.versions import VersionRefused, model_version_promote, model_version_rollback
 from textclf import ModelLoadError
 
@@ -625,6 +633,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         "name",
         "version_short",
         "state",
+        "shadow",
         "metrics_summary",
         "registered_by",
         "registered_at",
@@ -646,8 +655,168 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         "promoted_at",
         "retired_at",
         "replaced",
+        "shadow",
+        "metrics_beside_active",
+        "review_comparison",
+        "shadow_comparison",
     )
-    actions = ("promote", "rollback", "rerun_history")
+    actions = ("promote", "rollback", "rerun_history", "compare_on_reviews", "shadow_on", "shadow_off")
+    fieldsets = (
+        (None, {"fields": ["name", "version", "state", "shadow", "source"]}),
+        ("Beside the active version", {"fields": ["metrics_beside_active", "review_comparison", "shadow_comparison"]}),
+        (
+            "Record",
+            {
+                "fields": [
+                    "metrics",
+                    "note",
+                    "registered_by",
+                    "registered_at",
+                    "promoted_by",
+                    "promoted_at",
+                    "retired_at",
+                    "replaced",
+                ]
+            },
+        ),
+    )
+
+    @admin.display(description="metrics beside the active version")
+    def metrics_beside_active(self, obj: ModelVersion):
+        active = ModelVersion.objects.filter(name=obj.name, state=ModelVersionState.ACTIVE).first()
+        names = sorted(set(obj.metrics or {}) | set((active.metrics if active else None) or {}))
+        if not names:
+            return "No metrics recorded."
+        cell = lambda v: "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+        return format_html(
+            '<table class="metrics-beside"><thead><tr><th></th><th>this version</th><th>{}</th></tr></thead>'
+            "<tbody>{}</tbody></table>",
+            f"active: {active.version[:12]}" if active else "active: the configured model (no metrics)",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        name,
+                        cell((obj.metrics or {}).get(name)),
+                        cell(((active.metrics if active else None) or {}).get(name)),
+                    )
+                    for name in names
+                ),
+            ),
+        )
+
+    @admin.display(description="on reviewed predictions")
+    def review_comparison(self, obj: ModelVersion):
+        figures = reviewed_agreement(obj)
+        if not figures["answered"]:
+            queued = f" ({figures['queued']} queued)" if figures["queued"] else ""
+            return f"Not compared on reviewed predictions yet{queued}."
+        n = figures["answered"]
+
+        def rate(k: int) -> str:
+            low, high = wilson_interval(k, n) or (0.0, 0.0)
+            return f"{k / n:.1%} ({low:.1%}–{high:.1%})"
+
+        summary = format_html(
+            "<p class=\"review-agreement\">On {} reviewed predictions, the reviewers' label is this version's "
+            "in <strong>{}</strong>, and the answer clients got in <strong>{}</strong> (95 % intervals; the "
+            "review queue shows uncertain answers first, so these rates are lower than on all traffic). "
+            "{} queued.</p>",
+            n,
+            rate(figures["candidate_right"]),
+            rate(figures["served_right"]),
+            figures["queued"],
+        )
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (reverse("admin:predictions_prediction_change", args=[pk]), pk, text[:120], truth, served, mine)
+                for pk, text, truth, served, mine in figures["disagreements"]
+            ),
+        )
+        return format_html(
+            '{}<table class="review-disagreements"><thead><tr><th>prediction</th><th>text</th><th>reviewers</th>'
+            "<th>clients got</th><th>this version</th></tr></thead><tbody>{}</tbody></table>",
+            summary,
+            rows,
+        )
+
+    @admin.action(description="Compare the selected version on reviewed predictions", permissions=["promote"])
+    def compare_on_reviews(self, request, queryset):
+        version = self._one(request, queryset)
+        if version is None:
+            return
+        queued = shadow_compare_on_reviews(version)
+        self.log_change(request, version, f"Queued for comparison on {queued} reviewed predictions.")
+        self.message_user(
+            request,
+            f"{version} will answer {queued} reviewed predictions in the workers' idle time; its page compares them "
+            "with the reviewers' labels.",
+            messages.SUCCESS,
+        )
+
+    @admin.display(description="live comparison (shadow)")
+    def shadow_comparison(self, obj: ModelVersion):
+        figures = shadow_agreement(obj)
+        if not figures["answered"]:
+            queued = f" ({figures['queued']} queued)" if figures["queued"] else ""
+            return f"No shadow answers yet{queued}." if obj.shadow else "Not shadowed."
+        interval = wilson_interval(figures["agreeing"], figures["answered"])
+        low, high = interval if interval else (0.0, 0.0)
+        summary = format_html(
+            '<p class="shadow-agreement">{} of {} live texts answered alike: <strong>{}</strong> '
+            "(95 % interval {}–{}); {} queued.</p>",
+            figures["agreeing"],
+            figures["answered"],
+            f"{figures['agreeing'] / figures['answered']:.1%}",
+            f"{low:.1%}",
+            f"{high:.1%}",
+            figures["queued"],
+        )
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} ({})</td><td>{}</td></tr>',
+            (
+                (reverse("admin:predictions_prediction_change", args=[pk]), pk, text[:120], label, served[:8], shadow)
+                for pk, text, label, served, shadow in figures["disagreements"]
+            ),
+        )
+        return format_html(
+            '{}<table class="shadow-disagreements"><thead><tr><th>prediction</th><th>text</th>'
+            "<th>answered (version)</th><th>this version</th></tr></thead><tbody>{}</tbody></table>",
+            summary,
+            rows,
+        )
+
+    @admin.action(description="Shadow the selected version on live traffic (SHADOW_RATE)", permissions=["promote"])
+    def shadow_on(self, request, queryset):
+        version = self._one(request, queryset)
+        if version is None:
+            return
+        try:
+            previous = shadow_start(version)
+        except VersionRefused as exc:
+            self.message_user(request, f"Not shadowed: {exc}.", messages.ERROR)
+            return
+        self.log_change(request, version, "Shadowed on live traffic.")
+        stopped = f"; {previous} is no longer shadowed" if previous else ""
+        self.message_user(
+            request,
+            f"{version} answers {settings.SHADOW_RATE:.0%} of the live texts its model answers, in the "
+            f"workers' idle time; its answers are never returned{stopped}.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Stop shadowing the selected version", permissions=["promote"])
+    def shadow_off(self, request, queryset):
+        version = self._one(request, queryset)
+        if version is None:
+            return
+        dropped = shadow_stop(version)
+        self.log_change(request, version, "No longer shadowed.")
+        self.message_user(request, f"{version} is no longer shadowed ({dropped} queued answers dropped).")
 
     def has_promote_permission(self, request) -> bool:
         return request.user.has_perm("predictions.promote_modelversion")

@@ -352,6 +352,11 @@ class ModelVersion(models.Model):
     )
     promoted_at = models.DateTimeField(null=True, blank=True, help_text="When it was last made active.")
     retired_at = models.DateTimeField(null=True, blank=True, help_text="When it last stopped being active.")
+    shadow = models.BooleanField(
+        default=False,
+        help_text="Runs on a sampled share of live traffic (SHADOW_RATE), in the workers' idle time; its "
+        "answers are stored beside the active version's and never returned to clients.",
+    )
     replaced = models.ForeignKey(
         "self",
         null=True,
@@ -369,7 +374,44 @@ class ModelVersion(models.Model):
             models.UniqueConstraint(
                 fields=["name"], condition=Q(state="active"), name="model_version_one_active_per_name"
             ),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(shadow=True), name="model_version_one_shadow_per_name"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version[:12]} ({self.state})"
+
+
+class ShadowAnswer(models.Model):
+    """A candidate version's answer to a prediction's text: stored beside the answer the client got,
+    never returned to clients, compared in the admin before anyone promotes the version."""
+
+    class Origin(models.TextChoices):
+        LIVE = "live", "Live traffic (shadow)"  # sampled from texts workers answered (SHADOW_RATE)
+        REVIEWED = "reviewed", "Reviewed prediction"  # run to compare with the reviewers' labels
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="shadow_answers")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="shadow_answers")
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.LIVE)
+    status = models.CharField(max_length=16, choices=PredictionStatus.choices, default=PredictionStatus.QUEUED)
+    label = models.CharField(max_length=100, blank=True, help_text="Top label of the candidate version.")
+    score = models.FloatField(null=True, blank=True)
+    scores = models.JSONField(null=True, blank=True)
+    labels = models.JSONField(null=True, blank=True)
+    margin = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["prediction", "version"], name="shadow_answer_once")]
+        indexes = [
+            models.Index(fields=["version", "id"], name="shadow_answer_version"),
+            # Small: the shadow work left to do, oldest first.
+            models.Index(fields=["id"], name="shadow_answer_queued", condition=Q(status__in=["queued", "running"])),
+        ]
+
+    def __str__(self) -> str:
+        return f"Shadow answer {self.pk} ({self.version_id}, {self.status})"

@@ -62,3 +62,14 @@ def overview_figures(*, days: int = 30) -> dict:
         "latency_mean": sum(latencies) / len(latencies) if latencies else None,
         "latency_p95": percentile(latencies, 0.95),
     }
+
+
+def wilson_interval(successes: int, trials: int, *, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95 % Wilson score interval of a proportion (sound near 0 and 1 and for small samples)."""
+    if trials <= 0:
+        return None
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

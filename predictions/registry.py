@@ -55,25 +55,60 @@ def model_exists(name: str) -> bool:
 
 _lock = threading.Lock()
 _active: dict[str, str] = {}  # model name → source of its active ModelVersion, as last read
+_shadow: dict[str, tuple[int, str]] = {}  # model name → (id, source) of its shadowed ModelVersion, as last read
 _active_read_at = float("-inf")  # time.monotonic() of that read
 _loaded: dict[str, tuple[tuple, TextClassifier]] = {}  # model name → (what it was loaded from, the classifier)
+_shadow_loaded: dict[str, tuple[tuple, TextClassifier]] = {}  # the same, for shadowed versions
 
 
 def _active_sources() -> dict[str, str]:
     """The active versions' sources, read again once MODEL_VERSION_CHECK_SECONDS have passed. If the
     database can't be read, the last sources read stay (a worker keeps serving what it served)."""
-    global _active, _active_read_at
+    global _active, _shadow, _active_read_at
     if time.monotonic() - _active_read_at < settings.MODEL_VERSION_CHECK_SECONDS:
         return _active
+    from django.db.models import Q  # noqa: PLC0415
+
     from predictions.models import ModelVersion, ModelVersionState  # noqa: PLC0415 (models need apps ready; this module doesn't)
 
     try:
         with transaction.atomic():  # a savepoint inside a caller's transaction: a failure here leaves it usable
-            _active = dict(ModelVersion.objects.filter(state=ModelVersionState.ACTIVE).values_list("name", "source"))
+            rows = list(
+                ModelVersion.objects.filter(Q(state=ModelVersionState.ACTIVE) | Q(shadow=True)).values_list(
+                    "pk", "name", "source", "state", "shadow"
+                )
+            )
+        _active = {name: source for _, name, source, state, _ in rows if state == ModelVersionState.ACTIVE}
+        _shadow = {name: (pk, source) for pk, name, source, state, shadow in rows if shadow and state != "active"}
     except DatabaseError as exc:
         logger.warning("could not read the active model versions, serving those read before: %s", exc)
     _active_read_at = time.monotonic()
     return _active
+
+
+def shadow_version(name: str) -> tuple[int, str] | None:
+    """(id, source) of the version shadowing `name` on live traffic, or None."""
+    _active_sources()
+    return _shadow.get(name)
+
+
+def shadow_classifier_get(name: str, source: str) -> TextClassifier:
+    """The loaded classifier of a shadowed version (one per model name, beside the served one)."""
+    with _lock:
+        device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE
+        key = (source, device, settings.INFERENCE_INT8, settings.INFERENCE_PACKED)
+        loaded = _shadow_loaded.get(name)
+        if loaded is None or loaded[0] != key:
+            classifier = classifier_load(
+                name,
+                source,
+                bundled_dir=BUNDLED_MODELS_DIR,
+                device=device,
+                int8=settings.INFERENCE_INT8,
+                packed=settings.INFERENCE_PACKED,
+            )
+            _shadow_loaded[name] = loaded = (key, classifier)
+        return loaded[1]
 
 
 def active_versions_forget() -> None:
@@ -149,5 +184,6 @@ def registry_clear() -> None:
     """Forget loaded models and the active versions read (tests that swap MLSITE_MODELS call this)."""
     with _lock:
         _loaded.clear()
+        _shadow_loaded.clear()
     source_info.cache_clear()
     active_versions_forget()

@@ -7,16 +7,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Case, Count, F, Q, QuerySet, When
 
 from predictions.models import (
     FINISHED_STATUSES,
     Batch,
     IdempotencyKey,
+    ModelVersion,
     Prediction,
     PredictionResult,
     PredictionStatus,
     ReprocessRun,
+    ShadowAnswer,
 )
 from predictions.overview import percentile
 
@@ -236,3 +238,55 @@ def reviewed_examples(model_name: str) -> Iterator[tuple[int, str, list[str], st
             continue
         seen.add(digest)
         yield pk, text, list(labels or ([label] if label else [])), corrected
+
+
+def shadow_agreement(version: ModelVersion, *, disagreements: int = 20) -> dict[str, Any]:
+    """How a shadowed version's answers compare with those the clients got: answered, agreeing, and the
+    latest texts where the top labels differ (the prediction's current label; a re-run may change it)."""
+    answers = ShadowAnswer.objects.filter(
+        version=version, status=PredictionStatus.SUCCEEDED, origin=ShadowAnswer.Origin.LIVE
+    )
+    figures = answers.aggregate(
+        answered=Count("pk"),
+        agreeing=Count("pk", filter=Q(label=F("prediction__label"))),
+    )
+    figures["queued"] = ShadowAnswer.objects.filter(
+        version=version, status=PredictionStatus.QUEUED, origin=ShadowAnswer.Origin.LIVE
+    ).count()
+    figures["disagreements"] = list(
+        answers.exclude(label=F("prediction__label"))
+        .select_related("prediction")
+        .order_by("-pk")
+        .values_list("prediction_id", "prediction__text", "prediction__label", "prediction__model_version", "label")[
+            :disagreements
+        ]
+    )
+    return figures
+
+
+def reviewed_agreement(version: ModelVersion, *, disagreements: int = 20) -> dict[str, Any]:
+    """A candidate against the reviewers: on the reviewed predictions it answered, how often its label
+    is the reviewers' (the correction, or the answer they confirmed), and how often the answer the
+    clients got was; and the latest texts where the candidate and the reviewers differ."""
+    reviewer_label = Case(
+        When(prediction__corrected_label="", then=F("prediction__label")), default=F("prediction__corrected_label")
+    )
+    answers = ShadowAnswer.objects.filter(
+        version=version, status=PredictionStatus.SUCCEEDED, origin=ShadowAnswer.Origin.REVIEWED
+    ).annotate(truth=reviewer_label)
+    figures = answers.aggregate(
+        answered=Count("pk"),
+        candidate_right=Count("pk", filter=Q(label=F("truth"))),
+        served_right=Count("pk", filter=Q(prediction__label=F("truth"))),
+    )
+    figures["queued"] = ShadowAnswer.objects.filter(
+        version=version,
+        status__in=(PredictionStatus.QUEUED, PredictionStatus.RUNNING),
+        origin=ShadowAnswer.Origin.REVIEWED,
+    ).count()
+    figures["disagreements"] = list(
+        answers.exclude(label=F("truth"))
+        .order_by("-pk")
+        .values_list("prediction_id", "prediction__text", "truth", "prediction__label", "label")[:disagreements]
+    )
+    return figures

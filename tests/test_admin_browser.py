@@ -11,8 +11,19 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from mlsite.celery import app
-from predictions.models import Batch, Prediction, PredictionResult, PredictionReview, PredictionStatus
+from predictions.models import (
+    Batch,
+    ModelVersion,
+    Prediction,
+    PredictionResult,
+    PredictionReview,
+    PredictionStatus,
+    ShadowAnswer,
+)
+from predictions.registry import active_versions_forget
+from predictions.services.versions import model_version_register
 from tests.browser import chromium_page, needs_chromium
+from tests.factories import tiny_bert_save
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),  # keeps the migration-made reviewers group
@@ -238,3 +249,44 @@ def test_a_batch_page_shows_its_counts_timings_and_predictions(page, live_server
     page.click(".field-status_counts a:text-is('succeeded: 2')")
     page.wait_for_selector("#result_list")
     assert page.locator("#result_list tbody tr").count() == 2
+
+
+def test_a_model_manager_compares_a_candidate_with_the_reviews_and_live_traffic_then_promotes_it(
+    page, live_server, desk, screenshots, django_user_model, tmp_path, settings
+):
+    settings.MODEL_VERSION_CHECK_SECONDS = 0
+    active_versions_forget()
+    manager = django_user_model.objects.create_user("mona", password="pw-mona-1234", is_staff=True)
+    manager.groups.add(Group.objects.get(name="model managers"))
+    source = f"path:{tiny_bert_save(tmp_path / 'candidate', labels=['negative', 'positive'], seed=5)}"
+    version, _ = model_version_register(name="sentiment", source=source, metrics={"dev_accuracy": 0.9121, "dev_n": 872})
+    ModelVersion.objects.filter(pk=version.pk).update(source="path:/models/sentiment-reviews")  # shown, not loaded
+    sarcastic, dull, superb = (Prediction.objects.get(text__contains=t) for t in ("sequel", "dull", "superb"))
+    Prediction.objects.filter(pk=sarcastic.pk).update(corrected_label="negative", reviewed_at=timezone.now())
+    Prediction.objects.filter(pk__in=[dull.pk, superb.pk]).update(reviewed_at=timezone.now())
+    for row, label in ((sarcastic, "negative"), (dull, "negative"), (superb, "negative")):
+        ShadowAnswer.objects.create(prediction=row, version=version, origin="reviewed", status="succeeded", label=label)
+    for row in Prediction.objects.filter(status="succeeded", reviewed_at__isnull=True):  # one answer per version
+        ShadowAnswer.objects.create(
+            prediction=row, version=version, origin="live", status="succeeded", label="positive"
+        )
+
+    log_in(page, live_server, "mona", "pw-mona-1234")
+    page.goto(f"{live_server.url}/admin/predictions/modelversion/")
+    page.click(f"a:text-is('{version.name}')")
+    page.wait_for_selector(".review-agreement")
+    review = page.inner_text(".review-agreement")
+    assert "On 3 reviewed predictions" in review
+    assert "this version's in 66.7%" in review  # superb: the candidate says negative, the reviewer confirmed positive
+    assert "the answer clients got in 66.7%" in review  # the sarcastic one was wrong
+    assert "1 of 2 live texts answered alike" in page.inner_text(".shadow-agreement")
+    assert "0.9121" in page.inner_text(".metrics-beside")
+    page.screenshot(path=str(screenshots / "admin-model-version.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/admin/predictions/modelversion/")
+    page.check(f"input[name=_selected_action][value='{version.pk}']")
+    page.select_option("select[name=action]", "promote")
+    page.click("button[name=index]")
+    assert "is active" in page.wait_for_selector(".messagelist .success").inner_text()
+    version.refresh_from_db()
+    assert (version.state, version.promoted_by) == ("active", manager)

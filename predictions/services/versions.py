@@ -67,9 +67,10 @@ def model_version_promote(version: ModelVersion, *, user: User | None) -> ModelV
             previous.state, previous.retired_at = ModelVersionState.RETIRED, now
             previous.save(update_fields=["state", "retired_at"])  # first: one active row per name
         target.state, target.promoted_by, target.promoted_at = ModelVersionState.ACTIVE, user, now
+        target.shadow = False  # it answers every text now
         if target.replaced_id is None and previous is not None:
             target.replaced = previous
-        target.save(update_fields=["state", "promoted_by", "promoted_at", "replaced"])
+        target.save(update_fields=["state", "promoted_by", "promoted_at", "replaced", "shadow"])
         transaction.on_commit(active_versions_forget)
     version.refresh_from_db()
     return previous

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -23,6 +24,7 @@ from predictions.monitoring import forward_pass_observe, prediction_finished_obs
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, served_models
 from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
+from predictions.services.shadow import shadow_run, shadow_sample
 from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
 from textclf import LabelScores, ModelLoadError
@@ -142,6 +144,17 @@ def predictions_run(
                     wakeup_send(model_name)
             break
     counts["skipped"] += len(set(own_ids) - done)
+    if others:  # idle now: a shadowed version's answers, until live rows are queued again
+        models = served_models()
+        shadowed = shadow_run(
+            models,
+            live_waiting=lambda: Prediction.objects.filter(
+                status=PredictionStatus.QUEUED, model_name__in=models
+            ).exists(),
+            deadline=time.monotonic() + settings.CLAIM_LOOP_SECONDS,
+        )
+        if shadowed:
+            counts["shadow"] = shadowed
     return counts
 
 
@@ -258,6 +271,10 @@ def _results_write(
     for row, result in zip(rows, results, strict=True):
         _row_fill(row, result, version=version, finished=finished)
     held_ids = results_store(rows, task_id=task_id)
+    try:
+        shadow_sample([row for row in rows if row.pk in held_ids])
+    except DatabaseError:  # the live results are written: a shadow sample is not worth failing them for
+        logger.warning("could not queue shadow answers", exc_info=True)
     for row in rows:
         if row.pk not in held_ids:
             counts["skipped"] += 1

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from predictions.registry import UnknownModel
+from predictions.services.shadow import shadow_start, shadow_stop
 from predictions.services.versions import VersionRefused, model_version_promote, model_version_register
 
 
@@ -22,9 +23,21 @@ class Command(BaseCommand):
         parser.add_argument("--metrics", type=Path, help="a JSON file of evaluation figures (e.g. evaluate's output)")
         parser.add_argument("--user", default="", help="the username recorded as having registered it")
         parser.add_argument("--promote", action="store_true", help="make it the active version at once")
+        parser.add_argument(
+            "--shadow", choices=["on", "off"], help="shadow it on live traffic (SHADOW_RATE), or stop shadowing it"
+        )
 
     def handle(
-        self, *args, model: str, source: str, note: str, metrics: Path | None, user: str, promote: bool, **options
+        self,
+        *args,
+        model: str,
+        source: str,
+        note: str,
+        metrics: Path | None,
+        user: str,
+        promote: bool,
+        shadow: str | None,
+        **options,
     ) -> None:
         who = None
         if user:
@@ -45,7 +58,11 @@ class Command(BaseCommand):
             if promote and version.state != "active":
                 model_version_promote(version, user=who)
                 version.refresh_from_db()
-        except (UnknownModel, VersionRefused) as exc:
+            if shadow == "on":
+                shadow_start(version)
+            elif shadow == "off":
+                shadow_stop(version)
+        except (UnknownModel, VersionRefused) as exc:  # shadowing an active version is refused too
             raise CommandError(str(exc)) from None
         self.stdout.write(
             json.dumps(
@@ -54,6 +71,7 @@ class Command(BaseCommand):
                     "model": model,
                     "version": version.version,
                     "state": version.state,
+                    "shadow": version.shadow,
                     "created": created,
                 }
             )
