@@ -23,7 +23,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
-from predictions.charts import PALETTE, bars_svg, stacked_columns_svg
+from predictions.charts import PALETTE, bars_svg, paired_bars_svg, reliability_svg, stacked_columns_svg
 from predictions.export import csv_rows
 from predictions.models import (
     FINISHED_STATUSES,
@@ -37,6 +37,7 @@ from predictions.models import (
     ReprocessRun,
 )
 from predictions.overview import overview_figures, wilson_interval
+from predictions.quality import model_quality
 from predictions.registry import model_exists, model_info_get, model_names
 from predictions.selectors import (
     batch_figures,
@@ -483,8 +484,50 @@ class PredictionAdmin(admin.ModelAdmin):
             "error_rate": "—" if figures["error_rate"] is None else f"{figures['error_rate']:.2%}",
             "latency_mean": "—" if figures["latency_mean"] is None else f"{figures['latency_mean']:.3f} s",
             "latency_p95": "—" if figures["latency_p95"] is None else f"{figures['latency_p95']:.3f} s",
+            "quality": [self._quality_context(model_quality(name)) for name in model_names()],
         }
         return TemplateResponse(request, "admin/predictions/overview.html", context)
+
+    @staticmethod
+    def _quality_context(quality: dict) -> dict:
+        """One model's quality figures, with their charts drawn and their rates written out."""
+
+        def percent(value: float | None) -> str:
+            return "—" if value is None else f"{value:.1%}"
+
+        versions = []
+        for figures in quality["versions"]:
+            low_high = figures["sample_interval"]
+            labels = quality["labels"]
+            versions.append(
+                {
+                    **figures,
+                    "sample_text": percent(figures["sample_agreement"])
+                    + (f" ({low_high[0]:.1%}–{low_high[1]:.1%})" if low_high else ""),
+                    "all_text": percent(figures["all_agreement"]),
+                    "confusion_rows": [
+                        (truth, [figures["confusion"].get((answer, truth), 0) for answer in labels]) for truth in labels
+                    ]
+                    if len(labels) <= 12
+                    else [],
+                    "reliability_chart": reliability_svg(figures["reliability"]),
+                }
+            )
+        shares, training = quality.get("recent_shares", {}), quality.get("training_shares")
+        order = sorted(set(shares) | set(training or {}), key=lambda label: -(training or shares).get(label, 0))
+        return {
+            **quality,
+            "versions": versions,
+            "drift_text": "—" if quality.get("drift") is None else f"{quality['drift']:.3f}",
+            "confidence_chart": bars_svg(quality.get("confidence_histogram", [])),
+            "drift_chart": paired_bars_svg(
+                [
+                    (label, shares.get(label, 0.0), (training or {}).get(label) if training else None)
+                    for label in order[:28]
+                ],
+                names=("recent traffic", "training data"),
+            ),
+        }
 
     def changelist_view(self, request, extra_context=None):
         extra_context = {
