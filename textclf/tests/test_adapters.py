@@ -102,3 +102,39 @@ def test_training_writes_an_adapter_with_tuned_thresholds_for_a_multi_label_mode
     assert loaded.kind is ModelKind.MULTI_LABEL
     assert loaded.thresholds == pytest.approx(result.thresholds)
     assert (tmp_path / "adapter.safetensors").stat().st_size < 5 * 1024 * 1024
+
+
+def test_training_from_an_earlier_adapter_starts_from_its_factors_and_head(
+    random_adapter: RandomAdapter, tmp_path: Path
+) -> None:
+    directory, _, _ = random_adapter
+    config = TrainConfig(
+        name="sentiment",
+        kind=ModelKind.SINGLE_LABEL,
+        labels=["negative", "positive"],
+        epochs=1,
+        batch_size=4,
+        lora_rank=4,
+        lora_alpha=8,
+        learning_rate=0.0,  # no step moves a weight: the result is the adapter it started from
+        head_learning_rate=0.0,
+        warmup_steps=1,
+    )
+    train = [Example("a fine film", (1,)), Example("a dull mess", (0,))] * 2
+    model_train(config, train, train, tmp_path, log=lambda _: None, init_from=directory / "adapter.safetensors")
+    started, written = (
+        load_file(str(directory / "adapter.safetensors")),
+        load_file(str(tmp_path / "adapter.safetensors")),
+    )
+    assert started.keys() == written.keys()
+    for key in started:
+        assert torch.equal(started[key], written[key]), key
+
+
+def test_training_from_an_adapter_of_other_labels_is_refused(random_adapter: RandomAdapter, tmp_path: Path) -> None:
+    directory, _, _ = random_adapter
+    config = TrainConfig(
+        name="sentiment", kind=ModelKind.SINGLE_LABEL, labels=["sad", "happy"], lora_rank=4, lora_alpha=8
+    )
+    with pytest.raises(ValueError, match="labels, kind, LoRA rank"):
+        model_train(config, [Example("x", (0,))], [], tmp_path, init_from=directory / "adapter.safetensors")

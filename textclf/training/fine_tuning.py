@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from textclf.serving.base_encoder import BASE_PACKAGE, BASE_PACKAGE_VERSION, BASE_WEIGHTS_SHA256, base_encoder_load
 from textclf.serving.classifier import MeanPooledClassifier
-from textclf.serving.loading import ADAPTER_FILE, ADAPTER_FORMAT
+from textclf.serving.loading import ADAPTER_FILE, ADAPTER_FORMAT, adapter_metadata
 from textclf.training.datasets import Example
 from textclf.training.evaluation import gold_matrix
-from textclf.training.lora import lora_attach, lora_state_dict
+from textclf.training.lora import LoRALinear, lora_attach, lora_state_dict
 from textclf.training.metrics import accuracy, multilabel_scores, thresholds_tune
 from textclf.types import ModelKind
 
@@ -120,8 +120,11 @@ def model_train(
     *,
     progress: Callable[[list[list[int]]], Iterable[list[int]]] = lambda steps: steps,
     log: Callable[[str], None] = print,
+    init_from: Path | None = None,
 ) -> TrainResult:
-    """Train, tune thresholds (multi-label) on a held-out slice of train, write the adapter file."""
+    """Train, tune thresholds (multi-label) on a held-out slice of train, write the adapter file.
+    With `init_from` (an adapter file of the same labels, kind and LoRA shape), training starts from
+    its factors and head: a served version fine-tuned further, e.g. on reviewed predictions."""
     _seed_everything(config.seed)
     device = torch.device(config.device)
     started = time.monotonic()
@@ -137,7 +140,10 @@ def model_train(
     tokenizer, encoder = base_encoder_load()
     lora_attach(encoder, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
     head = nn.Linear(encoder.config.hidden_size, len(config.labels))
-    model = MeanPooledClassifier(encoder, head, dropout=config.head_dropout).to(device)
+    model = MeanPooledClassifier(encoder, head, dropout=config.head_dropout)
+    if init_from is not None:
+        adapter_init(model, init_from, config)
+    model = model.to(device)
     model.train()
 
     encoded = tokenizer([e.text for e in train], truncation=True, max_length=config.max_length)["input_ids"]
@@ -204,6 +210,29 @@ def model_train(
         tune_size=len(tune),
         thresholds=thresholds,
     )
+
+
+def adapter_init(model: MeanPooledClassifier, path: Path, config: TrainConfig) -> None:
+    """Copy an earlier adapter's LoRA factors and head into a freshly attached model of the same shape."""
+    metadata = adapter_metadata(path)
+    mine = (config.labels, config.kind.value, config.lora_rank, config.lora_alpha, BASE_WEIGHTS_SHA256)
+    theirs = (
+        json.loads(metadata["labels"]),
+        metadata["kind"],
+        int(metadata["lora_rank"]),
+        float(metadata["lora_alpha"]),
+        metadata["base_sha256"],
+    )
+    if mine != theirs:
+        raise ValueError(f"{path}: labels, kind, LoRA rank/alpha or base encoder differ from this training's: {theirs}")
+    tensors = load_file(str(path))
+    with torch.no_grad():
+        for name, module in model.encoder.named_modules():
+            if isinstance(module, LoRALinear):
+                module.lora_A.copy_(tensors[f"encoder.{name}.lora_A"].float())
+                module.lora_B.copy_(tensors[f"encoder.{name}.lora_B"].float())
+        model.head.weight.copy_(tensors["head.weight"].float())
+        model.head.bias.copy_(tensors["head.bias"].float())
 
 
 def adapter_write(path: Path, model: MeanPooledClassifier, config: TrainConfig, thresholds: list[float] | None) -> None:

@@ -15,8 +15,9 @@ from tqdm import tqdm
 
 from predictions.registry import BUNDLED_MODELS_DIR
 from predictions.services.versions import model_version_register
+from textclf import ModelLoadError
 from textclf.errors import DatasetFormatError
-from textclf.serving.loading import classifier_load
+from textclf.serving.loading import ADAPTER_FILE, classifier_load, source_directory
 from textclf.training.recipes import RECIPES
 
 
@@ -32,6 +33,11 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
         parser.add_argument("--datasets-dir", type=Path, default=None)
+        parser.add_argument(
+            "--init-from",
+            help="start from this adapter (bundled:NAME or path:DIR) instead of a fresh one: the served version "
+            "fine-tuned further, e.g. on --extra-data with --limit rows of the dataset replayed beside them",
+        )
         parser.add_argument(
             "--extra-data",
             type=Path,
@@ -63,12 +69,7 @@ class Command(BaseCommand):
         train, dev = reader(train_path), reader(dev_path)
         if options["limit"]:
             train = train[: options["limit"]]
-        extra = []
-        for path in options["extra_data"]:
-            try:
-                extra += reader(path)
-            except (OSError, DatasetFormatError) as exc:
-                raise CommandError(f"--extra-data: {exc}") from None
+        extra = _extra_rows(reader, options["extra_data"])
         if extra and not options["out"]:
             raise CommandError(
                 "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
@@ -92,11 +93,13 @@ class Command(BaseCommand):
             f"training {recipe.name} on {len(train) - len(extra):,} rows of {train_path.name}{more} ({device}), "
             f"writing to {out_dir}"
         )
+        init_from = _adapter_file(options["init_from"]) if options["init_from"] else None
         result = model_train(
             config,
             train,
             dev,
             out_dir,
+            init_from=init_from,
             progress=lambda steps: tqdm(steps, desc=f"{recipe.name}", unit="step", file=sys.stderr, mininterval=5),
             log=self.stdout.write,
         )
@@ -107,6 +110,10 @@ class Command(BaseCommand):
             classifier_load(recipe.name, source, device="cpu", int8=True, packed=packed), dev
         )
         command_line = f"python manage.py train_model {recipe.name} --epochs {config.epochs} --seed {config.seed} --device {options['device']}"
+        for flag in ("limit", "init_from"):
+            if options[flag]:
+                command_line += f" --{flag.replace('_', '-')} {options[flag]}"
+        command_line += "".join(f" --extra-data {p.name}" for p in options["extra_data"])
         environment = (
             f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()}), torch {torch.__version__}"
         )
@@ -137,3 +144,25 @@ class Command(BaseCommand):
             self.stdout.write(f"registered {version} (promote it from the admin's Model versions)")
             report["candidate"] = {"id": version.pk, "version": version.version, "state": version.state}
         self.stdout.write(json.dumps(report))
+
+
+def _adapter_file(source: str) -> Path:
+    """--init-from: the adapter file of a source (bundled:NAME or path:DIR)."""
+    try:
+        path = source_directory(source, bundled_dir=BUNDLED_MODELS_DIR) / ADAPTER_FILE
+    except ModelLoadError as exc:
+        raise CommandError(f"--init-from: {exc}") from None
+    if not path.is_file():
+        raise CommandError(f"--init-from: no {ADAPTER_FILE} in {path.parent}")
+    return path
+
+
+def _extra_rows(reader, paths: list[Path]) -> list:
+    """--extra-data: the rows of each file, read as the dataset is; a malformed file names its line."""
+    rows = []
+    for path in paths:
+        try:
+            rows += reader(path)
+        except (OSError, DatasetFormatError) as exc:
+            raise CommandError(f"--extra-data: {exc}") from None
+    return rows
