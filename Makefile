@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test test-ml test-app lint format migrate clean screenshots bench bench-queue profile weigh audit soak fuzz
+.PHONY: install run test test-ml test-app lint format migrate clean screenshots bench bench-queue review-loop profile weigh audit soak fuzz
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ fuzz: install  ## schemathesis against the running stack's OpenAPI schema; FUZZ_
 
 profile: install  ## what the model costs by thread count and arrival order, one cache-hit POST in process, round trips after a pause
 	$(PY) bench/profiling.py $(PROFILE_ARGS)
+
+review-loop: install  ## the review desk's loop on GoEmotions mapped to sentiment: traffic, reviews in the queue's order and at random, two candidates fine-tuned on them, compared, shadowed, promoted (docs/models.md); LOOP_ARGS="--traffic 300 --reviews 60"
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/13} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} CELERY_QUEUE=$${CELERY_QUEUE:-mlsite-review-loop} \
+	$(PY) bench/review_loop.py $(LOOP_ARGS)
 
 bench-queue: install  ## the database queue's ceiling (claim → write, no model) and RabbitMQ's (publish → consume) against K processes; QUEUE_ARGS="--claimers 1,4 --seconds 5"
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/13} \

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -114,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traffic", type=int, default=6000, help="GoEmotions train texts sent as traffic")
     parser.add_argument("--reviews", type=int, default=1000, help="predictions reviewed (sample + queue order)")
-    parser.add_argument("--replay", type=int, default=8000, help="SST-2 training rows replayed beside the reviews")
+    parser.add_argument("--replay", type=int, default=12000, help="SST-2 training rows replayed beside the reviews")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
         "--shadow-traffic", type=int, default=500, help="live texts sent while the candidate is shadowed"
@@ -147,6 +148,7 @@ def main() -> None:
 
     with demo_database() as (user, _), tempfile.TemporaryDirectory(prefix="review-loop-") as tmp:
         from django.contrib.auth import get_user_model  # noqa: PLC0415
+        from django.core.cache import cache  # noqa: PLC0415
 
         from mlsite.celery import app  # noqa: PLC0415
         from predictions.models import ModelVersion, Prediction  # noqa: PLC0415
@@ -155,6 +157,7 @@ def main() -> None:
         from predictions.services.versions import model_version_promote  # noqa: PLC0415
 
         app.conf.task_always_eager = True
+        cache.clear()  # every text answered now, by a worker: none from an earlier run's cache
         reviewer = get_user_model().objects.create_user("reviewer-loop", is_staff=True)
         ids = submit(user, [text for text, _ in traffic])
         gold = {pk: label for pk, (_, label) in zip(ids, traffic, strict=True)}
@@ -191,6 +194,7 @@ def main() -> None:
             )  # fmt: skip
             trained = json.loads(output.strip().splitlines()[-1])
             candidates[name] = ModelVersion.objects.get(pk=trained["candidate"]["id"])
+            report[f"candidate_{name}"] = {"version": candidates[name].version, "source": candidates[name].source}
         report["accuracy"] = {
             name: {"reddit_dev": accuracy_on(source, reddit_dev), "sst2_dev": accuracy_on(source, sst2_dev)}
             for name, source in [("served", "bundled:sentiment")] + [(n, v.source) for n, v in candidates.items()]
@@ -236,7 +240,9 @@ def main() -> None:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"review-loop-{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps({**report, "table": table}, indent=2))
+    text = json.dumps({**report, "table": table}, indent=2)
+    text = re.sub(r"/[^\"]*/review-loop-[A-Za-z0-9_]+", "<tmp>", text).replace(str(ROOT.parent) + "/", "../")
+    path.write_text(text)  # no path of the machine it ran on
     print(f"wrote {path}")
 
 

@@ -385,13 +385,14 @@ def stack_start(
     web_workers: int = 2,
     web_threads: int = 16,
     log_level: str = "WARNING",
+    shadow_rate: float = 1.0,
 ):
     env = {
         "INFERENCE_INT8": "1" if int8 else "0",
         "INFERENCE_PACKED": "1" if packed else "0",
         "LOG_LEVEL": log_level,
         "CLAIM_LOOP_SECONDS": "10",
-        "SHADOW_RATE": "1",  # W6 shadows every text it can; no other workload has a shadowed version
+        "SHADOW_RATE": str(shadow_rate),  # only W6 has a shadowed version
     }
     env.update(THROTTLE_SUBMIT="", THROTTLE_READ="")  # one user is the whole load here: rate limits off
     cleanup = lambda: None  # noqa: E731
@@ -416,6 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--w4-texts", type=int, default=10000, help="bulk texts queued (as batches of 1,000) in W4")
     parser.add_argument("--w5-size", type=int, default=1000, help="each of W5's two users' batch size")
     parser.add_argument("--w6-clients", type=int, default=4, help="single-text clients in W6 (shadow traffic)")
+    parser.add_argument("--w6-rate", type=float, default=1.0, help="SHADOW_RATE in W6")
     parser.add_argument("--web-workers", type=int, default=2, help="web server (granian) processes (as make run: 2)")
     parser.add_argument("--web-threads", type=int, default=16, help="threads per web server process (as make run: 16)")
     parser.add_argument("--int8", action="store_true", help="serve and compare the int8 model")
@@ -452,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level="INFO" if args.stack_log else "WARNING",
             web_workers=args.web_workers,
             web_threads=args.web_threads,
+            shadow_rate=args.w6_rate,
         )
         try:
             results = run_workloads(stack, base, client_counts, args)
@@ -573,7 +576,7 @@ def _shadow_answered(stack: Stack) -> int:
 
 
 def shadow_cost(stack: Stack, base: list[str], args) -> dict:
-    """W6: single texts (W1 at --w6-clients) with a version shadowed at SHADOW_RATE = 1 and without,
+    """W6: single texts (W1 at --w6-clients) with a version shadowed at SHADOW_RATE (--w6-rate) and without,
     alternating, two rounds. The shadowed version is the bundled model registered again: a candidate's
     cost. Counts the shadow answers given while the clients ran, and after."""
     rows: dict[str, list[dict]] = {"off": [], "on": []}
@@ -601,7 +604,7 @@ def shadow_cost(stack: Stack, base: list[str], args) -> dict:
             )
             rows[state].append(row)
     stack.manage("register_model", "sentiment", "bundled:sentiment", "--shadow", "off")
-    return rows
+    return {"rate": args.w6_rate, **rows}
 
 
 def settle(timeout: float = 180) -> dict:
@@ -704,12 +707,12 @@ def lanes_table(results: dict) -> list[str]:
         lines.append("")
     if w6 := results.get("w6"):
         lines += _table_head(
-            f"W6: {w6['on'][0]['clients']} single-text clients with a version shadowed at SHADOW_RATE = 1, and without "
+            f"W6: {w6['on'][0]['clients']} single-text clients with a version shadowed at SHADOW_RATE = {w6['rate']:g}, and without "
             "(alternating, 2 rounds each). Shadow answers run only when no live row is queued.",
             ["shadow", "texts/s", "p50 ms", "p95 ms", "p99 ms", "shadow answers during", "after", "errors"],
         )
-        for state, runs in w6.items():
-            for row in runs:
+        for state in ("off", "on"):
+            for row in w6[state]:
                 lines.append(
                     f"| {state} | {row['per_second']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | "
                     f"{row['p99_ms']:.0f} | {row['shadow_during']} | {row['shadow_after']} | {row['errors']} |"
