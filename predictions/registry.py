@@ -94,11 +94,19 @@ def shadow_version(name: str) -> tuple[int, str] | None:
 
 def shadow_classifier_get(name: str, source: str) -> TextClassifier:
     """The loaded classifier of a shadowed version (one per model name, beside the served one)."""
+    return _classifier_in(_shadow_loaded, name, source)
+
+
+def _classifier_in(slots: dict[str, tuple[tuple, TextClassifier]], name: str, source: str) -> TextClassifier:
+    """The classifier held in `slots` for `name`, loaded again when its source or the inference
+    settings change (the one it replaces is let go: one classifier per name in memory)."""
     with _lock:
-        device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE
+        device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE  # int8 kernels are CPU-only
         key = (source, device, settings.INFERENCE_INT8, settings.INFERENCE_PACKED)
-        loaded = _shadow_loaded.get(name)
+        loaded = slots.get(name)
         if loaded is None or loaded[0] != key:
+            if loaded is not None:
+                logger.info("model %r: loading %s in place of %s", name, source, loaded[0][0])
             classifier = classifier_load(
                 name,
                 source,
@@ -107,7 +115,7 @@ def shadow_classifier_get(name: str, source: str) -> TextClassifier:
                 int8=settings.INFERENCE_INT8,
                 packed=settings.INFERENCE_PACKED,
             )
-            _shadow_loaded[name] = loaded = (key, classifier)
+            slots[name] = loaded = (key, classifier)
         return loaded[1]
 
 
@@ -125,26 +133,8 @@ def model_source(name: str) -> str:
 
 
 def classifier_get(name: str) -> TextClassifier:
-    """The loaded TextClassifier serving a registered model name: loaded again when its active
-    version changes (the one it replaces is let go: one classifier per name in memory)."""
-    source = model_source(name)
-    with _lock:
-        device = "cpu" if settings.INFERENCE_INT8 else settings.INFERENCE_DEVICE  # int8 kernels are CPU-only
-        key = (source, device, settings.INFERENCE_INT8, settings.INFERENCE_PACKED)
-        loaded = _loaded.get(name)
-        if loaded is None or loaded[0] != key:
-            if loaded is not None:
-                logger.info("model %r: serving %s in place of %s", name, source, loaded[0][0])
-            classifier = classifier_load(
-                name,
-                source,
-                bundled_dir=BUNDLED_MODELS_DIR,
-                device=device,
-                int8=settings.INFERENCE_INT8,
-                packed=settings.INFERENCE_PACKED,
-            )
-            _loaded[name] = loaded = (key, classifier)
-        return loaded[1]
+    """The loaded TextClassifier serving a registered model name: loaded again when its active version changes."""
+    return _classifier_in(_loaded, name, model_source(name))
 
 
 def models_preload() -> None:
