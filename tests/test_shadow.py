@@ -176,3 +176,10 @@ def test_a_candidate_compared_on_reviewed_predictions_is_scored_against_the_revi
     page = client.get(f"{VERSIONS}{version.pk}/change/").content.decode()
     assert "On 4 reviewed predictions, the reviewers' label is this version's in" in page
     assert "and the answer clients got in <strong>50.0% (15.0%–85.0%)</strong>" in page
+
+
+def test_a_task_ends_without_a_query_for_shadow_work_where_there_is_none(settings, django_assert_num_queries):
+    settings.MODEL_VERSION_CHECK_SECONDS = 60
+    assert shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 5) == 0  # reads once
+    with django_assert_num_queries(0):
+        assert shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 5) == 0

@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from predictions.models import ModelVersion, ModelVersionState, Prediction, PredictionStatus, ShadowAnswer
-from predictions.registry import active_versions_forget, shadow_classifier_get, shadow_version
+from predictions.registry import active_versions_forget, shadow_classifier_get, shadow_version, shadow_work_pending
 from predictions.services.dispatch import wakeup_send
 from predictions.services.versions import VersionRefused
 
@@ -71,10 +71,7 @@ def shadow_answers_claim(models: Sequence[str], *, limit: int) -> list[ShadowAns
 def shadow_run(models: Sequence[str], *, live_waiting: Callable[[], bool], deadline: float) -> int:
     """Answer queued shadow texts pass by pass until none is left, live rows wait, or the deadline;
     returns how many were answered."""
-    left = ShadowAnswer.objects.filter(  # the small partial index of answers left to give
-        status__in=(PredictionStatus.QUEUED, PredictionStatus.RUNNING), version__name__in=list(models)
-    )
-    if not left.exists():
+    if not shadow_work_pending(list(models)):  # read with the active versions, not on every task
         return 0
     answered = 0
     while time.monotonic() < deadline and not live_waiting():
