@@ -202,10 +202,10 @@ def main() -> None:
 
         candidate = candidates["queue"]
         shadow_compare_on_reviews(candidate)
-        shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 600)
+        shadow_run(["sentiment"], deadline=time.monotonic() + 600)
         shadow_start(candidate)
-        submit(user, [text for text, _ in later])  # each task gives its shadow answers once idle
-        shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 600)
+        submit(user, [text for text, _ in later])  # their shadow answers are queued, given below
+        shadow_run(["sentiment"], deadline=time.monotonic() + 600)
         report["compared_on_reviews"] = {k: v for k, v in reviewed_agreement(candidate).items() if k != "disagreements"}
         report["shadow"] = {k: v for k, v in shadow_agreement(candidate).items() if k != "disagreements"}
         model_version_promote(candidate, user=reviewer)
@@ -242,6 +242,7 @@ def main() -> None:
     path = args.out / f"review-loop-{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H%M%SZ')}.json"
     text = json.dumps({**report, "table": table}, indent=2)
     text = re.sub(r"/[^\"]*/review-loop-[A-Za-z0-9_]+", "<tmp>", text).replace(str(ROOT.parent) + "/", "../")
+    text = re.sub(r'"out": "[^"]*"', '"out": "<out>"', text)
     path.write_text(text)  # no path of the machine it ran on
     print(f"wrote {path}")
 

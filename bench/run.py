@@ -708,7 +708,7 @@ def lanes_table(results: dict) -> list[str]:
     if w6 := results.get("w6"):
         lines += _table_head(
             f"W6: {w6['on'][0]['clients']} single-text clients with a version shadowed at SHADOW_RATE = {w6['rate']:g}, and without "
-            "(alternating, 2 rounds each). Shadow answers run only when no live row is queued.",
+            "(alternating, 2 rounds each). Shadow answers are given by the shadow worker (lowest CPU priority, once live traffic pauses).",
             ["shadow", "texts/s", "p50 ms", "p95 ms", "p99 ms", "shadow answers during", "after", "errors"],
         )
         for state in ("off", "on"):
@@ -773,11 +773,13 @@ def cpu_table(results: dict) -> str:
 
 
 def _relative(value) -> str:
+    """A path inside the checkout or beside it (../shared) relative to it; any other path is this
+    machine's own, and its name alone is kept."""
     if isinstance(value, Path):
-        try:
-            return os.path.relpath(value.resolve(), ROOT)
-        except ValueError:
+        relative = os.path.relpath(value.resolve(), ROOT)
+        if relative.startswith("../..") or relative.startswith(os.pardir + os.sep + "tmp"):
             return value.name
+        return relative
     return str(value)
 
 

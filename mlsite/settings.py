@@ -200,6 +200,9 @@ DEFAULT_MODEL = env_str("DEFAULT_MODEL", "sentiment")
 # A worker pool: the models this worker loads, claims and consumes the queues of; empty: all of them.
 # The web ignores it (docs/scaling.md, Worker pools).
 WORKER_MODELS = env_subset("WORKER_MODELS", MLSITE_MODELS)
+# What a Celery worker does: `live`, the models' run tasks; `shadow`, only a shadowed version's answers,
+# at the lowest CPU priority, so they take only the cores live work leaves (docs/architecture.md, Shadow traffic).
+WORKER_ROLE = env_choice("WORKER_ROLE", "live", ("live", "shadow"))
 # How often a process reads which model versions are active: a promotion reaches it within this time.
 MODEL_VERSION_CHECK_SECONDS = env_int("MODEL_VERSION_CHECK_SECONDS", 5, minimum=0)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
@@ -230,8 +233,12 @@ BACKGROUND_SHARE = env_int("BACKGROUND_SHARE", 20, minimum=0, maximum=100)
 # message of their own (predictions/services/dispatch.py); 0: one message per prediction.
 WAKEUP_COALESCE_MS = env_int("WAKEUP_COALESCE_MS", 1000, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
-# Share of the texts workers answer that a shadowed model version also answers, in their idle time.
+# Share of the texts workers answer that a shadowed model version also answers (on shadow workers).
 SHADOW_RATE = env_fraction("SHADOW_RATE", 0.1)
+# A shadow worker starts a pass only once its models' live traffic has paused this long (none queued,
+# running or submitted meanwhile): for a host it shares with live workers. 0: it does not wait, for a
+# shadow worker with cores of its own (docs/architecture.md, Shadow traffic).
+SHADOW_LIVE_QUIET_MS = env_int("SHADOW_LIVE_QUIET_MS", 500, minimum=0)
 # Share of predictions drawn, when made, into the review desk's random audit sample (0.01 or 1%).
 REVIEW_SAMPLE_RATE = env_fraction("REVIEW_SAMPLE_RATE", 0.01)
 

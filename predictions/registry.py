@@ -56,7 +56,6 @@ def model_exists(name: str) -> bool:
 _lock = threading.Lock()
 _active: dict[str, str] = {}  # model name → source of its active ModelVersion, as last read
 _shadow: dict[str, tuple[int, str]] = {}  # model name → (id, source) of its shadowed ModelVersion, as last read
-_shadow_pending: set[str] = set()  # models with shadow answers queued or running, as last read
 _active_read_at = float("-inf")  # time.monotonic() of that read
 _loaded: dict[str, tuple[tuple, TextClassifier]] = {}  # model name → (what it was loaded from, the classifier)
 _shadow_loaded: dict[str, tuple[tuple, TextClassifier]] = {}  # the same, for shadowed versions
@@ -65,12 +64,12 @@ _shadow_loaded: dict[str, tuple[tuple, TextClassifier]] = {}  # the same, for sh
 def _active_sources() -> dict[str, str]:
     """The active versions' sources, read again once MODEL_VERSION_CHECK_SECONDS have passed. If the
     database can't be read, the last sources read stay (a worker keeps serving what it served)."""
-    global _active, _shadow, _shadow_pending, _active_read_at
+    global _active, _shadow, _active_read_at
     if time.monotonic() - _active_read_at < settings.MODEL_VERSION_CHECK_SECONDS:
         return _active
     from django.db.models import Q  # noqa: PLC0415
 
-    from predictions.models import ModelVersion, ModelVersionState, PredictionStatus, ShadowAnswer  # noqa: PLC0415 (models need apps ready; this module doesn't)
+    from predictions.models import ModelVersion, ModelVersionState  # noqa: PLC0415 (models need apps ready; this module doesn't)
 
     try:
         with transaction.atomic():  # a savepoint inside a caller's transaction: a failure here leaves it usable
@@ -81,12 +80,6 @@ def _active_sources() -> dict[str, str]:
             )
         _active = {name: source for _, name, source, state, _ in rows if state == ModelVersionState.ACTIVE}
         _shadow = {name: (pk, source) for pk, name, source, state, shadow in rows if shadow and state != "active"}
-        with transaction.atomic():
-            _shadow_pending = set(
-                ShadowAnswer.objects.filter(status__in=(PredictionStatus.QUEUED, PredictionStatus.RUNNING))
-                .values_list("version__name", flat=True)
-                .distinct()
-            )
     except DatabaseError as exc:
         logger.warning("could not read the active model versions, serving those read before: %s", exc)
     _active_read_at = time.monotonic()
@@ -97,13 +90,6 @@ def shadow_version(name: str) -> tuple[int, str] | None:
     """(id, source) of the version shadowing `name` on live traffic, or None."""
     _active_sources()
     return _shadow.get(name)
-
-
-def shadow_work_pending(models: list[str]) -> bool:
-    """Whether any of these models is shadowed or had shadow answers left to give when last read: a
-    worker's task ends without a query for shadow work where there is none."""
-    _active_sources()
-    return any(name in _shadow or name in _shadow_pending for name in models)
 
 
 def shadow_classifier_get(name: str, source: str) -> TextClassifier:

@@ -45,7 +45,6 @@ def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir, monkeypatch):
     No model version is active, and none is read from the database (tests/test_model_versions.py reads them)."""
     monkeypatch.setattr(registry, "_active", {})
     monkeypatch.setattr(registry, "_shadow", {})
-    monkeypatch.setattr(registry, "_shadow_pending", set())
     monkeypatch.setattr(registry, "_active_read_at", float("inf"))  # as if just read: not read again
     settings.MLSITE_MODELS = {"sentiment": f"path:{tiny_sentiment_dir}", "emotions": f"path:{tiny_emotions_dir}"}
     settings.DEFAULT_MODEL = "sentiment"

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from mlsite import webserver
-from predictions.management.commands.runstack import Command, stack_commands
+from predictions.management.commands.runstack import STACK_ENV, Command, stack_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -42,17 +42,17 @@ def test_docker_compose_config_accepts_the_file():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_stack_has_its_six_services_with_the_asked_images():
-    assert {"web", "worker", "beat", "postgres", "rabbitmq", "redis"} <= set(SERVICES)
+def test_the_stack_has_its_services_with_the_asked_images():
+    assert {"web", "worker", "shadow", "beat", "postgres", "rabbitmq", "redis"} <= set(SERVICES)
     assert SERVICES["rabbitmq"]["image"] == "rabbitmq:3.13-management"
     assert SERVICES["redis"]["image"] == "redis:7"
     assert SERVICES["postgres"]["image"] == "postgres:16"
 
 
 def test_every_backing_service_has_a_healthcheck_and_the_app_waits_for_it():
-    for name in ("postgres", "rabbitmq", "redis", "web", "worker"):
+    for name in ("postgres", "rabbitmq", "redis", "web", "worker", "shadow"):
         assert SERVICES[name]["healthcheck"]["test"], name
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "shadow"):
         conditions = {dep: spec["condition"] for dep, spec in SERVICES[name]["depends_on"].items()}
         assert conditions == {
             "migrate": "service_completed_successfully",
@@ -63,7 +63,7 @@ def test_every_backing_service_has_a_healthcheck_and_the_app_waits_for_it():
 
 
 def test_the_app_runs_on_postgres_rabbitmq_and_redis_from_three_variables():
-    for name in ("web", "worker", "beat", "migrate"):
+    for name in ("web", "worker", "shadow", "beat", "migrate"):
         env = SERVICES[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("amqp://")
@@ -108,7 +108,7 @@ def test_the_image_runs_as_a_non_root_user_that_owns_app_var():
     assert any("MLSITE_VAR_DIR=/app/var" in args for kind, args in steps if kind == "ENV")  # var/ is that directory
 
 
-@pytest.mark.parametrize("service", ["web", "worker", "beat", "migrate"])
+@pytest.mark.parametrize("service", ["web", "worker", "shadow", "beat", "migrate"])
 def test_web_worker_and_beat_run_from_that_image_as_that_user_writing_only_under_app_var(service):
     spec = compose_resolved()[service]
     assert "user" not in spec, f"{service} overrides the image's non-root USER"
@@ -241,14 +241,18 @@ def _normalised(command: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("service", ["worker", "beat"])
+@pytest.mark.parametrize("service", ["worker", "shadow", "beat"])
 def test_compose_runs_the_same_worker_and_beat_commands_as_make_run_and_the_docs(service, settings):
     settings.CELERY_TASK_DEFAULT_QUEUE = "predictions"  # the default; tests run on a queue of their own
     local = stack_commands(bind="127.0.0.1:8000", web_workers=2, web_threads=16)[service]
     assert _normalised(SERVICES[service]["command"]) == _normalised(local)
+    env = STACK_ENV.get(service, {})
+    assert {key: SERVICES[service]["environment"][key] for key in env} == env  # what runstack sets, compose sets
     operations = (ROOT / "docs" / "operations.md").read_text()
     shown = " ".join(_normalised(local)).replace("<host>", "127.0.0.1").replace("<schedule>", "var/celerybeat-schedule")
-    assert shown in operations, f"docs/operations.md does not show: {shown}"
+    lines = [line for line in operations.splitlines() if shown in line]
+    assert lines, f"docs/operations.md does not show: {shown}"
+    assert all(f"{key}={value} " in lines[0] for key, value in env.items()), lines[0]
 
 
 def test_the_docs_show_make_run_s_web_command():

@@ -135,7 +135,22 @@ def test_the_pools_serve_every_bundled_model_each_its_own():
     workers = [
         d for d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("mlsite-worker")
     ]
-    assert len(workers) == len(POOLS)
+    assert len(workers) == len(POOLS) + 1  # and the shadow worker
+
+
+def test_the_shadow_worker_is_one_pod_of_its_own_role_with_a_cpu_request_of_its_own():
+    """Its share of a busy node is its own request: SCHED_IDLE orders processes inside a pod only."""
+    shadow = named("Deployment", "mlsite-worker-shadow")
+    [container] = shadow["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {key: str(value) for key, value in COMPOSE["services"]["shadow"]["environment"].items() if key in env}
+    assert env["WORKER_ROLE"] == "shadow"
+    assert shadow["spec"]["replicas"] == 1
+    assert not [
+        d
+        for d in documents()
+        if d["kind"] == "ScaledObject" and d["spec"]["scaleTargetRef"]["name"] == "mlsite-worker-shadow"
+    ]
 
 
 @pytest.mark.django_db
@@ -182,6 +197,7 @@ def test_web_worker_beat_and_migrations_run_the_commands_compose_runs():
     assert command("Deployment", "mlsite-web") == COMPOSE["services"]["web"]["command"]
     for model in POOLS:
         assert command("Deployment", f"mlsite-worker-{model}") == COMPOSE["services"]["worker"]["command"]
+    assert command("Deployment", "mlsite-worker-shadow") == COMPOSE["services"]["shadow"]["command"]
     assert command("Deployment", "mlsite-beat") == COMPOSE["services"]["beat"]["command"]
     assert command("Job", "mlsite-migrate") == COMPOSE["services"]["migrate"]["command"]
 

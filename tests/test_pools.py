@@ -15,7 +15,7 @@ from django_celery_results.models import TaskResult
 
 from bench.stack import ROOT
 from predictions.health import worker_ping_forget
-from predictions.management.commands.runstack import stack_commands
+from predictions.management.commands.runstack import STACK_ENV, stack_commands
 from predictions.models import Prediction, PredictionStatus
 from predictions.services import dispatch, worker
 from tests.test_worker import eventually
@@ -24,17 +24,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class Pool:
-    """`celery worker` serving one model (WORKER_MODELS), named `<model>-pool@…`, on the test database."""
+    """`celery worker` serving one model (WORKER_MODELS), named `<model>-pool@…`, on the test database;
+    `runstack`'s shadow worker instead with `kind="shadow"`."""
 
-    def __init__(self, model: str, env: dict[str, str], log_dir) -> None:
-        self.model, self.env, self.log_path = model, {**env, "WORKER_MODELS": model}, log_dir / f"{model}.log"
+    def __init__(self, model: str, env: dict[str, str], log_dir, *, kind: str = "worker") -> None:
+        self.name = f"{model}-pool" if kind == "worker" else f"{model}-{kind}"
+        self.model, self.kind, self.log_path = model, kind, log_dir / f"{self.name}.log"
+        self.env = {**env, **STACK_ENV.get(kind, {}), "WORKER_MODELS": model}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Pool:
         log = open(self.log_path, "a+")  # noqa: SIM115 - the process writes it; closed with the file object
-        command = stack_commands(bind="", web_workers=1, web_threads=1)["worker"]
+        command = stack_commands(bind="", web_workers=1, web_threads=1)[self.kind]
         self.process = subprocess.Popen(
-            [*command, "--hostname", f"{self.model}-pool@%h", "--without-gossip", "--without-mingle"],
+            [*command, "--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle"],
             cwd=ROOT,
             env=self.env,
             stdout=log,

@@ -102,13 +102,14 @@ def stack_processes(env: dict[str, str]) -> list[psutil.Process]:
     return found
 
 
-def children_named(runstack_pid: int, word: str) -> list[psutil.Process]:
-    """runstack's live children whose command line holds `word`."""
+def children_named(runstack_pid: int, word: str, *, without: str = "shadow@") -> list[psutil.Process]:
+    """runstack's live children whose command line holds `word` and not `without` (the shadow worker's name)."""
     found = []
     with contextlib.suppress(psutil.Error):
         for child in psutil.Process(runstack_pid).children():
             with contextlib.suppress(psutil.Error):  # one that just died (a zombie) has no command line
-                if word in " ".join(child.cmdline()):
+                line = " ".join(child.cmdline())
+                if word in line and without not in line:
                     found.append(child)
     return found
 
@@ -170,6 +171,8 @@ def test_a_killed_worker_is_restarted_while_the_web_keeps_answering(stack_env, t
         wait_until(lambda: children_named(process.pid, " worker "), 30, "a worker", log.read_text)
         [worker] = children_named(process.pid, " worker ")
         wait_until(lambda: worker.children(), 60, "the worker's pool process", log.read_text)
+        [shadow] = children_named(process.pid, "shadow@", without="\0")  # the shadow worker, beside it
+        assert (shadow.environ()["WORKER_ROLE"], worker.environ().get("WORKER_ROLE", "live")) == ("shadow", "live")
         pool = worker.children()
 
         worker.kill()  # its main process only: the pool process is left without its parent

@@ -1,10 +1,13 @@
-"""Shadow traffic: a candidate answers a sampled share of live texts in the workers' idle time; its
-answers are stored, never returned, and compared in the admin before anyone promotes it."""
+"""Shadow traffic: a candidate answers a sampled share of live texts on shadow workers (their own
+processes, at the lowest CPU priority); its answers are stored, never returned, and compared in the
+admin before anyone promotes it."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import Group
@@ -13,6 +16,7 @@ from django.utils import timezone
 from predictions.models import ModelVersion, Prediction, PredictionStatus, ShadowAnswer
 from predictions.registry import active_versions_forget, model_info_get
 from predictions.selectors import reviewed_agreement, shadow_agreement
+from predictions.services import dispatch
 from predictions.services.shadow import (
     shadow_answers_claim,
     shadow_compare_on_reviews,
@@ -20,9 +24,13 @@ from predictions.services.shadow import (
     shadow_sample,
     shadow_start,
     shadow_stop,
+    shadow_sweep,
 )
 from predictions.services.versions import VersionRefused, model_version_promote, model_version_register
+from predictions.tasks import predictions_shadow_task
 from tests.factories import tiny_bert_save
+from tests.test_pools import Pool, pool_env
+from tests.test_worker import eventually
 
 pytestmark = pytest.mark.django_db
 
@@ -34,6 +42,23 @@ def versions_read_at_once(settings, tiny_models):
     settings.MODEL_VERSION_CHECK_SECONDS = 0
     settings.SHADOW_RATE = 1.0
     active_versions_forget()
+    dispatch.shadow_wakeup_taken()  # no wake-up left pending by another test
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """Shadow wake-ups are recorded, not run: their messages wait, as for a busy shadow worker."""
+    sent: list[str] = []
+    monkeypatch.setattr(
+        predictions_shadow_task, "apply_async", lambda queue=None, **_: sent.append(queue) or SimpleNamespace(id="")
+    )
+    return sent
+
+
+def shadow_all() -> int:
+    answered, finished = shadow_run(["sentiment"], deadline=time.monotonic() + 30)
+    assert finished
+    return answered
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +79,12 @@ def finished(owner, text: str, label: str = "positive") -> Prediction:
     )
 
 
-def test_a_shadowed_version_answers_live_texts_and_clients_never_see_its_answers(api, shadowed):
+def test_a_shadowed_version_answers_live_texts_and_clients_never_see_its_answers(
+    api, shadowed, django_capture_on_commit_callbacks
+):
     served = model_info_get("sentiment").version
-    response = api.post("/api/v1/predictions/?wait=5", {"text": "a witty, moving film"}, format="json")
+    with django_capture_on_commit_callbacks(execute=True):  # the shadow wake-up, run here (eager) as on a shadow worker
+        response = api.post("/api/v1/predictions/?wait=5", {"text": "a witty, moving film"}, format="json")
     body = response.content.decode()
     prediction = Prediction.objects.get(pk=response.json()["id"])
     answer = ShadowAnswer.objects.get(prediction=prediction)
@@ -70,13 +98,96 @@ def test_a_shadowed_version_answers_live_texts_and_clients_never_see_its_answers
         assert "shadow" not in page
 
 
-def test_shadow_work_waits_while_live_rows_are_queued(owner, shadowed):
-    row = finished(owner, "a text")
-    assert shadow_sample([row]) == 1
-    assert shadow_run(["sentiment"], live_waiting=lambda: True, deadline=time.monotonic() + 5) == 0
+def test_live_work_only_queues_shadow_answers_and_sends_one_wake_up_to_the_shadow_queue(
+    owner, shadowed, held, settings, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert shadow_sample([finished(owner, "first")]) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert shadow_sample([finished(owner, "second")]) == 1
+    assert held == [f"{settings.CELERY_TASK_DEFAULT_QUEUE}.shadow"]  # the second found one pending
+    assert set(ShadowAnswer.objects.values_list("status", flat=True)) == {PredictionStatus.QUEUED}
+    predictions_shadow_task.run()  # as the shadow worker takes the message: it clears the mark, then answers
+    assert set(ShadowAnswer.objects.values_list("status", flat=True)) == {PredictionStatus.SUCCEEDED}
+    with django_capture_on_commit_callbacks(execute=True):
+        shadow_sample([finished(owner, "third")])
+    assert len(held) == 2  # after the task: a new wake-up
+
+
+def test_a_shadow_task_stopped_by_its_deadline_hands_the_rest_to_a_new_wake_up(owner, shadowed, held, settings):
+    settings.PASS_MAX_TEXTS, settings.CLAIM_LOOP_SECONDS = 1, 0
+    for text in ("one", "two"):
+        shadow_sample([finished(owner, text)])
+    assert predictions_shadow_task.run() == {"shadow": 0}
+    assert len(held) == 1
+    assert shadow_all() == 2
+
+
+def test_on_a_shared_host_a_shadow_pass_waits_until_its_models_live_traffic_pauses(owner, shadowed, settings):
+    settings.SHADOW_LIVE_QUIET_MS = 300
+    shadow_sample([finished(owner, "shadowed")])
+    live = Prediction.objects.create(owner=owner, text="live", model_name="sentiment")
+    Prediction.objects.create(owner=owner, text="other model", model_name="emotions")  # not its model's: no wait
+    Prediction.objects.update(created_at=timezone.now() - timedelta(seconds=5))
+    for status in (PredictionStatus.QUEUED, PredictionStatus.RUNNING):
+        Prediction.objects.filter(pk=live.pk).update(status=status)
+        assert shadow_run(["sentiment"], deadline=time.monotonic() + 0.2) == (0, False)
     assert ShadowAnswer.objects.get().status == PredictionStatus.QUEUED
-    assert shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 5) == 1
-    assert ShadowAnswer.objects.get().status == PredictionStatus.SUCCEEDED
+    # Answered, but just submitted (a cache hit): traffic has not paused yet.
+    Prediction.objects.filter(pk=live.pk).update(status=PredictionStatus.SUCCEEDED, created_at=timezone.now())
+    started = time.monotonic()
+    assert shadow_run(["sentiment"], deadline=time.monotonic() + 30) == (1, True)
+    assert time.monotonic() - started >= 0.2  # it waited for the pause
+
+
+def test_with_cores_of_its_own_a_shadow_worker_does_not_wait_for_live_work(owner, shadowed, settings):
+    settings.SHADOW_LIVE_QUIET_MS = 0
+    shadow_sample([finished(owner, "shadowed")])
+    Prediction.objects.create(owner=owner, text="live", model_name="sentiment")
+    assert shadow_run(["sentiment"], deadline=time.monotonic() + 30) == (1, True)
+
+
+def test_the_sweeper_wakes_a_shadow_worker_while_answers_wait(owner, shadowed, held, settings):
+    assert shadow_sweep() is False
+    assert held == []
+    shadow_sample([finished(owner, "waiting")])  # its own wake-up was lost (never committed here)
+    assert shadow_sweep() is True
+    assert len(held) == 1
+    assert shadow_sweep() is True
+    assert len(held) == 1  # one pending: not sent twice
+    shadow_all()
+    assert shadow_sweep() is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shadow_worker_answers_at_the_lowest_cpu_priority_and_takes_no_live_work(
+    owner, candidate_dir, tiny_sentiment_dir, tiny_emotions_dir, tmp_path, celery_eager
+):
+    """`runstack`'s shadow worker, a real process on the test PostgreSQL and RabbitMQ."""
+    psutil = pytest.importorskip("psutil")
+    # Not yielding to live rows: the live row below stays queued (nothing serves it) to show it is never taken.
+    env = pool_env(
+        tiny_sentiment_dir, tiny_emotions_dir, tmp_path, MODEL_VERSION_CHECK_SECONDS="0", SHADOW_LIVE_QUIET_MS="0"
+    )
+    celery_eager.conf.task_always_eager = False
+    version, _ = model_version_register(name="sentiment", source=f"path:{candidate_dir}")
+    shadow_start(version)
+    live = Prediction.objects.create(owner=owner, text="a live text", model_name="sentiment")
+    worker = Pool("sentiment", env, tmp_path, kind="shadow").start()
+    try:
+        processes = [psutil.Process(worker.process.pid), *psutil.Process(worker.process.pid).children(recursive=True)]
+        assert len(processes) >= 2  # the main process and its pool process
+        assert {os.sched_getscheduler(p.pid) for p in processes} == {os.SCHED_IDLE}
+        dispatch.predictions_publish([live.pk])  # a live run task, on the model's queue
+        assert shadow_sample([finished(owner, "a shadowed text")]) == 1  # commits, then wakes the shadow worker
+        assert eventually(lambda: ShadowAnswer.objects.filter(status=PredictionStatus.SUCCEEDED).exists(), 60)
+        [answer] = ShadowAnswer.objects.all()
+        assert set(answer.scores) == {"negative", "positive"}
+        live.refresh_from_db()
+        assert live.status == PredictionStatus.QUEUED  # the shadow worker never takes live work
+        assert f"consuming only {dispatch.shadow_queue()}" in worker.log_path.read_text()
+    finally:
+        worker.stop()
 
 
 def test_nothing_is_shadowed_at_rate_zero_without_a_shadowed_version_or_for_a_failed_row(owner, settings, shadowed):
@@ -94,7 +205,7 @@ def test_nothing_is_shadowed_at_rate_zero_without_a_shadowed_version_or_for_a_fa
 def test_stopping_a_shadow_drops_its_queued_answers_and_keeps_those_given(owner, shadowed):
     given, waiting = finished(owner, "given"), finished(owner, "waiting")
     shadow_sample([given])
-    shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 5)
+    shadow_all()
     shadow_sample([waiting])
     assert shadow_stop(shadowed) == 1
     assert list(ShadowAnswer.objects.values_list("prediction__text", "status")) == [("given", "succeeded")]
@@ -176,10 +287,3 @@ def test_a_candidate_compared_on_reviewed_predictions_is_scored_against_the_revi
     page = client.get(f"{VERSIONS}{version.pk}/change/").content.decode()
     assert "On 4 reviewed predictions, the reviewers' label is this version's in" in page
     assert "and the answer clients got in <strong>50.0% (15.0%–85.0%)</strong>" in page
-
-
-def test_a_task_ends_without_a_query_for_shadow_work_where_there_is_none(settings, django_assert_num_queries):
-    settings.MODEL_VERSION_CHECK_SECONDS = 60
-    assert shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 5) == 0  # reads once
-    with django_assert_num_queries(0):
-        assert shadow_run(["sentiment"], live_waiting=lambda: False, deadline=time.monotonic() + 5) == 0

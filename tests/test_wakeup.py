@@ -15,7 +15,7 @@ import pytest
 from predictions.models import Prediction
 from predictions.pubsub import redis_client
 from predictions.services import worker
-from predictions.services.dispatch import _wakeup_key as _key
+from predictions.services.dispatch import _wakeup_key, model_queue
 from predictions.tasks import predictions_run_task
 
 pytestmark = [
@@ -44,6 +44,10 @@ def held(monkeypatch):
 
 def redis():
     return redis_client()
+
+
+def _key(model_name: str) -> str:
+    return _wakeup_key(model_queue(model_name))
 
 
 def post(api, n: int, prefix: str = "text") -> list[int]:

@@ -39,12 +39,21 @@ from predictions.pubsub import redis_client
 logger = logging.getLogger(__name__)
 
 RUN_TASK = "predictions.run"  # predictions.tasks.predictions_run_task, sent by name: tasks import services
+SHADOW_TASK = "predictions.shadow"  # predictions.tasks.predictions_shadow_task
+# How long a published shadow wake-up counts as pending. Longer than a run task's: shadow workers
+# run at the lowest CPU priority and may leave their message waiting while live work takes the cores.
+SHADOW_WAKEUP_PENDING_MS = 60_000
 
 
 def model_queue(model_name: str) -> str:
     """The queue of a model's run tasks: a worker consumes those of the models it serves (WORKER_MODELS),
     besides CELERY_QUEUE itself (beat's tasks; messages sent before queues were per model)."""
     return f"{settings.CELERY_TASK_DEFAULT_QUEUE}.{model_name}"
+
+
+def shadow_queue() -> str:
+    """The queue of shadow tasks, consumed by shadow workers only (WORKER_ROLE=shadow)."""
+    return f"{settings.CELERY_TASK_DEFAULT_QUEUE}.shadow"
 
 
 def _run_task_send(ids: Sequence[int], model_name: str, *, task_id: str | None = None) -> None:
@@ -118,30 +127,56 @@ def wakeup_send(model_name: str) -> None:
         logger.error("could not publish a wake-up (%s): %s", type(exc).__name__, exc)
 
 
-def _wakeup_key(model_name: str) -> str:
-    return f"mlsite:wakeup-pending:{model_queue(model_name)}"
+def _wakeup_key(queue: str) -> str:
+    return f"mlsite:wakeup-pending:{queue}"
 
 
-def wakeup_needed(model_name: str) -> bool:
-    """True when this submission must publish its own message (and the key now says one is
-    pending on its model's queue); False when a pending wake-up's claim will take its row."""
+def _pending_set(queue: str, *, ms: int) -> bool:
+    """Mark a wake-up pending on `queue` for `ms`; True if none was (the caller publishes one)."""
     client = redis_client()
-    if client is None or settings.WAKEUP_COALESCE_MS == 0:
+    if client is None or ms == 0:
         return True
     try:
-        return bool(client.set(_wakeup_key(model_name), b"1", nx=True, px=settings.WAKEUP_COALESCE_MS))
+        return bool(client.set(_wakeup_key(queue), b"1", nx=True, px=ms))
     except Exception as exc:  # Redis cannot say: publish, as without coalescing
         logger.warning("wake-up coalescing unavailable (%s): %s", type(exc).__name__, exc)
         return True
 
 
+def _pending_clear(queues: Sequence[str]) -> None:
+    client = redis_client()
+    if client is None or not queues:  # cleared whatever this process's WAKEUP_COALESCE_MS: the web's may differ
+        return
+    try:
+        client.delete(*(_wakeup_key(queue) for queue in queues))
+    except Exception as exc:  # the key expires
+        logger.warning("could not clear the pending wake-up (%s): %s", type(exc).__name__, exc)
+
+
+def wakeup_needed(model_name: str) -> bool:
+    """True when this submission must publish its own message (and the key now says one is
+    pending on its model's queue); False when a pending wake-up's claim will take its row."""
+    return _pending_set(model_queue(model_name), ms=settings.WAKEUP_COALESCE_MS)
+
+
 def wakeup_taken(model_names: Sequence[str]) -> None:
     """A run task is about to claim other queued rows of these models: submissions for them from now
     on publish again. Also called when the publish that set a key failed."""
-    client = redis_client()
-    if client is None or not model_names:  # cleared whatever this process's WAKEUP_COALESCE_MS: the web's may differ
+    _pending_clear([model_queue(name) for name in model_names])
+
+
+def shadow_wakeup_send() -> None:
+    """Wake a shadow worker to answer the queued shadow answers, unless a wake-up is pending already
+    (the shadow task clears the mark before it claims). On a broker failure the sweeper sends one."""
+    if not _pending_set(shadow_queue(), ms=SHADOW_WAKEUP_PENDING_MS):
         return
     try:
-        client.delete(*(_wakeup_key(name) for name in model_names))
-    except Exception as exc:  # the key expires within WAKEUP_COALESCE_MS
-        logger.warning("could not clear the pending wake-up (%s): %s", type(exc).__name__, exc)
+        current_app.tasks[SHADOW_TASK].apply_async(queue=shadow_queue(), timeout=settings.BROKER_PUBLISH_TIMEOUT)
+    except Exception as exc:
+        logger.error("could not publish a shadow wake-up (%s): %s", type(exc).__name__, exc)
+        _pending_clear([shadow_queue()])
+
+
+def shadow_wakeup_taken() -> None:
+    """A shadow task is about to claim: work queued from now on sends a wake-up again."""
+    _pending_clear([shadow_queue()])

@@ -1,10 +1,11 @@
-"""Shadow traffic: a candidate version answers a sampled share of live texts, in the workers' idle time.
+"""Shadow traffic: a candidate version answers a sampled share of live texts, on shadow workers.
 
 After a worker writes live results, SHADOW_RATE of the succeeded rows of a model that has a shadowed
-version get a queued ShadowAnswer. A worker runs them only when no live row of its models is queued,
-one forward pass at a time, looking for live rows before each pass: live work waits at most one
-shadow pass, as it waits for one bulk pass (docs/architecture.md, Shadow traffic). Answers are
-stored beside the client's, never returned; the admin compares them.
+version get a queued ShadowAnswer, and a shadow wake-up is published to the shadow queue. Only
+shadow workers (WORKER_ROLE=shadow) consume it: processes of their own at the lowest CPU priority,
+so the kernel gives the cores to live work first and shadow answers take only the time left over
+(docs/architecture.md, Shadow traffic). Answers are stored beside the client's, never returned; the
+admin compares them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,13 +23,19 @@ from django.db.models import Q
 from django.utils import timezone
 
 from predictions.models import ModelVersion, ModelVersionState, Prediction, PredictionStatus, ShadowAnswer
-from predictions.registry import active_versions_forget, shadow_classifier_get, shadow_version, shadow_work_pending
-from predictions.services.dispatch import wakeup_send
+from predictions.registry import (
+    active_versions_forget,
+    served_models,
+    shadow_classifier_get,
+    shadow_version,
+)
+from predictions.services.dispatch import shadow_wakeup_send, shadow_wakeup_taken
 from predictions.services.versions import VersionRefused
 
 logger = logging.getLogger(__name__)
 
 ANSWER_FIELDS = ("status", "label", "score", "scores", "labels", "margin", "error", "finished_at")
+LIVE_POLL_SECONDS = 0.05  # how often a shadow worker waiting for live traffic to pause looks again
 
 
 def shadow_sample(rows: Sequence[Prediction]) -> int:
@@ -43,6 +50,8 @@ def shadow_sample(rows: Sequence[Prediction]) -> int:
         if shadow is not None and random.random() < settings.SHADOW_RATE:
             answers.append(ShadowAnswer(prediction_id=row.pk, version_id=shadow[0]))
     ShadowAnswer.objects.bulk_create(answers, ignore_conflicts=True)  # a row re-run: answered once per version
+    if answers:
+        transaction.on_commit(shadow_wakeup_send)
     return len(answers)
 
 
@@ -68,16 +77,53 @@ def shadow_answers_claim(models: Sequence[str], *, limit: int) -> list[ShadowAns
     )
 
 
-def shadow_run(models: Sequence[str], *, live_waiting: Callable[[], bool], deadline: float) -> int:
-    """Answer queued shadow texts pass by pass until none is left, live rows wait, or the deadline;
-    returns how many were answered."""
-    if not shadow_work_pending(list(models)):  # read with the active versions, not on every task
-        return 0
+def shadow_task_run() -> int:
+    """The shadow task: answer the queued shadow texts of the models this worker serves for at most
+    CLAIM_LOOP_SECONDS, then hand what is left to the next wake-up; returns how many were answered."""
+    shadow_wakeup_taken()  # before the first claim: shadow work queued from now on wakes a worker again
+    answered, finished = shadow_run(served_models(), deadline=time.monotonic() + settings.CLAIM_LOOP_SECONDS)
+    if not finished:
+        shadow_wakeup_send()
+    return answered
+
+
+def shadow_sweep() -> bool:
+    """Run by the sweeper: wake a shadow worker if shadow answers are queued, or were left running by
+    a worker that died (SWEEP_RUNNING_AFTER); a pending wake-up is not sent twice. True if any are."""
+    stale = timezone.now() - timedelta(seconds=settings.SWEEP_RUNNING_AFTER)
+    waiting = ShadowAnswer.objects.filter(
+        Q(status=PredictionStatus.QUEUED) | Q(status=PredictionStatus.RUNNING, started_at__lt=stale)
+    ).exists()
+    if waiting:
+        shadow_wakeup_send()
+    return waiting
+
+
+def live_work_recent(models: Sequence[str], *, quiet_ms: int) -> bool:
+    """Whether a live row of these models is queued or under way (on any worker), or was submitted in
+    the last `quiet_ms`: traffic that has not paused."""
+    since = timezone.now() - timedelta(milliseconds=quiet_ms)
+    return Prediction.objects.filter(
+        Q(status__in=(PredictionStatus.QUEUED, PredictionStatus.RUNNING)) | Q(created_at__gt=since),
+        model_name__in=list(models),
+    ).exists()
+
+
+def shadow_run(models: Sequence[str], *, deadline: float) -> tuple[int, bool]:
+    """Answer queued shadow texts of these models pass by pass until none is left or the deadline;
+    returns how many were answered, and whether none is left. With SHADOW_LIVE_QUIET_MS, each pass
+    starts only once live traffic of these models has paused that long, none of it queued or running."""
     answered = 0
-    while time.monotonic() < deadline and not live_waiting():
+    while True:
+        while settings.SHADOW_LIVE_QUIET_MS and live_work_recent(models, quiet_ms=settings.SHADOW_LIVE_QUIET_MS):
+            if time.monotonic() >= deadline:
+                return answered, False
+            time.sleep(LIVE_POLL_SECONDS)
+        if time.monotonic() >= deadline:
+            return answered, False
         answers = shadow_answers_claim(models, limit=settings.PASS_MAX_TEXTS)
         if not answers:
-            break
+            return answered, True
         by_version: dict[int, list[ShadowAnswer]] = defaultdict(list)
         for answer in answers:
             by_version[answer.version_id].append(answer)
@@ -101,7 +147,6 @@ def shadow_run(models: Sequence[str], *, live_waiting: Callable[[], bool], deadl
                     answer.labels, answer.margin = result.labels, result.margin
             ShadowAnswer.objects.bulk_update(group, ANSWER_FIELDS)
             answered += len(group)
-    return answered
 
 
 def shadow_start(version: ModelVersion) -> ModelVersion | None:
@@ -130,7 +175,7 @@ def shadow_stop(version: ModelVersion) -> int:
 
 def shadow_compare_on_reviews(version: ModelVersion, *, limit: int = 5000) -> int:
     """Queue `version`'s answers to the latest `limit` reviewed predictions of its model, to compare
-    them with the reviewers' labels (workers give them in their idle time); returns how many."""
+    them with the reviewers' labels (shadow workers give them); returns how many."""
     reviewed = (
         Prediction.objects.filter(
             model_name=version.name,
@@ -144,5 +189,6 @@ def shadow_compare_on_reviews(version: ModelVersion, *, limit: int = 5000) -> in
     )
     answers = [ShadowAnswer(prediction_id=pk, version=version, origin=ShadowAnswer.Origin.REVIEWED) for pk in reviewed]
     ShadowAnswer.objects.bulk_create(answers, ignore_conflicts=True)
-    transaction.on_commit(lambda: wakeup_send(version.name))  # a worker with nothing live to do takes them
+    if answers:
+        transaction.on_commit(shadow_wakeup_send)
     return len(answers)

@@ -24,7 +24,7 @@ from predictions.monitoring import forward_pass_observe, prediction_finished_obs
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, served_models
 from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
-from predictions.services.shadow import shadow_run, shadow_sample
+from predictions.services.shadow import shadow_sample
 from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
 from textclf import LabelScores, ModelLoadError
@@ -144,17 +144,6 @@ def predictions_run(
                     wakeup_send(model_name)
             break
     counts["skipped"] += len(set(own_ids) - done)
-    if others:  # idle now: a shadowed version's answers, until live rows are queued again
-        models = served_models()
-        shadowed = shadow_run(
-            models,
-            live_waiting=lambda: Prediction.objects.filter(
-                status=PredictionStatus.QUEUED, model_name__in=models
-            ).exists(),
-            deadline=time.monotonic() + settings.CLAIM_LOOP_SECONDS,
-        )
-        if shadowed:
-            counts["shadow"] = shadowed
     return counts
 
 
@@ -271,10 +260,6 @@ def _results_write(
     for row, result in zip(rows, results, strict=True):
         _row_fill(row, result, version=version, finished=finished)
     held_ids = results_store(rows, task_id=task_id)
-    try:
-        shadow_sample([row for row in rows if row.pk in held_ids])
-    except DatabaseError:  # the live results are written: a shadow sample is not worth failing them for
-        logger.warning("could not queue shadow answers", exc_info=True)
     for row in rows:
         if row.pk not in held_ids:
             counts["skipped"] += 1
@@ -287,6 +272,10 @@ def _results_write(
         # Fields only for single submissions: only POST /predictions/?wait waits for one row.
         {row.pk: finished_fields(row) for row in rows if row.pk in held_ids and not row.batch_id},
     )
+    try:  # after the clients are told: their answers never wait for the shadow's bookkeeping
+        shadow_sample([row for row in rows if row.pk in held_ids])
+    except DatabaseError:  # the live results are written: a shadow sample is not worth failing them for
+        logger.warning("could not queue shadow answers", exc_info=True)
     return counts
 
 

@@ -1,5 +1,5 @@
-"""Run the web server, a Celery worker and Celery beat in the foreground, restarting any that dies;
-Ctrl-C (SIGINT) or SIGTERM stops all three."""
+"""Run the web server, a Celery worker, a shadow worker and Celery beat in the foreground, restarting
+any that dies; Ctrl-C (SIGINT) or SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from mlsite import webserver
 from predictions.monitoring import metrics_dir_reset
+from predictions.services.dispatch import shadow_queue
 
 POLL_SECONDS = 0.2  # how often the loop looks at the flag and the processes
 RESTART_FIRST_SECONDS = 1.0  # the first restart's delay; it doubles on each death...
@@ -24,8 +25,13 @@ STABLE_SECONDS = 60.0  # a process up this long starts again from the first dela
 STOP_GRACE_SECONDS = 15.0  # SIGTERM, then SIGKILL after this long
 
 
+# The variables a process runs with besides the stack's own, as docker-compose.yml sets them: the shadow
+# worker has one pool process, whose torch threads take every core live work leaves idle.
+STACK_ENV = {"shadow": {"WORKER_ROLE": "shadow", "CELERY_WORKER_CONCURRENCY": "1"}}
+
+
 def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str, list[str]]:
-    """The three processes, as docker-compose.yml runs them; the web is mlsite/webserver.py, as in the image."""
+    """The processes, as docker-compose.yml runs them; the web is mlsite/webserver.py, as in the image."""
     bin_dir = os.path.dirname(sys.executable)
     return {
         "web": webserver.command(bind=bind, workers=web_workers, threads=web_threads),
@@ -38,6 +44,18 @@ def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str
             "INFO",
             "--queues",
             settings.CELERY_TASK_DEFAULT_QUEUE,
+        ],
+        "shadow": [  # a shadowed version's answers, at the lowest CPU priority (WORKER_ROLE=shadow)
+            os.path.join(bin_dir, "celery"),
+            "-A",
+            "mlsite",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--queues",
+            shadow_queue(),
+            "--hostname",
+            "shadow@%h",
         ],
         "beat": [
             os.path.join(bin_dir, "celery"),
@@ -76,8 +94,8 @@ def address_unavailable(bind: str) -> str | None:
 class Child:
     """One supervised process: its command, the running process, and when to start it again."""
 
-    def __init__(self, name: str, command: list[str]) -> None:
-        self.name, self.command = name, command
+    def __init__(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.name, self.command, self.env = name, command, env or {}
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
         self.restart_at = 0.0  # when to start it again (monotonic); 0: not waiting to
@@ -85,7 +103,7 @@ class Child:
 
     def start(self) -> subprocess.Popen:
         # A session of its own: the terminal's Ctrl-C reaches runstack only, which stops each child itself.
-        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.process = subprocess.Popen(self.command, start_new_session=True, env={**os.environ, **self.env})
         self.started_at = time.monotonic()
         self.restart_at = 0.0
         return self.process
@@ -140,7 +158,7 @@ class Command(BaseCommand):
         # Every process that wrote metrics there is gone: start the counts afresh with this stack.
         metrics_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
         commands = stack_commands(bind=bind, web_workers=web_workers, web_threads=web_threads)
-        children = [Child(name, command) for name, command in commands.items()]
+        children = [Child(name, command, STACK_ENV.get(name)) for name, command in commands.items()]
         self.supervise(children)
         self.stop(children)
         self.stdout.write("stack stopped")
