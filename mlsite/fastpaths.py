@@ -13,6 +13,7 @@ from django.conf import settings
 BYPASSES: dict[str, str] = {
     "prebuilt_insert": "Model.save() of a new prediction (predictions/services/sql.py)",
     "one_statement_results": "QuerySet.bulk_update of a forward pass's results (predictions/services/sql.py)",
+    "archive_by_select": "a re-run chunk's rows loaded, then bulk_create of their archived results (predictions/services/sql.py)",
     "fast_input": "PredictionInputSerializer for a plain, valid POST /predictions/ body (predictions/api/serializers.py)",
     "remembered_wait": "WaitQuerySerializer on every request with ?wait= (predictions/api/views.py)",
     "hand_built_json": "PredictionSerializer's declared fields (predictions/api/serializers.py)",

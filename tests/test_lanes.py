@@ -159,9 +159,16 @@ def test_the_background_share_rounds_up(owner, settings):
     assert Counter(row.lane for row in claim()) == {Lane.BULK: 14, Lane.BACKGROUND: 2}
 
 
-def test_a_rerun_s_turns_set_in_its_requeue_statement_are_those_turns_take_gives(owner):
+@pytest.mark.parametrize("vendor", ["postgresql", "sqlite"])
+def test_a_rerun_s_turns_set_in_its_requeue_statement_are_those_turns_take_gives(owner, vendor, monkeypatch):
     """The re-run sets turns in SQL (services.lanes.turns_by_id); the same rows get the same turns as
-    turns_take's, ids with gaps included, and after other background rows already queued."""
+    turns_take's, ids with gaps included, and after other background rows already queued. Both ways
+    of ranking (PostgreSQL's array_position, the other databases' subquery) run here."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from predictions.services import lanes  # noqa: PLC0415
+
+    monkeypatch.setattr(lanes, "connection", SimpleNamespace(vendor=vendor))
     ids = finished_rows(owner, 12, "old")
     Prediction.objects.filter(pk__in=ids[:3]).update(status=PredictionStatus.QUEUED, lane=Lane.BACKGROUND, turn=40)
     chosen = [ids[3], ids[5], ids[6], ids[9], ids[11]]  # not contiguous

@@ -293,3 +293,42 @@ def test_a_rerun_counts_attempts_afresh_so_its_rows_share_passes_and_are_never_g
         row.refresh_from_db()
         assert (row.status, row.attempts, row.error) == (PredictionStatus.SUCCEEDED, 1, "")
         assert row.history.count() == settings.MAX_ATTEMPTS + 1
+
+
+def test_the_archive_in_one_statement_keeps_what_django_s_bulk_create_kept(owner, django_user_model):
+    """FAST_PATHS_OFF=archive_by_select runs Django's way; both archive the same rows, field for field."""
+    from django.test import override_settings  # noqa: PLC0415
+
+    from predictions.services.sql import results_archive  # noqa: PLC0415
+
+    reviewer = django_user_model.objects.create_user("rita")
+    fields = reprocess_service.ARCHIVED_FIELDS + reprocess_service.REVIEW_FIELDS
+    kept = [f if f != "reviewed_by" else "reviewed_by_id" for f in fields]
+    archives = []
+    for off in (frozenset(), frozenset({"archive_by_select"})):
+        Prediction.objects.all().delete()
+        rows = [
+            finished(
+                owner, "reviewed", margin=0.8, labels=["positive"], task_id="t1", started_at=timezone.now(),
+                corrected_label="negative", review_note="sarcasm", reviewed_by=reviewer, reviewed_at=timezone.now(),
+            ),
+            finished(owner, "broken", status="failed", label="", error="ValueError: no", model="emotions"),
+            Prediction.objects.create(owner=owner, text="still queued", model_name="sentiment"),
+            finished(owner, "redacted", redacted_at=timezone.now()),
+        ]  # fmt: skip
+        run, _ = reprocess_service.reprocess_run_open(selectors={"all": True, "off": sorted(off)}, resume=False)
+        with override_settings(FAST_PATHS_OFF=off):
+            archived = results_archive(run.pk, [r.pk for r in rows], fields)
+            assert results_archive(run.pk, [r.pk for r in rows], fields) == []  # once per run
+        assert archived == [(rows[0].pk, "sentiment"), (rows[1].pk, "emotions")]
+        archive = list(
+            PredictionResult.objects.filter(run=run).order_by("prediction_id").values_list("prediction__text", *kept)
+        )
+        source = list(
+            Prediction.objects.filter(pk__in=[pk for pk, _ in archived]).order_by("pk").values_list("text", *kept)
+        )
+        assert archive == source  # every field as the row had it, the review included
+        assert PredictionResult.objects.filter(run=run, archived_at__isnull=True).count() == 0
+        archives.append([tuple(v for v in row if not isinstance(v, datetime)) for row in archive])
+    assert archives[0] == archives[1]
+    assert "sarcasm" in archives[0][0]

@@ -114,10 +114,15 @@ def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_no
         str(tmp_path / "reviews.tsv"),
         "--out",
         str(tmp_path / "candidate"),
+        "--lr-scale",
+        "0.5",
         stdout=printed,
     )
     output = printed.getvalue()
     assert "on 32 rows of train.tsv + 2 extra" in output
+    card = (tmp_path / "candidate" / "README.md").read_text()
+    assert '"learning_rate": 0.00025' in card  # the recipe's 5e-4, halved
+    assert "--lr-scale 0.5" in card
     report = json.loads(output.strip().splitlines()[-1])
     candidate = ModelVersion.objects.get(pk=report["candidate"]["id"])
     assert candidate.state == ModelVersionState.CANDIDATE
@@ -138,3 +143,5 @@ def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_
         )
     assert not (tmp_path / "o").exists()
     assert not ModelVersion.objects.exists()
+    with pytest.raises(CommandError, match="--lr-scale must be above 0"):
+        call_command("train_model", "sentiment", "--lr-scale", "0", "--limit", "1", "--out", str(tmp_path / "o"))

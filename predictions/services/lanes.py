@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django.contrib.postgres.fields import ArrayField
+from django.db import connection
 from django.db.models import BigIntegerField, F, Func, Max, Min, OuterRef, Q, Subquery, Value
 from django.db.models.expressions import CombinedExpression
 
@@ -42,11 +44,23 @@ def turns_by_id(ids: Sequence[int], *, lane: Lane) -> CombinedExpression:
     """What turns_take sets on the rows with these ids in id order, as an expression for the UPDATE
     that queues them: each row's turn is the start plus its rank among `ids`. The re-run sets its
     rows' turns in the statement that requeues them, rather than in a bulk_update of its own, which
-    cost the `reprocess` command a third of its time (docs/performance.md, Turns set by the requeue)."""
-    rank = (
-        Prediction.objects.filter(pk__in=list(ids), pk__lte=OuterRef("pk"))
-        .order_by()
-        .annotate(rank=Func(F("pk"), function="COUNT"))
-        .values("rank")
-    )
-    return Value(turns_start(lane=lane)) + Subquery(rank, output_field=BigIntegerField())
+    cost the `reprocess` command a third of its time (docs/performance.md, Turns set by the requeue).
+
+    On PostgreSQL the rank is the row's position in the sorted ids (array_position), one lookup per
+    row; elsewhere a count of the ids up to the row's, a subquery per row."""
+    if connection.vendor == "postgresql":
+        rank: Func | Subquery = Func(
+            Value(sorted(ids), output_field=ArrayField(BigIntegerField())),
+            F("pk"),
+            function="array_position",
+            output_field=BigIntegerField(),
+        )
+    else:
+        count = (
+            Prediction.objects.filter(pk__in=list(ids), pk__lte=OuterRef("pk"))
+            .order_by()
+            .annotate(rank=Func(F("pk"), function="COUNT"))
+            .values("rank")
+        )
+        rank = Subquery(count, output_field=BigIntegerField())
+    return Value(turns_start(lane=lane)) + rank

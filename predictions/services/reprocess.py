@@ -11,28 +11,30 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
+from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
 from predictions.models import (
-    FINISHED_STATUSES,
     Lane,
     Prediction,
-    PredictionResult,
     PredictionStatus,
     ReprocessRun,
     model_output_fields,
 )
 from predictions.registry import model_version_or_blank
 from predictions.selectors import reprocess_pending
-from predictions.services.dispatch import predictions_publish
+from predictions.services.dispatch import chunks_send
 from predictions.services.lanes import turns_by_id
+from predictions.services.sql import results_archive
 from predictions.services.worker import predictions_run
 
 if TYPE_CHECKING:
@@ -84,56 +86,57 @@ def reprocess_run_open(
 def reprocess_chunk(run: ReprocessRun, ids: Sequence[int], *, sync: bool) -> None:
     """Archive the current result of each row into its history, reset it to queued, then run or queue it."""
     with transaction.atomic():
-        rows = list(
-            Prediction.objects.select_for_update()
-            .filter(pk__in=list(ids), status__in=FINISHED_STATUSES, redacted_at__isnull=True)
-            .exclude(history__run=run)
-            .only("pk", *ARCHIVED_FIELDS, *REVIEW_FIELDS)
-        )
-        PredictionResult.objects.bulk_create(
-            [
-                PredictionResult(
-                    prediction=row, run=run, **{f: getattr(row, f) for f in ARCHIVED_FIELDS + REVIEW_FIELDS}
-                )
-                for row in rows
-            ]
-        )
+        archived = results_archive(run.pk, ids, ARCHIVED_FIELDS + REVIEW_FIELDS)
         # Background lane, the turns after the lane's clock (read before these rows join it), in id
         # order: a later re-run of a few rows is not queued behind a long one (services.lanes).
-        turns = turns_by_id([row.pk for row in rows], lane=Lane.BACKGROUND)
+        turns = turns_by_id([pk for pk, _ in archived], lane=Lane.BACKGROUND)
         by_model: dict[str, list[int]] = defaultdict(list)
-        for row in rows:
-            by_model[run.to_model or row.model_name].append(row.pk)
+        for pk, model_name in archived:
+            by_model[run.to_model or model_name].append(pk)
+        # Queued and marked published in one UPDATE per message's rows (each its task id), sent
+        # after commit: the requeue and the publish mark are one write of each row, not two.
+        sends: list[tuple[str, list[int], str]] = []
+        published = None if sync else timezone.now()
         for model_name, pks in by_model.items():
-            Prediction.objects.filter(pk__in=pks).update(
-                lane=Lane.BACKGROUND,
-                turn=turns,
-                status=PredictionStatus.QUEUED,
-                model_name=model_name,
-                model_version=model_version_or_blank(model_name),
-                label="",
-                score=None,
-                scores=None,
-                labels=None,
-                margin=None,
-                cached=False,
-                error="",
-                task_id="",
-                attempts=0,  # counts this run's worker deaths: a row run before is not one to run alone
-                started_at=None,
-                finished_at=None,
-                published_at=None,
-                corrected_label="",
-                review_note="",
-                reviewed_by=None,
-                reviewed_at=None,
-            )
+            for start in range(0, len(pks), settings.PUBLISH_CHUNK_ROWS):
+                part = pks[start : start + settings.PUBLISH_CHUNK_ROWS]
+                task_id = "" if sync else str(uuid.uuid4())
+                _requeue(part, model_name=model_name, turns=turns, task_id=task_id, published_at=published)
+                sends.append((task_id, part, model_name))
         if not sync:
-            queued = list(ids)
-            transaction.on_commit(lambda: predictions_publish(queued))
+            transaction.on_commit(lambda: chunks_send(sends))
     if sync:
         predictions_run(ids, task_id=f"reprocess-run-{run.pk}", others=False)
-    logger.info("reprocess run %s: %d row(s) archived and %s", run.pk, len(rows), "run" if sync else "queued")
+    logger.info("reprocess run %s: %d row(s) archived and %s", run.pk, len(archived), "run" if sync else "queued")
+
+
+def _requeue(
+    pks: list[int], *, model_name: str, turns: CombinedExpression, task_id: str, published_at: datetime | None
+) -> None:
+    """Reset these archived rows to queued in the background lane, for `model_name`, with no result."""
+    Prediction.objects.filter(pk__in=pks).update(
+        lane=Lane.BACKGROUND,
+        turn=turns,
+        status=PredictionStatus.QUEUED,
+        model_name=model_name,
+        model_version=model_version_or_blank(model_name),
+        label="",
+        score=None,
+        scores=None,
+        labels=None,
+        margin=None,
+        cached=False,
+        error="",
+        task_id=task_id,
+        attempts=0,  # counts this run's worker deaths: a row run before is not one to run alone
+        started_at=None,
+        finished_at=None,
+        published_at=published_at,
+        corrected_label="",
+        review_note="",
+        reviewed_by=None,
+        reviewed_at=None,
+    )
 
 
 def reprocess_dispatch(

@@ -1,14 +1,16 @@
-"""The three statements the ORM cannot send in one round trip, with named parameters, in one place.
+"""The four statements the ORM cannot send in one round trip, with named parameters, in one place.
 
 - the submission's INSERT of a new prediction, built once and bound server-side
   (docs/performance.md, Hand-built INSERT);
 - the worker's claim: pick (by lane and turn), mark and return rows in one UPDATE … RETURNING,
   skipping locked rows;
 - the worker's result write: every row of a forward pass in one UPDATE … FROM (VALUES …)
-  (docs/performance.md, One-statement result write).
+  (docs/performance.md, One-statement result write);
+- a re-run's archive: a chunk's current results copied into their history in one INSERT … SELECT,
+  the rows locked, never loaded into Python (docs/performance.md, Re-run archive in one statement).
 
-On SQLite (the embedded default), the INSERT and the result write are Django's own save() and
-bulk_update(); the claim runs there too, without row locks.
+On SQLite (the embedded default), the INSERT, the result write and the archive are Django's own
+save(), bulk_update() and bulk_create(); the claim runs there too, without row locks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from mlsite.fastpaths import fast_path
-from predictions.models import RESULT_FIELDS, Lane, Prediction, PredictionStatus
+from predictions.models import FINISHED_STATUSES, RESULT_FIELDS, Lane, Prediction, PredictionResult, PredictionStatus
 
 # In the model's field order, as Model.from_db expects them.
 CLAIMED_FIELDS = tuple(
@@ -216,3 +218,56 @@ def results_store(rows: Sequence[Prediction], *, task_id: str) -> set[int]:
     with connection.cursor() as cursor:
         cursor.execute(_results_statement(len(rows)), params)
         return {pk for (pk,) in cursor.fetchall()}
+
+
+@functools.cache
+def _archive_statement(copied: tuple[str, ...]) -> str:
+    """INSERT … SELECT of the finished, unredacted rows among the ids not yet archived for the run,
+    locked in id order; returns each archived row's id and model."""
+    quote = connection.ops.quote_name
+    columns = [cast(Field, PredictionResult._meta.get_field(name)).column for name in copied]
+    source = [cast(Field, Prediction._meta.get_field(name)).column for name in copied]
+    prediction, result = quote(Prediction._meta.db_table), quote(PredictionResult._meta.db_table)
+    return (
+        f"WITH chosen AS (SELECT * FROM {prediction} AS p WHERE p.id = ANY(%(ids)s) "
+        f"AND p.status = ANY(%(finished)s) AND p.redacted_at IS NULL "
+        f"AND NOT EXISTS (SELECT 1 FROM {result} AS r WHERE r.prediction_id = p.id AND r.run_id = %(run)s) "
+        f"ORDER BY p.id FOR UPDATE OF p) "
+        f"INSERT INTO {result} (prediction_id, run_id, archived_at, {', '.join(quote(c) for c in columns)}) "  # type: ignore[arg-type]  # a concrete field has a column
+        f"SELECT id, %(run)s, %(now)s, {', '.join(quote(c) for c in source)} FROM chosen ORDER BY id "  # type: ignore[arg-type]  # as above
+        f"RETURNING prediction_id, model_name"
+    )
+
+
+def results_archive(run_id: int, ids: Sequence[int], fields: Sequence[str]) -> list[tuple[int, str]]:
+    """Copy `fields` of the finished, unredacted rows among `ids` that run `run_id` has not archived
+    yet into their history, locking the rows; returns (id, model name) of each row archived, by id.
+    Call it inside a transaction: the locks hold until it commits.
+
+    Django's way loads every row (its scores and labels decoded from JSON) and sends them back in a
+    bulk_create; the rows never leave the database here.
+    """
+    if connection.vendor != "postgresql" or not fast_path("archive_by_select"):
+        attnames = [
+            cast(Field, Prediction._meta.get_field(name)).attname for name in fields
+        ]  # reviewed_by_id: no query
+        rows = list(
+            Prediction.objects.select_for_update()
+            .filter(pk__in=list(ids), status__in=FINISHED_STATUSES, redacted_at__isnull=True)
+            .exclude(history__run_id=run_id)
+            .order_by("pk")
+            .only("pk", *fields)
+        )
+        PredictionResult.objects.bulk_create(
+            [PredictionResult(prediction=row, run_id=run_id, **{a: getattr(row, a) for a in attnames}) for row in rows]
+        )
+        return [(row.pk, row.model_name) for row in rows]
+    params: dict[str, Any] = {
+        "ids": list(ids),
+        "finished": list(FINISHED_STATUSES),
+        "run": run_id,
+        "now": timezone.now(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_archive_statement(tuple(fields)), params)
+        return sorted(cursor.fetchall())

@@ -31,6 +31,12 @@ class Command(BaseCommand):
         parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument(
+            "--lr-scale",
+            type=float,
+            default=1.0,
+            help="multiply the recipe's learning rates (adapter and head), e.g. 0.5 to fine-tune --init-from gently",
+        )
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
         parser.add_argument("--datasets-dir", type=Path, default=None)
         parser.add_argument(
@@ -75,9 +81,7 @@ class Command(BaseCommand):
                 "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
             )
         train = train + extra
-        hyper: dict[str, Any] = dict(recipe.defaults)
-        if options["epochs"]:
-            hyper["epochs"] = options["epochs"]
+        hyper = _hyperparameters(recipe.defaults, epochs=options["epochs"], lr_scale=options["lr_scale"])
         config = TrainConfig(
             name=recipe.name,
             kind=recipe.kind,
@@ -113,6 +117,8 @@ class Command(BaseCommand):
         for flag in ("limit", "init_from"):
             if options[flag]:
                 command_line += f" --{flag.replace('_', '-')} {options[flag]}"
+        if options["lr_scale"] != 1.0:
+            command_line += f" --lr-scale {options['lr_scale']:g}"
         command_line += "".join(f" --extra-data {p.name}" for p in options["extra_data"])
         environment = (
             f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()}), torch {torch.__version__}"
@@ -166,3 +172,18 @@ def _extra_rows(reader, paths: list[Path]) -> list:
         except (OSError, DatasetFormatError) as exc:
             raise CommandError(f"--extra-data: {exc}") from None
     return rows
+
+
+def _hyperparameters(defaults: dict[str, Any], *, epochs: int | None, lr_scale: float) -> dict[str, Any]:
+    """The recipe's training settings with the command's: its epochs, its learning rates scaled."""
+    from textclf.training.fine_tuning import TrainConfig  # noqa: PLC0415 (torch loads lazily: only when the command runs)
+
+    if lr_scale <= 0:
+        raise CommandError("--lr-scale must be above 0")
+    hyper = dict(defaults)
+    if epochs:
+        hyper["epochs"] = epochs
+    if lr_scale != 1.0:
+        for rate in ("learning_rate", "head_learning_rate"):
+            hyper[rate] = hyper.get(rate, getattr(TrainConfig, rate)) * lr_scale
+    return hyper
