@@ -23,19 +23,20 @@ from predictions.threads import cpu_priority_lowest, torch_threads_configure
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+# Acked once the rows are written, given back if the worker dies, retried with backoff on a database
+# or broker that is briefly away: the run and shadow tasks alike.
+DURABLE: dict = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
 
 
-@shared_task(
-    bind=True,
-    name="predictions.run",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-)
+@shared_task(bind=True, name="predictions.run", **DURABLE)
 def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
     """Classify the unfinished rows among `prediction_ids`; a finished row is never run again."""
     try:
@@ -47,16 +48,7 @@ def predictions_run_task(self, prediction_ids: list[int]) -> dict[str, int]:
         raise
 
 
-@shared_task(
-    name="predictions.shadow",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-)
+@shared_task(name="predictions.shadow", **DURABLE)
 def predictions_shadow_task() -> dict[str, int]:
     """On a shadow worker: give the queued shadow answers (services.shadow); none is ever returned."""
     try:

@@ -32,41 +32,13 @@ STACK_ENV = {"shadow": {"WORKER_ROLE": "shadow", "CELERY_WORKER_CONCURRENCY": "1
 
 def stack_commands(*, bind: str, web_workers: int, web_threads: int) -> dict[str, list[str]]:
     """The processes, as docker-compose.yml runs them; the web is mlsite/webserver.py, as in the image."""
-    bin_dir = os.path.dirname(sys.executable)
+    celery = [os.path.join(os.path.dirname(sys.executable), "celery"), "-A", "mlsite"]
     return {
         "web": webserver.command(bind=bind, workers=web_workers, threads=web_threads),
-        "worker": [
-            os.path.join(bin_dir, "celery"),
-            "-A",
-            "mlsite",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--queues",
-            settings.CELERY_TASK_DEFAULT_QUEUE,
-        ],
-        "shadow": [  # a shadowed version's answers, at the lowest CPU priority (WORKER_ROLE=shadow)
-            os.path.join(bin_dir, "celery"),
-            "-A",
-            "mlsite",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--queues",
-            shadow_queue(),
-            "--hostname",
-            "shadow@%h",
-        ],
-        "beat": [
-            os.path.join(bin_dir, "celery"),
-            "-A",
-            "mlsite",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(settings.VAR_DIR / "celerybeat-schedule"),
-        ],
+        "worker": [*celery, "worker", "--loglevel", "INFO", "--queues", settings.CELERY_TASK_DEFAULT_QUEUE],
+        # A shadowed version's answers, at the lowest CPU priority (WORKER_ROLE=shadow).
+        "shadow": [*celery, "worker", "--loglevel", "INFO", "--queues", shadow_queue(), "--hostname", "shadow@%h"],
+        "beat": [*celery, "beat", "--loglevel", "INFO", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
     }
 
 
