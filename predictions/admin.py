@@ -795,7 +795,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         self.log_change(request, version, f"Queued for comparison on {queued} reviewed predictions.")
         self.message_user(
             request,
-            f"{version} will answer {queued} reviewed predictions in the workers' idle time; its page compares them "
+            f"{version} will answer {queued} reviewed predictions on the shadow workers; its page compares them "
             "with the reviewers' labels.",
             messages.SUCCESS,
         )
@@ -847,8 +847,8 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         stopped = f"; {previous} is no longer shadowed" if previous else ""
         self.message_user(
             request,
-            f"{version} answers {settings.SHADOW_RATE:.0%} of the live texts its model answers, in the "
-            f"workers' idle time; its answers are never returned{stopped}.",
+            f"{version} answers {settings.SHADOW_RATE:.0%} of the live texts its model answers, on the "
+            f"shadow workers; its answers are never returned{stopped}.",
             messages.SUCCESS,
         )
 

@@ -354,7 +354,7 @@ class ModelVersion(models.Model):
     retired_at = models.DateTimeField(null=True, blank=True, help_text="When it last stopped being active.")
     shadow = models.BooleanField(
         default=False,
-        help_text="Runs on a sampled share of live traffic (SHADOW_RATE), in the workers' idle time; its "
+        help_text="Runs on a sampled share of live traffic (SHADOW_RATE), on the shadow workers; its "
         "answers are stored beside the active version's and never returned to clients.",
     )
     replaced = models.ForeignKey(
