@@ -46,8 +46,9 @@ def versions_read_at_once(settings, tiny_models):
 
 
 @pytest.fixture
-def held(monkeypatch):
+def held(monkeypatch, celery_eager):
     """Shadow wake-ups are recorded, not run: their messages wait, as for a busy shadow worker."""
+    celery_eager.conf.task_always_eager = False  # published (here: recorded), as by a deployment
     sent: list[str] = []
     monkeypatch.setattr(
         predictions_shadow_task, "apply_async", lambda queue=None, **_: sent.append(queue) or SimpleNamespace(id="")
@@ -83,11 +84,14 @@ def test_a_shadowed_version_answers_live_texts_and_clients_never_see_its_answers
     api, shadowed, django_capture_on_commit_callbacks
 ):
     served = model_info_get("sentiment").version
-    with django_capture_on_commit_callbacks(execute=True):  # the shadow wake-up, run here (eager) as on a shadow worker
+    with django_capture_on_commit_callbacks(execute=True):
         response = api.post("/api/v1/predictions/?wait=5", {"text": "a witty, moving film"}, format="json")
     body = response.content.decode()
     prediction = Prediction.objects.get(pk=response.json()["id"])
     answer = ShadowAnswer.objects.get(prediction=prediction)
+    assert answer.status == PredictionStatus.QUEUED  # tasks run eagerly here: never inside the live task
+    predictions_shadow_task.run()  # as a shadow worker takes its wake-up
+    answer.refresh_from_db()
     assert (answer.version, answer.status) == (shadowed, PredictionStatus.SUCCEEDED)
     assert set(answer.scores) == {"negative", "positive"}
     assert answer.margin is not None
@@ -267,8 +271,9 @@ def test_a_candidate_compared_on_reviewed_predictions_is_scored_against_the_revi
     Prediction.objects.filter(pk__in=[r.pk for r in reviewed[2:]]).update(reviewed_at=timezone.now())
     finished(owner, "never reviewed")
     version, _ = model_version_register(name="sentiment", source=f"path:{candidate_dir}")
-    with django_capture_on_commit_callbacks(execute=True):  # the wake-up: a worker with nothing live answers them
+    with django_capture_on_commit_callbacks(execute=True):
         assert shadow_compare_on_reviews(version) == 4
+    predictions_shadow_task.run()  # as a shadow worker takes the wake-up
     assert set(ShadowAnswer.objects.values_list("status", flat=True)) == {PredictionStatus.SUCCEEDED}
     assert shadow_compare_on_reviews(version) == 0  # each prediction answered once by a version
 

@@ -167,8 +167,12 @@ def wakeup_taken(model_names: Sequence[str]) -> None:
 
 def shadow_wakeup_send() -> None:
     """Wake a shadow worker to answer the queued shadow answers, unless a wake-up is pending already
-    (the shadow task clears the mark before it claims). On a broker failure the sweeper sends one."""
-    if not _pending_set(shadow_queue(), ms=SHADOW_WAKEUP_PENDING_MS):
+    (the shadow task clears the mark before it claims). On a broker failure the sweeper sends one.
+
+    Not with CELERY_TASK_ALWAYS_EAGER (debugging, no worker): the shadow task would run inside the
+    live task that queued its answers, waiting for that task's own rows to finish. The answers stay
+    queued for a shadow worker, or for `services.shadow.shadow_run`."""
+    if current_app.conf.task_always_eager or not _pending_set(shadow_queue(), ms=SHADOW_WAKEUP_PENDING_MS):
         return
     try:
         current_app.tasks[SHADOW_TASK].apply_async(queue=shadow_queue(), timeout=settings.BROKER_PUBLISH_TIMEOUT)
