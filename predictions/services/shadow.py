@@ -1,11 +1,11 @@
 """Shadow traffic: a candidate version answers a sampled share of live texts, on shadow workers.
 
-After a worker writes live results, SHADOW_RATE of the succeeded rows of a model that has a shadowed
-version get a queued ShadowAnswer, and a shadow wake-up is published to the shadow queue. Only
-shadow workers (WORKER_ROLE=shadow) consume it: processes of their own at the lowest CPU priority,
-so the kernel gives the cores to live work first and shadow answers take only the time left over
-(docs/architecture.md, Shadow traffic). Answers are stored beside the client's, never returned; the
-admin compares them.
+After a worker writes live results and tells the waiting clients, SHADOW_RATE of the succeeded rows
+of a model that has a shadowed version get a queued ShadowAnswer, and a shadow wake-up is published
+to the shadow queue. Only shadow workers (WORKER_ROLE=shadow) consume it: processes of their own at
+the lowest CPU priority, which start a pass only once the models' live traffic has paused
+(SHADOW_LIVE_QUIET_MS), so shadow answers take only the time live work leaves (docs/architecture.md,
+Shadow traffic). Answers are stored beside the client's, never returned; the admin compares them.
 """
 
 from __future__ import annotations
