@@ -7,6 +7,7 @@ are joined, counts are not run on every page, exports stream.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from django import forms
@@ -665,6 +666,30 @@ class BatchAdmin(ReadOnlyAdmin):
         )
 
 
+def _disagreements_table(summary: str, css_class: str, answers: list[str], rows: Iterable[tuple]) -> str:
+    """`summary`, then a table of predictions (link, text) with one column per answer compared."""
+    head = format_html_join("", "<th>{}</th>", ((name,) for name in ["prediction", "text", *answers]))
+    body = format_html_join(
+        "",
+        "<tr>{}</tr>",
+        (
+            (
+                format_html(
+                    '<td><a href="{}">{}</a></td><td>{}</td>{}',
+                    reverse("admin:predictions_prediction_change", args=[pk]),
+                    pk,
+                    text[:120],
+                    format_html_join("", "<td>{}</td>", ((value,) for value in values)),
+                ),
+            )
+            for pk, text, *values in rows
+        ),
+    )
+    return format_html(
+        '{}<table class="{}"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', summary, css_class, head, body
+    )
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ReadOnlyAdmin):
     """Every served, candidate and retired version; the `model managers` group promotes and rolls back.
@@ -771,19 +796,11 @@ class ModelVersionAdmin(ReadOnlyAdmin):
             rate(figures["served_right"]),
             figures["queued"],
         )
-        rows = format_html_join(
-            "",
-            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            (
-                (reverse("admin:predictions_prediction_change", args=[pk]), pk, text[:120], truth, served, mine)
-                for pk, text, truth, served, mine in figures["disagreements"]
-            ),
-        )
-        return format_html(
-            '{}<table class="review-disagreements"><thead><tr><th>prediction</th><th>text</th><th>reviewers</th>'
-            "<th>clients got</th><th>this version</th></tr></thead><tbody>{}</tbody></table>",
+        return _disagreements_table(
             summary,
-            rows,
+            "review-disagreements",
+            ["reviewers", "clients got", "this version"],
+            ((pk, text, truth, served, mine) for pk, text, truth, served, mine in figures["disagreements"]),
         )
 
     @admin.action(description="Compare the selected version on reviewed predictions", permissions=["promote"])
@@ -818,19 +835,14 @@ class ModelVersionAdmin(ReadOnlyAdmin):
             f"{high:.1%}",
             figures["queued"],
         )
-        rows = format_html_join(
-            "",
-            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} ({})</td><td>{}</td></tr>',
+        return _disagreements_table(
+            summary,
+            "shadow-disagreements",
+            ["answered (version)", "this version"],
             (
-                (reverse("admin:predictions_prediction_change", args=[pk]), pk, text[:120], label, served[:8], shadow)
+                (pk, text, f"{label} ({served[:8]})", shadow)
                 for pk, text, label, served, shadow in figures["disagreements"]
             ),
-        )
-        return format_html(
-            '{}<table class="shadow-disagreements"><thead><tr><th>prediction</th><th>text</th>'
-            "<th>answered (version)</th><th>this version</th></tr></thead><tbody>{}</tbody></table>",
-            summary,
-            rows,
         )
 
     @admin.action(description="Shadow the selected version on live traffic (SHADOW_RATE)", permissions=["promote"])
