@@ -710,24 +710,6 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     )
     list_filter = ("name", "state")
     list_select_related = ("registered_by", "promoted_by")
-    readonly_fields = (
-        "name",
-        "version",
-        "state",
-        "source",
-        "metrics",
-        "note",
-        "registered_by",
-        "registered_at",
-        "promoted_by",
-        "promoted_at",
-        "retired_at",
-        "replaced",
-        "shadow",
-        "metrics_beside_active",
-        "review_comparison",
-        "shadow_comparison",
-    )
     actions = ("promote", "rollback", "rerun_history", "compare_on_reviews", "shadow_on", "shadow_off")
     fieldsets = (
         (None, {"fields": ["name", "version", "state", "shadow", "source"]}),
@@ -748,6 +730,8 @@ class ModelVersionAdmin(ReadOnlyAdmin):
             },
         ),
     )
+    # Every field shown is read-only: versions change through the actions, each recorded.
+    readonly_fields = tuple(field for _, options in fieldsets for field in cast(list[str], options["fields"]))
 
     @admin.display(description="metrics beside the active version")
     def metrics_beside_active(self, obj: ModelVersion):

@@ -79,7 +79,11 @@ def _active_sources() -> dict[str, str]:
                 )
             )
         _active = {name: source for _, name, source, state, _ in rows if state == ModelVersionState.ACTIVE}
-        _shadow = {name: (pk, source) for pk, name, source, state, shadow in rows if shadow and state != "active"}
+        _shadow = {
+            name: (pk, source)
+            for pk, name, source, state, shadow in rows
+            if shadow and state != ModelVersionState.ACTIVE
+        }
     except DatabaseError as exc:
         logger.warning("could not read the active model versions, serving those read before: %s", exc)
     _active_read_at = time.monotonic()
