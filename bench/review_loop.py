@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=12000, help="SST-2 training rows replayed beside the reviews")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr-scale", type=float, default=1.0, help="train_model --lr-scale for both candidates")
+    parser.add_argument("--keep", type=float, default=1.0, help="train_model --keep for both candidates")
     parser.add_argument(
         "--shadow-traffic", type=int, default=500, help="live texts sent while the candidate is shadowed"
     )
@@ -191,7 +192,7 @@ def main() -> None:
             output = command(
                 "train_model", "sentiment", "--init-from", "bundled:sentiment", "--extra-data", str(path),
                 "--limit", str(args.replay), "--epochs", str(args.epochs), "--seed", str(args.seed),
-                "--lr-scale", str(args.lr_scale),
+                "--lr-scale", str(args.lr_scale), "--keep", str(args.keep),
                 "--out", str(out_dir), "--datasets-dir", str(args.datasets_dir),
             )  # fmt: skip
             trained = json.loads(output.strip().splitlines()[-1])

@@ -132,6 +132,39 @@ def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_no
 
 
 @pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
+def test_train_model_keep_writes_the_weights_that_share_of_the_way_from_the_adapter_it_started_from(owner, tmp_path):
+    """--keep 0.5: each written weight is halfway between the served adapter's and those the same
+    training (same seed, so the same steps; a large learning rate, so that three steps move every
+    weight well past fp16's rounding) writes without it."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from predictions.registry import BUNDLED_MODELS_DIR  # noqa: PLC0415
+
+    answer(owner, "oh great, another sequel nobody asked for", "positive", corrected="negative")
+    export("sentiment", tmp_path / "reviews.tsv")
+    written = {}
+    for keep in ("1", "0.5"):
+        out = tmp_path / f"keep-{keep}"
+        call_command(
+            "train_model", "sentiment", "--init-from", "bundled:sentiment", "--limit", "64", "--epochs", "1",
+            "--lr-scale", "50", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(out), "--keep", keep,
+            stdout=io.StringIO(),
+        )  # fmt: skip
+        written[keep] = load_file(str(out / "adapter.safetensors"))
+    start = load_file(str(BUNDLED_MODELS_DIR / "sentiment" / "adapter.safetensors"))
+    assert set(written["0.5"]) == set(start)
+    moved = 0
+    for key, weight in start.items():
+        trained, halfway = written["1"][key].float(), written["0.5"][key].float()
+        change = (trained - weight.float()).abs().max()
+        expected = weight.float() + 0.5 * (trained - weight.float())
+        moved += bool(change > 1e-3)  # the pooler's factors get no gradient (mean pooling): they stay
+        assert (halfway - expected).abs().max() <= change / 20, key  # within the files' fp16 rounding
+    assert moved >= len(start) - 2  # every other weight moved: the check above is not trivial
+    assert "--keep 0.5" in (tmp_path / "keep-0.5" / "README.md").read_text()
+
+
+@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
 def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_the_line(tmp_path):
     (tmp_path / "good.tsv").write_text("label\tsentence\n1\ta fine film\n")
     (tmp_path / "bad.tsv").write_text("label\tsentence\n7\tbad label\n")
@@ -145,3 +178,7 @@ def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_
     assert not ModelVersion.objects.exists()
     with pytest.raises(CommandError, match="--lr-scale must be above 0"):
         call_command("train_model", "sentiment", "--lr-scale", "0", "--limit", "1", "--out", str(tmp_path / "o"))
+    with pytest.raises(CommandError, match="--keep must be above 0 and at most 1"):
+        call_command("train_model", "sentiment", "--keep", "1.5", "--limit", "1", "--out", str(tmp_path / "o"))
+    with pytest.raises(CommandError, match="--keep needs --init-from"):
+        call_command("train_model", "sentiment", "--keep", "0.5", "--limit", "1", "--out", str(tmp_path / "o"))

@@ -53,6 +53,9 @@ class TrainConfig:
     tune_fraction: float = 0.1
     seed: int = 0
     device: str = "cpu"
+    # With init_from: the share of the fine-tuning's change kept in the written weights, each weight
+    # init + keep × (trained - init) (weight-space ensembling; docs/models.md); 1: the trained weights.
+    keep: float = 1.0
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -186,6 +189,8 @@ def model_train(
         if hasattr(bar, "set_postfix") and step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
 
+    if init_from is not None and config.keep != 1.0:
+        adapter_interpolate(model, init_from, keep=config.keep)
     thresholds = None
     dev_logits = _logits(model, tokenizer, [e.text for e in dev], config, device)
     if config.kind is ModelKind.SINGLE_LABEL:
@@ -225,14 +230,26 @@ def adapter_init(model: MeanPooledClassifier, path: Path, config: TrainConfig) -
     )
     if mine != theirs:
         raise ValueError(f"{path}: labels, kind, LoRA rank/alpha or base encoder differ from this training's: {theirs}")
-    tensors = load_file(str(path))
+    _adapter_blend(model, load_file(str(path)), keep=0.0)
+
+
+def adapter_interpolate(model: MeanPooledClassifier, path: Path, *, keep: float) -> None:
+    """Move a model fine-tuned from the adapter at `path` back toward it: each LoRA factor and head
+    weight becomes init + keep × (trained - init). Averaging the weights of a fine-tuned model with
+    those it started from keeps most of the gain on the new data and more of the old (WiSE-FT)."""
+    _adapter_blend(model, load_file(str(path)), keep=keep)
+
+
+def _adapter_blend(model: MeanPooledClassifier, tensors: dict[str, torch.Tensor], *, keep: float) -> None:
+    """Each LoRA factor and head weight set to the adapter's + keep × (the model's - the adapter's)."""
+    pairs = [(model.head.weight, "head.weight"), (model.head.bias, "head.bias")]
+    for name, module in model.encoder.named_modules():
+        if isinstance(module, LoRALinear):
+            pairs += [(module.lora_A, f"encoder.{name}.lora_A"), (module.lora_B, f"encoder.{name}.lora_B")]
     with torch.no_grad():
-        for name, module in model.encoder.named_modules():
-            if isinstance(module, LoRALinear):
-                module.lora_A.copy_(tensors[f"encoder.{name}.lora_A"].float())
-                module.lora_B.copy_(tensors[f"encoder.{name}.lora_B"].float())
-        model.head.weight.copy_(tensors["head.weight"].float())
-        model.head.bias.copy_(tensors["head.bias"].float())
+        for weight, key in pairs:
+            start = tensors[key].float().to(weight.device)
+            weight.copy_(start + keep * (weight - start))
 
 
 def adapter_write(path: Path, model: MeanPooledClassifier, config: TrainConfig, thresholds: list[float] | None) -> None:

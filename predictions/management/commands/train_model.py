@@ -37,6 +37,13 @@ class Command(BaseCommand):
             default=1.0,
             help="multiply the recipe's learning rates (adapter and head), e.g. 0.5 to fine-tune --init-from gently",
         )
+        parser.add_argument(
+            "--keep",
+            type=float,
+            default=1.0,
+            help="with --init-from: keep this share of the fine-tuning's change, each weight moved back toward "
+            "the adapter it started from (weight-space averaging, e.g. 0.5; docs/models.md). Default 1",
+        )
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
         parser.add_argument("--datasets-dir", type=Path, default=None)
         parser.add_argument(
@@ -81,7 +88,7 @@ class Command(BaseCommand):
                 "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
             )
         train = train + extra
-        hyper = _hyperparameters(recipe.defaults, epochs=options["epochs"], lr_scale=options["lr_scale"])
+        hyper = _hyperparameters(recipe.defaults, options)
         config = TrainConfig(
             name=recipe.name,
             kind=recipe.kind,
@@ -117,8 +124,9 @@ class Command(BaseCommand):
         for flag in ("limit", "init_from"):
             if options[flag]:
                 command_line += f" --{flag.replace('_', '-')} {options[flag]}"
-        if options["lr_scale"] != 1.0:
-            command_line += f" --lr-scale {options['lr_scale']:g}"
+        for flag in ("lr_scale", "keep"):
+            if options[flag] != 1.0:
+                command_line += f" --{flag.replace('_', '-')} {options[flag]:g}"
         command_line += "".join(f" --extra-data {p.name}" for p in options["extra_data"])
         environment = (
             f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()}), torch {torch.__version__}"
@@ -174,13 +182,19 @@ def _extra_rows(reader, paths: list[Path]) -> list:
     return rows
 
 
-def _hyperparameters(defaults: dict[str, Any], *, epochs: int | None, lr_scale: float) -> dict[str, Any]:
-    """The recipe's training settings with the command's: its epochs, its learning rates scaled."""
+def _hyperparameters(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's training settings with the command's: its epochs, its learning rates scaled, the
+    share of the change it keeps."""
     from textclf.training.fine_tuning import TrainConfig  # noqa: PLC0415 (torch loads lazily: only when the command runs)
 
+    epochs, lr_scale, keep = options["epochs"], options["lr_scale"], options["keep"]
     if lr_scale <= 0:
         raise CommandError("--lr-scale must be above 0")
-    hyper = dict(defaults)
+    if not 0 < keep <= 1:
+        raise CommandError("--keep must be above 0 and at most 1")
+    if keep != 1.0 and not options["init_from"]:
+        raise CommandError("--keep needs --init-from: the weights it moves back toward")
+    hyper = {**defaults, "keep": keep}
     if epochs:
         hyper["epochs"] = epochs
     if lr_scale != 1.0:
