@@ -222,6 +222,10 @@ CLAIM_WAIT_MS = env_int("CLAIM_WAIT_MS", 5, minimum=0, old="BATCH_MAX_WAIT_MS") 
 CLAIM_LOOP_SECONDS = env_int("CLAIM_LOOP_SECONDS", 10, minimum=0, old="BATCH_LOOP_SECONDS")  # a task claims this long
 PASS_MAX_TEXTS = env_int("PASS_MAX_TEXTS", 16, minimum=1, old="INFERENCE_BATCH_SIZE")  # texts in one forward pass
 PASS_MAX_TOKENS = env_int("PASS_MAX_TOKENS", 8192, minimum=64, old="BATCH_MAX_TOKENS")  # padded tokens in one pass
+# Texts in one forward pass of bulk or background rows while single texts are flowing (this worker
+# process ran one in the last second): a single text waits for the pass under way, so shorter passes
+# answer it sooner (docs/performance.md, Shorter bulk passes while single texts flow); 0: PASS_MAX_TEXTS.
+PASS_MAX_TEXTS_MIXED = env_int("PASS_MAX_TEXTS_MIXED", 8, minimum=0)
 # Bulk and background rows a claim takes after the interactive ones: whole batches sorted by length
 # run faster (docs/performance.md, Bulk claims as large as interactive ones); interactive texts sent
 # meanwhile run between two of its passes (docs/architecture.md, Lanes).

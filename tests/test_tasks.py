@@ -399,6 +399,42 @@ def test_a_bulk_claim_runs_a_single_text_queued_during_it_between_two_forward_pa
     )
 
 
+@pytest.mark.parametrize(("mixed", "expected"), [(2, [4, 1, 2, 2]), (0, [4, 1, 4])])
+def test_bulk_passes_are_shorter_once_a_single_text_has_run(
+    owner, settings, forward_passes, monkeypatch, mixed, expected
+):
+    """A bulk claim's passes have PASS_MAX_TEXTS texts; once a single text has run between two of
+    them, the rest have PASS_MAX_TEXTS_MIXED (0: unchanged), so the next single text waits less."""
+    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 4, mixed, 0
+    bulk = queued(owner, *[f"bulk text {i}" for i in range(8)])
+    Prediction.objects.filter(pk__in=[r.pk for r in bulk]).update(lane=Lane.BULK)
+    arrived = []
+    real_claim = worker.predictions_claim
+
+    def claim(*args, **kwargs):
+        if forward_passes and not arrived:
+            arrived.extend(queued(owner, "a single text sent meanwhile"))
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "predictions_claim", claim)
+    assert worker.predictions_run([r.pk for r in bulk], task_id="chunk")["succeeded"] == 9
+    assert [len(texts) for texts in forward_passes] == expected
+    assert forward_passes[1] == ["a single text sent meanwhile"]
+
+
+def test_bulk_passes_keep_their_size_when_no_single_text_ran_lately(owner, settings, forward_passes):
+    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 4, 2, 0
+    bulk = queued(owner, *[f"bulk text {i}" for i in range(8)])
+    Prediction.objects.filter(pk__in=[r.pk for r in bulk]).update(lane=Lane.BULK)
+    [single] = queued(owner, "a single text an hour ago")
+    worker.predictions_run([single.pk], task_id="single", others=False)
+    assert worker.bulk_pass_size() == 2
+    worker._interactive_ran["at"] -= worker.MIXED_SECONDS  # as if it ran a second ago, none since
+    assert worker.bulk_pass_size() == 4
+    worker.predictions_run([r.pk for r in bulk], task_id="chunk")
+    assert [len(texts) for texts in forward_passes] == [1, 4, 4]
+
+
 def test_between_passes_a_worker_takes_only_interactive_rows(owner, settings):
     settings.CLAIM_WAIT_MS = 0
     [bulk] = queued(owner, "a bulk text")

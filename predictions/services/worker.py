@@ -81,11 +81,23 @@ def predictions_claim(
 
 
 _last_pass = {"at": 0.0, "rows": 0}  # this process's previous claim
+_interactive_ran = {"at": -math.inf}  # when this process last ran an interactive text
+MIXED_SECONDS = 1.0  # interactive texts are flowing if this process ran one this recently
 
 
 @memo
 def _last_pass_forget() -> None:
     _last_pass.update(at=0.0, rows=0)
+    _interactive_ran.update(at=-math.inf)
+
+
+def bulk_pass_size() -> int:
+    """Texts in the next forward pass of bulk or background rows: PASS_MAX_TEXTS_MIXED while
+    interactive texts are flowing, since each waits for the pass under way; PASS_MAX_TEXTS otherwise."""
+    mixed = settings.PASS_MAX_TEXTS_MIXED
+    if mixed and time.monotonic() - _interactive_ran["at"] < MIXED_SECONDS:
+        return min(mixed, settings.PASS_MAX_TEXTS)
+    return settings.PASS_MAX_TEXTS
 
 
 def _company_expected(rows: list[Prediction]) -> bool:
@@ -159,6 +171,8 @@ def _claimed_run(
     for (lane, model_name), group in by_model.items():
         retried = [r for r in group if r.attempts > 1]
         fresh = [r for r in group if r.attempts <= 1]
+        if lane == Lane.INTERACTIVE:
+            _interactive_ran["at"] = time.monotonic()
         for batch in ([fresh] if fresh else []) + [[r] for r in retried]:
             counts["batches"] += 1
             interleave = between if lane != Lane.INTERACTIVE else None
@@ -171,7 +185,8 @@ def _rows_run(
 ) -> dict[str, int]:
     """Run the model on these rows, PASS_MAX_TEXTS (and PASS_MAX_TOKENS) at a time, and write them all
     in one statement. If a pass fails, its texts are retried one by one, so a bad text fails only its
-    own row. `between`, if given, runs after every pass but the last (docs/architecture.md, Lanes)."""
+    own row. `between`, if given, runs after every pass but the last, and the passes are sized by
+    `bulk_pass_size` (docs/architecture.md, Lanes)."""
     try:
         classifier = classifier_get(model_name)
     except (ModelLoadError, KeyError) as exc:
@@ -180,7 +195,8 @@ def _rows_run(
     texts = [row.text for row in rows]
     results: list[LabelScores | Exception | None] = [None] * len(rows)
     seconds = cpu_seconds = 0.0
-    passes = classifier.passes(texts, batch_size=settings.PASS_MAX_TEXTS, max_tokens=settings.PASS_MAX_TOKENS)
+    size = bulk_pass_size if between is not None else settings.PASS_MAX_TEXTS
+    passes = classifier.passes(texts, batch_size=size, max_tokens=settings.PASS_MAX_TOKENS)
     answered, failed = 0, False
     while True:
         started, cpu_started = time.perf_counter(), time.process_time()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -13,6 +13,8 @@ from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from textclf.serving.decoding import logits_decode
 from textclf.serving.packed import PackedBatch, bert_packable, bert_packed_hidden
 from textclf.types import LabelScores, ModelKind
+
+PassSize = int | Callable[[], int]  # texts per forward pass: fixed, or asked before each pass
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification, BertModel, PreTrainedTokenizerBase
@@ -136,16 +138,18 @@ class TextClassifier:
         }
 
     def chunks(
-        self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192
+        self, texts: Sequence[str], *, batch_size: PassSize = 64, max_tokens: int = 8192
     ) -> Iterator[tuple[list[int], list[list[int]]]]:
         """Yield (original indexes, token ids) per forward pass: texts sorted by token length, at most
-        `batch_size` texts and `max_tokens` padded tokens (texts × longest) each."""
+        `batch_size` texts and `max_tokens` padded tokens (texts × longest) each. A callable
+        `batch_size` is asked again before each pass, so a caller can change it between passes."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         start = 0
         while start < len(order):
+            size = max(1, batch_size() if callable(batch_size) else batch_size)
             stop = start + 1
-            while stop < len(order) and stop - start < batch_size:
+            while stop < len(order) and stop - start < size:
                 longest = len(encoded[order[stop]])
                 if longest * (stop - start + 1) > max_tokens:
                     break
@@ -163,7 +167,7 @@ class TextClassifier:
         )
         return logits
 
-    def logits(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> torch.Tensor:
+    def logits(self, texts: Sequence[str], *, batch_size: PassSize = 64, max_tokens: int = 8192) -> torch.Tensor:
         """Raw logits in input order, shape [len(texts), len(labels)]."""
         out = torch.empty((len(texts), len(self.labels)), dtype=torch.float32)
         with torch.inference_mode():
@@ -171,7 +175,7 @@ class TextClassifier:
                 out[indexes] = self._forward(sequences).float().cpu()
         return out
 
-    def predict(self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192) -> list[LabelScores]:
+    def predict(self, texts: Sequence[str], *, batch_size: PassSize = 64, max_tokens: int = 8192) -> list[LabelScores]:
         """One LabelScores per text, in input order."""
         results: list[LabelScores | None] = [None] * len(texts)
         for indexes, answers in self.passes(texts, batch_size=batch_size, max_tokens=max_tokens):
@@ -180,10 +184,11 @@ class TextClassifier:
         return cast("list[LabelScores]", results)
 
     def passes(
-        self, texts: Sequence[str], *, batch_size: int = 64, max_tokens: int = 8192
+        self, texts: Sequence[str], *, batch_size: PassSize = 64, max_tokens: int = 8192
     ) -> Iterator[tuple[list[int], list[LabelScores]]]:
         """Run the forward passes one at a time: yield (original indexes, their LabelScores) after each,
-        so a caller can do other work between passes (a worker runs newly queued interactive texts)."""
+        so a caller can do other work between passes (a worker runs newly queued interactive texts)
+        and size the next pass (a callable `batch_size`, as in `chunks`)."""
         if not texts:
             return
         for indexes, sequences in self.chunks(texts, batch_size=batch_size, max_tokens=max_tokens):

@@ -50,6 +50,25 @@ def test_passes_yield_each_forward_pass_as_it_runs_and_together_answer_as_predic
     assert classifier.predict([]) == []
 
 
+def test_a_callable_pass_size_is_asked_before_each_pass(tiny_sentiment_dir: Path) -> None:
+    """A caller resizes the passes still to come (the worker, when single texts start to flow)."""
+    classifier = classifier_load("sentiment", f"path:{tiny_sentiment_dir}", device="cpu")
+    texts = ["a", "bad", "good film", "the plot", "good", "film", "awful boring plot"]
+    sizes = iter([3, 2, 0])  # 0 still makes progress: one text a pass
+    asked: list[int] = []
+
+    def size() -> int:
+        asked.append(next(sizes, 1))
+        return asked[-1]
+
+    lengths = [len(indexes) for indexes, _ in classifier.passes(texts, batch_size=size)]
+    assert lengths == [3, 2, 1, 1]
+    assert asked == [3, 2, 0, 1]
+    answers = classifier.predict(texts, batch_size=size)
+    whole = classifier.predict(texts, batch_size=len(texts))
+    assert [a.label for a in answers] == [w.label for w in whole]
+
+
 def test_a_tiny_model_s_tokenizer_knows_its_words_and_nothing_else(tiny_sentiment_dir: Path) -> None:
     tokenizer = classifier_load("s", f"path:{tiny_sentiment_dir}", device="cpu").tokenizer
     known, unknown = tokenizer(["Good film", "zebra"])["input_ids"]
