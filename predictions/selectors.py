@@ -13,6 +13,7 @@ from predictions.models import (
     FINISHED_STATUSES,
     Batch,
     IdempotencyKey,
+    Lane,
     ModelVersion,
     Prediction,
     PredictionResult,
@@ -73,8 +74,12 @@ def prediction_counts_by_status_and_model() -> list[tuple[str, str, int]]:
 
 
 def predictions_in_flight_count() -> int:
-    """Predictions accepted and not finished (queued or running): the depth MAX_QUEUED bounds."""
-    return Prediction.objects.filter(status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]).count()
+    """Clients' predictions accepted and not finished (queued or running, interactive and bulk lanes):
+    the depth MAX_QUEUED bounds. Re-runs (the background lane) are rows already stored, requeued by
+    an operator: they do not count, so re-running the whole history never turns clients away."""
+    return Prediction.objects.filter(
+        status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING], lane__lt=Lane.BACKGROUND
+    ).count()
 
 
 def idempotency_key_get(*, owner: User, key: str, endpoint: str) -> IdempotencyKey | None:

@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
 from mlsite.env import env_rate
-from predictions.models import Batch, Prediction, PredictionStatus
+from predictions.models import Batch, Lane, Prediction, PredictionStatus
 from predictions.services import backpressure
 from predictions.tasks import predictions_run_task
 from tests.factories import DEAD_REDIS
@@ -66,6 +66,22 @@ def test_a_full_queue_answers_503_with_retry_after_and_stores_nothing(api, owner
     assert "3 predictions are queued or running" in response.json()["detail"]
     assert Prediction.objects.count() == before
     assert recorded == []
+
+
+def test_re_runs_queued_do_not_fill_the_queue_for_clients_while_bulk_work_does(api, owner, recorded, settings):
+    """A re-run of the whole history (the background lane) leaves clients served; a batch backlog
+    (the bulk lane) counts as interactive texts do."""
+    settings.MAX_QUEUED = 3
+    rows(owner, 10)
+    Prediction.objects.update(lane=Lane.BACKGROUND)
+    backpressure.queue_depth.forget()
+    assert api.post("/api/v1/predictions/", {"text": "good film"}).status_code == 202
+    rows(owner, 2)
+    Prediction.objects.filter(lane=Lane.INTERACTIVE, text__startswith="t").update(lane=Lane.BULK)
+    backpressure.queue_depth.forget()
+    refused = api.post("/api/v1/predictions/", {"text": "another film"})
+    assert refused.status_code == 503
+    assert "3 predictions are queued or running" in refused.json()["detail"]  # 2 bulk + 1 interactive
 
 
 def test_the_queue_admits_up_to_max_queued_counting_its_own_submissions(api, recorded, settings):
