@@ -62,13 +62,19 @@ def goemotions_sentiment(path: Path, labels: list[str]) -> list[tuple[str, str]]
     return rows
 
 
-def accuracy_on(source: str, rows: list[tuple[str, str]]) -> float:
+def scores_on(source: str, rows: list[tuple[str, str]]) -> dict[str, float]:
+    """Accuracy on (text, gold) rows, and the share of each gold label answered right (its recall)."""
     from predictions.registry import BUNDLED_MODELS_DIR  # noqa: PLC0415
     from textclf.serving.loading import classifier_load  # noqa: PLC0415 (after django.setup())
 
     classifier = classifier_load("sentiment", source, bundled_dir=BUNDLED_MODELS_DIR, device="cpu")
     answers = classifier.predict([text for text, _ in rows])
-    return sum(a.label == gold for a, (_, gold) in zip(answers, rows, strict=True)) / len(rows)
+    right = [a.label == gold for a, (_, gold) in zip(answers, rows, strict=True)]
+    scores = {"accuracy": sum(right) / len(rows)}
+    for label in sorted({gold for _, gold in rows}):
+        of_label = [ok for ok, (_, gold) in zip(right, rows, strict=True) if gold == label]
+        scores[f"recall_{label}"] = sum(of_label) / len(of_label)
+    return scores
 
 
 def submit(user, texts: list[str]) -> list[int]:
@@ -183,6 +189,8 @@ def main() -> None:
             report[f"reviews_{name}"] = review(reviewer, picked, gold)
             exports[name] = Path(tmp) / f"reviews-{name}.tsv"
             report[f"export_{name}"] = json.loads(command("export_reviews", "sentiment", "--out", str(exports[name])))
+            labels_written = [line.split("\t")[0] for line in exports[name].read_text().splitlines()[1:]]
+            report[f"export_{name}"]["positive"] = labels_written.count("1")
         reviews_clear()
         review(reviewer, strategies["queue"], gold)  # the desk as it stands: the queue's reviews
 
@@ -198,9 +206,13 @@ def main() -> None:
             trained = json.loads(output.strip().splitlines()[-1])
             candidates[name] = ModelVersion.objects.get(pk=trained["candidate"]["id"])
             report[f"candidate_{name}"] = {"version": candidates[name].version, "source": candidates[name].source}
-        report["accuracy"] = {
-            name: {"reddit_dev": accuracy_on(source, reddit_dev), "sst2_dev": accuracy_on(source, sst2_dev)}
+        report["scores"] = {
+            name: {"reddit_dev": scores_on(source, reddit_dev), "sst2_dev": scores_on(source, sst2_dev)}
             for name, source in [("served", "bundled:sentiment")] + [(n, v.source) for n, v in candidates.items()]
+        }
+        report["accuracy"] = {
+            name: {data: figures["accuracy"] for data, figures in by_data.items()}
+            for name, by_data in report["scores"].items()
         }
 
         candidate = candidates["queue"]
@@ -224,14 +236,17 @@ def main() -> None:
         f"{report['reviews_queue']['corrected']} corrections; {report['reviews_random']['reviewed']} random: "
         f"{report['reviews_random']['corrected']} corrections",
         "",
-        f"| model | GoEmotions dev, mapped (n = {len(reddit_dev)}) | SST-2 dev (n = {len(sst2_dev)}) |",
-        "|---|---|---|",
+        f"| model | GoEmotions dev, mapped (n = {len(reddit_dev)}) | SST-2 dev (n = {len(sst2_dev)}) "
+        "| SST-2 dev negatives, positives right |",
+        "|---|---|---|---|",
         *(
-            f"| {name} | {figures['reddit_dev']:.4f} | {figures['sst2_dev']:.4f} |"
-            for name, figures in (
-                ("served (bundled sentiment)", acc["served"]),
-                ("candidate, reviews in the queue's order", acc["queue"]),
-                ("candidate, random reviews", acc["random"]),
+            f"| {name} | {acc[key]['reddit_dev']:.4f} | {acc[key]['sst2_dev']:.4f} "
+            f"| {report['scores'][key]['sst2_dev']['recall_negative']:.4f}, "
+            f"{report['scores'][key]['sst2_dev']['recall_positive']:.4f} |"
+            for name, key in (
+                ("served (bundled sentiment)", "served"),
+                ("candidate, reviews in the queue's order", "queue"),
+                ("candidate, random reviews", "random"),
             )
         ),
         "",
