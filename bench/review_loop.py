@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr-scale", type=float, default=1.0, help="train_model --lr-scale for both candidates")
     parser.add_argument("--keep", type=float, default=1.0, help="train_model --keep for both candidates")
+    parser.add_argument("--balance-extra", action="store_true", help="train_model --balance-extra for both candidates")
     parser.add_argument(
         "--shadow-traffic", type=int, default=500, help="live texts sent while the candidate is shadowed"
     )
@@ -202,6 +203,7 @@ def main() -> None:
                 "--limit", str(args.replay), "--epochs", str(args.epochs), "--seed", str(args.seed),
                 "--lr-scale", str(args.lr_scale), "--keep", str(args.keep),
                 "--out", str(out_dir), "--datasets-dir", str(args.datasets_dir),
+                *(["--balance-extra"] if args.balance_extra else []),
             )  # fmt: skip
             trained = json.loads(output.strip().splitlines()[-1])
             candidates[name] = ModelVersion.objects.get(pk=trained["candidate"]["id"])

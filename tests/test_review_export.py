@@ -180,5 +180,10 @@ def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_
         call_command("train_model", "sentiment", "--lr-scale", "0", "--limit", "1", "--out", str(tmp_path / "o"))
     with pytest.raises(CommandError, match="--keep must be above 0 and at most 1"):
         call_command("train_model", "sentiment", "--keep", "1.5", "--limit", "1", "--out", str(tmp_path / "o"))
+    with pytest.raises(CommandError, match="--balance-extra: for single-label models only"):
+        call_command(
+            "train_model", "emotions", "--balance-extra", "--extra-data", str(tmp_path / "good.tsv"),
+            "--out", str(tmp_path / "o"),
+        )  # fmt: skip
     with pytest.raises(CommandError, match="--keep needs --init-from"):
         call_command("train_model", "sentiment", "--keep", "0.5", "--limit", "1", "--out", str(tmp_path / "o"))

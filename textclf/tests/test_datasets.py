@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from textclf import DatasetFormatError
-from textclf.training.datasets import goemotions_read, sst2_read
+from textclf.training.datasets import Example, goemotions_read, labels_balanced, sst2_read
 
 
 def test_sst2_rows_are_read_with_their_labels(tmp_path: Path) -> None:
@@ -51,3 +52,16 @@ def test_malformed_goemotions_names_the_line(tmp_path: Path, content: str, messa
     path.write_text(content)
     with pytest.raises(DatasetFormatError, match=message):
         goemotions_read(path, n_labels=28)
+
+
+def test_labels_balanced_repeats_rarer_labels_to_the_most_frequent_one_s_count() -> None:
+    rows = [Example(f"p{i}", (1,)) for i in range(7)] + [Example("n0", (0,)), Example("n1", (0,)), Example("n2", (0,))]
+    balanced = labels_balanced(rows, seed=3)
+    assert Counter(e.label_ids for e in balanced) == {(0,): 7, (1,): 7}
+    assert [e for e in balanced if e.label_ids == (1,)] == rows[:7]  # the most frequent label as it was
+    negatives = Counter(e.text for e in balanced if e.label_ids == (0,))
+    assert sorted(negatives.values()) == [2, 2, 3]  # each twice, then one of them once more
+    assert labels_balanced(rows, seed=3) == balanced  # seeded
+    assert labels_balanced([]) == []
+    with pytest.raises(ValueError, match="has 2 labels"):
+        labels_balanced([Example("joy and fear", (0, 2))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +73,20 @@ def labels_read(path: Path) -> list[str]:
     if not labels:
         raise DatasetFormatError(f"{path}: no labels")
     return labels
+
+
+def labels_balanced(examples: Sequence[Example], *, seed: int = 0) -> list[Example]:
+    """Single-label examples with each label as often as the most frequent one: the rows of a rarer
+    label repeated whole, then a seeded sample of them for the remainder. Reviewed predictions skew
+    toward the labels the model got wrong; balanced, they move the model's prior less."""
+    by_label: dict[tuple[int, ...], list[Example]] = {}
+    for example in examples:
+        if len(example.label_ids) != 1:
+            raise ValueError(f"labels_balanced: {example.text[:40]!r} has {len(example.label_ids)} labels, not one")
+        by_label.setdefault(example.label_ids, []).append(example)
+    most = max((len(rows) for rows in by_label.values()), default=0)
+    generator = random.Random(seed)
+    balanced: list[Example] = []
+    for _, rows in sorted(by_label.items()):
+        balanced += rows * (most // len(rows)) + generator.sample(rows, most % len(rows))
+    return balanced

@@ -18,7 +18,9 @@ from predictions.services.versions import model_version_register
 from textclf import ModelLoadError
 from textclf.errors import DatasetFormatError
 from textclf.serving.loading import ADAPTER_FILE, classifier_load, source_directory
+from textclf.training.datasets import labels_balanced
 from textclf.training.recipes import RECIPES
+from textclf.types import ModelKind
 
 
 class Command(BaseCommand):
@@ -43,6 +45,12 @@ class Command(BaseCommand):
             default=1.0,
             help="with --init-from: keep this share of the fine-tuning's change, each weight moved back toward "
             "the adapter it started from (weight-space averaging, e.g. 0.5; docs/models.md). Default 1",
+        )
+        parser.add_argument(
+            "--balance-extra",
+            action="store_true",
+            help="repeat the --extra-data rows of rarer labels until each label is as frequent as the most "
+            "frequent one (single-label models): reviews skew toward the labels the model missed",
         )
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
         parser.add_argument("--datasets-dir", type=Path, default=None)
@@ -82,7 +90,8 @@ class Command(BaseCommand):
         train, dev = reader(train_path), reader(dev_path)
         if options["limit"]:
             train = train[: options["limit"]]
-        extra = _extra_rows(reader, options["extra_data"])
+        extra = _extra_rows(reader, options["extra_data"], balance=options["balance_extra"], kind=recipe.kind)
+        extra = labels_balanced(extra, seed=options["seed"]) if options["balance_extra"] else extra
         if extra and not options["out"]:
             raise CommandError(
                 "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
@@ -121,6 +130,8 @@ class Command(BaseCommand):
             classifier_load(recipe.name, source, device="cpu", int8=True, packed=packed), dev
         )
         command_line = f"python manage.py train_model {recipe.name} --epochs {config.epochs} --seed {config.seed} --device {options['device']}"
+        if options["balance_extra"]:
+            command_line += " --balance-extra"
         for flag in ("limit", "init_from"):
             if options[flag]:
                 command_line += f" --{flag.replace('_', '-')} {options[flag]}"
@@ -171,8 +182,10 @@ def _adapter_file(source: str) -> Path:
     return path
 
 
-def _extra_rows(reader, paths: list[Path]) -> list:
+def _extra_rows(reader, paths: list[Path], *, balance: bool, kind: ModelKind) -> list:
     """--extra-data: the rows of each file, read as the dataset is; a malformed file names its line."""
+    if balance and kind is not ModelKind.SINGLE_LABEL:
+        raise CommandError("--balance-extra: for single-label models only")
     rows = []
     for path in paths:
         try:
