@@ -96,7 +96,7 @@ def test_a_batch_is_stored_in_order_or_refused_naming_each_bad_index(api, texts)
     response = post_json(api, "/api/v1/batches/", {"texts": texts})
     bad = [str(i) for i, text in enumerate(texts) if not text_is_acceptable(as_parsed(text))]
     if not bad:
-        # 200 exactly when the cache answered every text (an earlier example may have sent them)
+        # 200 exactly when every text was answered (the cache: an earlier example may have sent them)
         assert response.status_code == (200 if response.json()["finished"] else 202), response.json()
         stored = Prediction.objects.filter(batch_id=response.json()["id"]).order_by("position")
         assert [p.text for p in stored] == [as_parsed(text) for text in texts]

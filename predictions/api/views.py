@@ -236,11 +236,14 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
 
     @extend_schema(
         summary="Submit a batch of texts",
-        description="202 with the batch, or 200 when the cache answered every text at submission.",
+        description="202 with the batch, or 200 when every text was answered by the time of the answer "
+        "(from the cache, or a worker that quick).",
         request=BatchInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *WRITE_HEADERS],
         responses={
-            200: OpenApiResponse(BatchSerializer, description="Every text answered from the cache at submission."),
+            200: OpenApiResponse(
+                BatchSerializer, description="Every text answered: from the cache, or by a quick worker."
+            ),
             202: OpenApiResponse(BatchSerializer, description="Saved; poll the Location URL."),
             **WRITE_ERRORS,
         },
@@ -257,7 +260,7 @@ class BatchCreateView(IdempotentCreateMixin, generics.GenericAPIView):
         )
 
     def answer(self, batch: Batch) -> Response:
-        """200 when every text was answered at submission (from the cache), else 202."""
+        """200 when every text is answered by now (from the cache, or a worker that quick), else 202."""
         body = self.get_serializer(batch).data
         code = status.HTTP_200_OK if body["finished"] else status.HTTP_202_ACCEPTED
         location = self.request.build_absolute_uri(reverse("batch-detail", kwargs={"pk": batch.pk}))
