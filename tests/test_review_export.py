@@ -164,6 +164,17 @@ def test_train_model_keep_writes_the_weights_that_share_of_the_way_from_the_adap
     assert "--keep 0.5" in (tmp_path / "keep-0.5" / "README.md").read_text()
 
 
+def test_balance_extra_repeats_the_rarer_reviewed_label_as_train_model_reads_the_files(tmp_path):
+    from predictions.management.commands.train_model import _extra_rows  # noqa: PLC0415
+    from textclf.types import ModelKind  # noqa: PLC0415
+
+    (tmp_path / "r.tsv").write_text("label\tsentence\n1\tgreat\n1\tlovely\n1\tfine\n0\tdull\n")
+    read = _extra_rows(sst2_read, [tmp_path / "r.tsv"], kind=ModelKind.SINGLE_LABEL, balance=False, seed=0)
+    assert len(read) == 4
+    balanced = _extra_rows(sst2_read, [tmp_path / "r.tsv"], kind=ModelKind.SINGLE_LABEL, balance=True, seed=0)
+    assert sorted(e.text for e in balanced) == ["dull", "dull", "dull", "fine", "great", "lovely"]
+
+
 @pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
 def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_the_line(tmp_path):
     (tmp_path / "good.tsv").write_text("label\tsentence\n1\ta fine film\n")

@@ -90,8 +90,9 @@ class Command(BaseCommand):
         train, dev = reader(train_path), reader(dev_path)
         if options["limit"]:
             train = train[: options["limit"]]
-        extra = _extra_rows(reader, options["extra_data"], balance=options["balance_extra"], kind=recipe.kind)
-        extra = labels_balanced(extra, seed=options["seed"]) if options["balance_extra"] else extra
+        extra = _extra_rows(
+            reader, options["extra_data"], kind=recipe.kind, balance=options["balance_extra"], seed=options["seed"]
+        )
         if extra and not options["out"]:
             raise CommandError(
                 "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
@@ -182,8 +183,9 @@ def _adapter_file(source: str) -> Path:
     return path
 
 
-def _extra_rows(reader, paths: list[Path], *, balance: bool, kind: ModelKind) -> list:
-    """--extra-data: the rows of each file, read as the dataset is; a malformed file names its line."""
+def _extra_rows(reader, paths: list[Path], *, kind: ModelKind, balance: bool, seed: int) -> list:
+    """--extra-data: the rows of each file, read as the dataset is; a malformed file names its line.
+    With --balance-extra, the rarer label's rows repeated until the labels are as frequent."""
     if balance and kind is not ModelKind.SINGLE_LABEL:
         raise CommandError("--balance-extra: for single-label models only")
     rows = []
@@ -192,7 +194,7 @@ def _extra_rows(reader, paths: list[Path], *, balance: bool, kind: ModelKind) ->
             rows += reader(path)
         except (OSError, DatasetFormatError) as exc:
             raise CommandError(f"--extra-data: {exc}") from None
-    return rows
+    return labels_balanced(rows, seed=seed) if balance else rows
 
 
 def _hyperparameters(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
