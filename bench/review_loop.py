@@ -127,6 +127,11 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=1.0, help="train_model --keep for both candidates")
     parser.add_argument("--balance-extra", action="store_true", help="train_model --balance-extra for both candidates")
     parser.add_argument(
+        "--replay-uncertain",
+        action="store_true",
+        help="train_model --replay-uncertain for both candidates: the --replay SST-2 rows the served version is least sure of",
+    )
+    parser.add_argument(
         "--shadow-traffic", type=int, default=500, help="live texts sent while the candidate is shadowed"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -204,6 +209,7 @@ def main() -> None:
                 "--lr-scale", str(args.lr_scale), "--keep", str(args.keep),
                 "--out", str(out_dir), "--datasets-dir", str(args.datasets_dir),
                 *(["--balance-extra"] if args.balance_extra else []),
+                *(["--replay-uncertain"] if args.replay_uncertain else []),
             )  # fmt: skip
             trained = json.loads(output.strip().splitlines()[-1])
             candidates[name] = ModelVersion.objects.get(pk=trained["candidate"]["id"])

@@ -53,6 +53,12 @@ class Command(BaseCommand):
             "frequent one (single-label models): reviews skew toward the labels the model missed",
         )
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
+        parser.add_argument(
+            "--replay-uncertain",
+            action="store_true",
+            help="with --init-from and --limit N: the N dataset rows the starting version is least sure of "
+            "(smallest margin), not the first N: the rows whose answers fine-tuning on new data moves first",
+        )
         parser.add_argument("--datasets-dir", type=Path, default=None)
         parser.add_argument(
             "--init-from",
@@ -88,7 +94,9 @@ class Command(BaseCommand):
         labels = recipe.labels(datasets_dir)
         reader = recipe.reader(datasets_dir)
         train, dev = reader(train_path), reader(dev_path)
-        if options["limit"]:
+        if options["replay_uncertain"]:
+            train = _rows_least_sure(train, options, name=recipe.name, device=str(device))
+        elif options["limit"]:
             train = train[: options["limit"]]
         extra = _extra_rows(
             reader, options["extra_data"], kind=recipe.kind, balance=options["balance_extra"], seed=options["seed"]
@@ -131,8 +139,9 @@ class Command(BaseCommand):
             classifier_load(recipe.name, source, device="cpu", int8=True, packed=packed), dev
         )
         command_line = f"python manage.py train_model {recipe.name} --epochs {config.epochs} --seed {config.seed} --device {options['device']}"
-        if options["balance_extra"]:
-            command_line += " --balance-extra"
+        for flag in ("balance_extra", "replay_uncertain"):
+            if options[flag]:
+                command_line += f" --{flag.replace('_', '-')}"
         for flag in ("limit", "init_from"):
             if options[flag]:
                 command_line += f" --{flag.replace('_', '-')} {options[flag]}"
@@ -181,6 +190,18 @@ def _adapter_file(source: str) -> Path:
     if not path.is_file():
         raise CommandError(f"--init-from: no {ADAPTER_FILE} in {path.parent}")
     return path
+
+
+def _rows_least_sure(train: list, options: dict[str, Any], *, name: str, device: str) -> list:
+    """--replay-uncertain: the --limit rows the --init-from version answers with the smallest margin,
+    in the dataset's order. Rows it is sure of barely move its weights when replayed."""
+    if not (options["init_from"] and options["limit"]):
+        raise CommandError("--replay-uncertain needs --init-from (the version whose margins choose) and --limit N")
+    _adapter_file(options["init_from"])  # the same error as --init-from's when there is no adapter
+    classifier = classifier_load(name, options["init_from"], bundled_dir=BUNDLED_MODELS_DIR, device=device)
+    answers = classifier.predict([example.text for example in train])
+    order = sorted(range(len(train)), key=lambda i: answers[i].margin if answers[i].margin is not None else 1.0)
+    return [train[i] for i in sorted(order[: options["limit"]])]
 
 
 def _extra_rows(reader, paths: list[Path], *, kind: ModelKind, balance: bool, seed: int) -> list:
