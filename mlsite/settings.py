@@ -226,6 +226,9 @@ PASS_MAX_TOKENS = env_int("PASS_MAX_TOKENS", 8192, minimum=64, old="BATCH_MAX_TO
 # process ran one in the last second): a single text waits for the pass under way, so shorter passes
 # answer it sooner (docs/performance.md, Shorter bulk passes while single texts flow); 0: PASS_MAX_TEXTS.
 PASS_MAX_TEXTS_MIXED = env_int("PASS_MAX_TEXTS_MIXED", 4, minimum=0)
+# A packed bulk or background pass stops between two encoder layers to run a single text submitted
+# meanwhile (a Redis mark says one was; docs/architecture.md, Lanes): it waits for one layer, not a pass.
+PASS_YIELD_LAYERS = env_bool("PASS_YIELD_LAYERS", True)
 # Bulk and background rows a claim takes after the interactive ones: whole batches sorted by length
 # run faster (docs/performance.md, Bulk claims as large as interactive ones); interactive texts sent
 # meanwhile run between two of its passes (docs/architecture.md, Lanes).

@@ -175,6 +175,34 @@ def test_balance_extra_repeats_the_rarer_reviewed_label_as_train_model_reads_the
     assert sorted(e.text for e in balanced) == ["dull", "dull", "dull", "fine", "great", "lovely"]
 
 
+def test_replay_uncertain_keeps_the_rows_the_starting_version_is_least_sure_of_in_their_order():
+    from predictions.management.commands.train_model import _rows_least_sure  # noqa: PLC0415
+    from predictions.registry import BUNDLED_MODELS_DIR  # noqa: PLC0415
+    from textclf.serving.loading import classifier_load  # noqa: PLC0415
+    from textclf.training.datasets import Example  # noqa: PLC0415
+
+    texts = [
+        "a wonderful, moving masterpiece",
+        "the film runs two hours",
+        "an awful, boring mess",
+        "not bad , not great",
+        "a joyous , gorgeous delight",
+        "some of it works",
+    ]
+    rows = [Example(text=t, label_ids=(i % 2,)) for i, t in enumerate(texts)]
+    served = classifier_load("sentiment", "bundled:sentiment", bundled_dir=BUNDLED_MODELS_DIR, device="cpu")
+    margins = [answer.margin for answer in served.predict(texts)]
+    least_sure = sorted(range(len(texts)), key=margins.__getitem__)[:3]
+    options = {"init_from": "bundled:sentiment", "limit": 3}
+    chosen = _rows_least_sure(rows, options, name="sentiment", device="cpu")
+    assert chosen == [rows[i] for i in sorted(least_sure)]  # the dataset's order, labels kept
+    assert max(margins[i] for i in least_sure) < min(m for i, m in enumerate(margins) if i not in least_sure)
+    for i in (0, 2, 4):  # the plainly worded ones are the ones it is sure of
+        assert rows[i] not in chosen
+    with pytest.raises(CommandError, match="--replay-uncertain needs --init-from"):
+        _rows_least_sure(rows, {"init_from": None, "limit": 3}, name="sentiment", device="cpu")
+
+
 @pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
 def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_the_line(tmp_path):
     (tmp_path / "good.tsv").write_text("label\tsentence\n1\ta fine film\n")

@@ -11,11 +11,14 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from django.db import OperationalError
 
-from predictions.models import Prediction
+from predictions.memos import memos_forget
+from predictions.models import Lane, Prediction
 from predictions.pubsub import redis_client
+from predictions.registry import classifier_get
 from predictions.services import worker
-from predictions.services.dispatch import _wakeup_key, model_queue
+from predictions.services.dispatch import _interactive_key, _wakeup_key, interactive_queued_take, model_queue
 from predictions.tasks import predictions_run_task
 
 pytestmark = [
@@ -163,3 +166,114 @@ def test_a_task_stopped_by_batch_loop_seconds_with_rows_queued_sends_a_wake_up(o
     assert sent
     assert all(args == [[]] for args in sent)
     assert all(row.status == "succeeded" for row in Prediction.objects.filter(pk__in=[r.pk for r in rows]))
+
+
+# A single text posted while a worker is in the middle of a bulk pass (docs/architecture.md, Lanes).
+
+
+def _interactive_mark(model_name: str) -> str:
+    return _interactive_key(model_queue(model_name))
+
+
+def _bulk(owner, n: int) -> list[Prediction]:
+    return [
+        Prediction.objects.create(
+            owner=owner, text=f"bulk text {i}", text_sha256="x", model_name="sentiment", lane=Lane.BULK
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def first_layer_done(monkeypatch):
+    """Calls the function it is given once the sentiment model's first encoder layer has run in a pass."""
+    classifier = classifier_get("sentiment")
+    assert classifier.yields_between_layers
+    [dense] = [m for name, m in classifier.network.named_modules() if name.endswith("layer.0.output.dense")]
+    todo: list = []
+
+    def hook(*_):
+        while todo:
+            todo.pop()()
+
+    handle = dense.register_forward_hook(hook)
+    yield todo.append
+    handle.remove()
+
+
+@pytest.mark.parametrize("yield_layers", [True, False])
+def test_a_single_text_posted_during_a_bulk_pass_runs_between_its_layers(
+    api, held, owner, settings, first_layer_done, yield_layers
+):
+    """With PASS_YIELD_LAYERS, the single text is run (by the same task, its own pass) before the bulk
+    pass it arrived in has finished; without, after it. The bulk pass's answers do not change."""
+    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
+    settings.PASS_YIELD_LAYERS = yield_layers
+    bulk = _bulk(owner, 8)
+    single = []
+    first_layer_done(lambda: single.extend(post(api, 1, prefix="a single text")))
+    counts = worker.predictions_run([r.pk for r in bulk], task_id="chunk")
+    assert counts["succeeded"] == 9
+    [row] = Prediction.objects.filter(pk__in=single)
+    bulk_finished = set(Prediction.objects.filter(pk__in=[r.pk for r in bulk]).values_list("finished_at", flat=True))
+    assert len(bulk_finished) == 1  # one pass, one write
+    assert (row.finished_at < min(bulk_finished)) is yield_layers
+    assert row.task_id == "chunk"  # not left to its own message, which waits in the broker
+    assert redis().exists(_interactive_mark("sentiment")) != yield_layers  # taken only by a yielding pass
+    expected = classifier_get("sentiment").predict([r.text for r in bulk])
+    stored = Prediction.objects.filter(pk__in=[r.pk for r in bulk]).order_by("pk")
+    for prediction, answer in zip(stored, expected, strict=True):
+        assert prediction.label == answer.label
+        assert prediction.scores == pytest.approx(answer.scores, abs=1e-5)
+
+
+def test_without_a_mark_a_bulk_pass_claims_nothing_between_its_layers(owner, settings, monkeypatch):
+    """The mark is what spares the SQL claim: a pass looks at Redis between its layers, and claims
+    only when a single text was posted."""
+    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
+    redis().delete(_interactive_mark("sentiment"))
+    bulk = _bulk(owner, 8)
+    claims = []
+    real_claim = worker.predictions_claim
+    monkeypatch.setattr(worker, "predictions_claim", lambda *a, **k: claims.append(k) or real_claim(*a, **k))
+    assert worker.predictions_run([r.pk for r in bulk], task_id="chunk")["succeeded"] == 8
+    assert not [k for k in claims if k.get("interactive_only")]
+
+
+def test_a_claim_that_fails_between_layers_fails_the_task_not_the_bulk_pass(owner, settings, monkeypatch):
+    """An error of the claim between two layers is raised once the pass is done, as one between two
+    passes is: the pass is not taken for failed (its texts are not retried one by one), and its rows
+    stay running under the task, for the sweeper."""
+    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
+    bulk = _bulk(owner, 8)
+    real_claim = worker.predictions_claim
+
+    def claim(*args, **kwargs):
+        if kwargs.get("interactive_only"):
+            raise OperationalError("the database went away")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "predictions_claim", claim)
+    classifier = classifier_get("sentiment")
+    one_by_one = []
+    monkeypatch.setattr(worker, "_text_run", lambda *a: one_by_one.append(a) or classifier.predict([a[1]])[0])
+    redis().set(_interactive_mark("sentiment"), b"1")
+    with pytest.raises(OperationalError):
+        worker.predictions_run([r.pk for r in bulk], task_id="chunk")
+    assert one_by_one == []
+    assert set(Prediction.objects.filter(pk__in=[r.pk for r in bulk]).values_list("status", "task_id")) == {
+        ("running", "chunk")
+    }
+
+
+def test_with_redis_failing_the_mark_is_not_read_again_for_a_while(settings):
+    redis().set(_interactive_mark("sentiment"), b"1")
+    real_url = settings.REDIS_URL
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    assert not interactive_queued_take(["sentiment"])
+    settings.REDIS_URL = real_url
+    assert not interactive_queued_take(["sentiment"])  # not tried: each layer of each pass would wait on it
+    assert redis().exists(_interactive_mark("sentiment"))
+    memos_forget()
+    assert interactive_queued_take(["sentiment"])
+    assert not interactive_queued_take(["sentiment"])  # taken: the next look finds none

@@ -26,6 +26,7 @@ while the publish was being tried).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -33,6 +34,7 @@ from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
+from predictions.memos import memo
 from predictions.models import Prediction, PredictionStatus
 from predictions.pubsub import redis_client
 
@@ -64,8 +66,9 @@ def _run_task_send(ids: Sequence[int], model_name: str, *, task_id: str | None =
 
 def prediction_publish(prediction: Prediction) -> None:
     """Send the run task for one row under the task id its INSERT recorded, unless a pending wake-up's
-    claim will take the row; on a broker failure the row is marked unpublished, for the sweeper."""
-    if not wakeup_needed(prediction.model_name):
+    claim will take the row; on a broker failure the row is marked unpublished, for the sweeper.
+    Either way, a busy worker's bulk pass is told a single text waits (`interactive_queued_take`)."""
+    if not wakeup_needed(prediction.model_name, interactive=True):
         return
     try:
         _run_task_send([prediction.pk], prediction.model_name, task_id=prediction.task_id)
@@ -131,13 +134,29 @@ def _wakeup_key(queue: str) -> str:
     return f"mlsite:wakeup-pending:{queue}"
 
 
-def _pending_set(queue: str, *, ms: int) -> bool:
-    """Mark a wake-up pending on `queue` for `ms`; True if none was (the caller publishes one)."""
+def _interactive_key(queue: str) -> str:
+    return f"mlsite:interactive-queued:{queue}"
+
+
+# How long an interactive mark lasts if no worker takes it (none is busy with bulk passes); a worker
+# that finds a stale one only claims once for nothing.
+INTERACTIVE_MARK_MS = 60_000
+
+
+def _pending_set(queue: str, *, ms: int, interactive: bool = False) -> bool:
+    """Mark a wake-up pending on `queue` for `ms`; True if none was (the caller publishes one). With
+    `interactive`, in the same round trip, mark that a single text was queued (`interactive_queued_take`)."""
     client = redis_client()
-    if client is None or ms == 0:
+    if client is None or (ms == 0 and not interactive):
         return True
     try:
-        return bool(client.set(_wakeup_key(queue), b"1", nx=True, px=ms))
+        pipe = client.pipeline(transaction=False)
+        if interactive:
+            pipe.set(_interactive_key(queue), b"1", px=INTERACTIVE_MARK_MS)
+        if ms:
+            pipe.set(_wakeup_key(queue), b"1", nx=True, px=ms)
+        replies = pipe.execute()
+        return not ms or bool(replies[-1])
     except Exception as exc:  # Redis cannot say: publish, as without coalescing
         logger.warning("wake-up coalescing unavailable (%s): %s", type(exc).__name__, exc)
         return True
@@ -153,10 +172,38 @@ def _pending_clear(queues: Sequence[str]) -> None:
         logger.warning("could not clear the pending wake-up (%s): %s", type(exc).__name__, exc)
 
 
-def wakeup_needed(model_name: str) -> bool:
+def wakeup_needed(model_name: str, *, interactive: bool = False) -> bool:
     """True when this submission must publish its own message (and the key now says one is
-    pending on its model's queue); False when a pending wake-up's claim will take its row."""
-    return _pending_set(model_queue(model_name), ms=settings.WAKEUP_COALESCE_MS)
+    pending on its model's queue); False when a pending wake-up's claim will take its row.
+    `interactive`: the submission is a single text, marked for `interactive_queued_take`."""
+    return _pending_set(model_queue(model_name), ms=settings.WAKEUP_COALESCE_MS, interactive=interactive)
+
+
+_mark_unreadable_until = [0.0]  # time.monotonic() before which the interactive mark is not read
+MARK_RETRY_SECONDS = 5.0
+
+
+@memo
+def _mark_unreadable_forget() -> None:
+    _mark_unreadable_until[0] = 0.0
+
+
+def interactive_queued_take(model_names: Sequence[str]) -> bool:
+    """Whether a single text of these models was submitted since the last call (any process's), clearing
+    the mark: one Redis round trip, cheap enough between two encoder layers. The web marks after its
+    INSERT committed, and this clears before the caller claims, so the claim sees every row marked.
+
+    False without Redis, and for MARK_RETRY_SECONDS after Redis failed: the worker then takes single
+    texts between passes only (services.worker)."""
+    client = redis_client()
+    if client is None or not model_names or time.monotonic() < _mark_unreadable_until[0]:
+        return False
+    try:
+        return bool(client.delete(*(_interactive_key(model_queue(name)) for name in model_names)))
+    except Exception as exc:
+        logger.warning("could not read the interactive mark (%s): %s", type(exc).__name__, exc)
+        _mark_unreadable_until[0] = time.monotonic() + MARK_RETRY_SECONDS
+        return False
 
 
 def wakeup_taken(model_names: Sequence[str]) -> None:

@@ -23,7 +23,7 @@ from predictions.models import Lane, Prediction, PredictionStatus
 from predictions.monitoring import forward_pass_observe, prediction_finished_observe
 from predictions.notify import predictions_finished_notify
 from predictions.registry import classifier_get, served_models
-from predictions.services.dispatch import predictions_publish, wakeup_send, wakeup_taken
+from predictions.services.dispatch import interactive_queued_take, predictions_publish, wakeup_send, wakeup_taken
 from predictions.services.shadow import shadow_sample
 from predictions.services.sql import results_store, rows_claim
 from predictions.services.waiting import finished_fields
@@ -133,6 +133,12 @@ def predictions_run(
         done.update(r.pk for r in taken)
         _claimed_run(taken, task_id=task_id, counts=counts, between=None)
 
+    def interactive_run_if_marked() -> None:
+        """Between two encoder layers of such a pass: the same, if a single text was submitted since
+        the last look (a Redis mark; without it, single texts wait for the pass's end)."""
+        if interactive_queued_take(served_models()):
+            interactive_run()
+
     if others:  # before any claim: submissions from now on publish again (services.dispatch)
         wakeup_taken(served_models())
     while True:
@@ -146,7 +152,13 @@ def predictions_run(
             break
         _last_pass.update(at=time.monotonic(), rows=len(rows))  # the last pass that ran (not the empty claim)
         done.update(r.pk for r in rows)
-        _claimed_run(rows, task_id=task_id, counts=counts, between=interactive_run if others else None)
+        _claimed_run(
+            rows,
+            task_id=task_id,
+            counts=counts,
+            between=interactive_run if others else None,
+            between_layers=interactive_run_if_marked if others and settings.PASS_YIELD_LAYERS else None,
+        )
         # Own rows may still wait if this claim was full of them; if it took none, the rest are not
         # claimable here (finished, given up, or held by another worker).
         own_left = any(r.pk in own_set for r in rows) and any(pk not in done for pk in own_ids)
@@ -160,11 +172,17 @@ def predictions_run(
 
 
 def _claimed_run(
-    rows: list[Prediction], *, task_id: str, counts: dict[str, int], between: Callable[[], None] | None
+    rows: list[Prediction],
+    *,
+    task_id: str,
+    counts: dict[str, int],
+    between: Callable[[], None] | None,
+    between_layers: Callable[[], None] | None = None,
 ) -> None:
     """Run claimed rows lane by lane (the claim returns them in lane order, so an interactive text is
     in the first pass), by model; rows started before (their worker died) one by one. `between` runs
-    between the forward passes of bulk and background rows."""
+    between the forward passes of bulk and background rows, `between_layers` between the encoder
+    layers of each of those passes."""
     by_model: dict[tuple[int, str], list[Prediction]] = defaultdict(list)
     for prediction in rows:
         by_model[(prediction.lane, prediction.model_name)].append(prediction)
@@ -175,18 +193,31 @@ def _claimed_run(
             _interactive_ran["at"] = time.monotonic()
         for batch in ([fresh] if fresh else []) + [[r] for r in retried]:
             counts["batches"] += 1
-            interleave = between if lane != Lane.INTERACTIVE else None
-            for key, value in _rows_run(model_name, batch, task_id=task_id, between=interleave).items():
+            bulk = lane != Lane.INTERACTIVE
+            for key, value in _rows_run(
+                model_name,
+                batch,
+                task_id=task_id,
+                between=between if bulk else None,
+                between_layers=between_layers if bulk else None,
+            ).items():
                 counts[key] += value
 
 
 def _rows_run(
-    model_name: str, rows: list[Prediction], *, task_id: str, between: Callable[[], None] | None = None
+    model_name: str,
+    rows: list[Prediction],
+    *,
+    task_id: str,
+    between: Callable[[], None] | None = None,
+    between_layers: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Run the model on these rows, PASS_MAX_TEXTS (and PASS_MAX_TOKENS) at a time, and write them all
     in one statement. If a pass fails, its texts are retried one by one, so a bad text fails only its
     own row. `between`, if given, runs after every pass but the last, and the passes are sized by
-    `bulk_pass_size` (docs/architecture.md, Lanes)."""
+    `bulk_pass_size` (docs/architecture.md, Lanes). `between_layers`, if given, runs between the
+    encoder layers of each pass (packed passes only); an error it raises is raised once the pass is
+    done, as `between`'s would be, not taken for the pass's own failure."""
     try:
         classifier = classifier_get(model_name)
     except (ModelLoadError, KeyError) as exc:
@@ -196,7 +227,13 @@ def _rows_run(
     results: list[LabelScores | Exception | None] = [None] * len(rows)
     seconds = cpu_seconds = 0.0
     size = bulk_pass_size if between is not None else settings.PASS_MAX_TEXTS
-    passes = classifier.passes(texts, batch_size=size, max_tokens=settings.PASS_MAX_TOKENS)
+    inside = _WorkInsidePasses(between_layers) if between_layers is not None else None
+    passes = classifier.passes(
+        texts,
+        batch_size=size,
+        max_tokens=settings.PASS_MAX_TOKENS,
+        between_layers=inside,
+    )
     answered, failed = 0, False
     while True:
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -220,11 +257,13 @@ def _rows_run(
             break
         if step is None:
             break
-        seconds += time.perf_counter() - started
-        cpu_seconds += time.process_time() - cpu_started
+        seconds += time.perf_counter() - started - (inside.seconds_take() if inside else 0.0)
+        cpu_seconds += time.process_time() - cpu_started - (inside.cpu_seconds_take() if inside else 0.0)
         for i, answer in zip(*step, strict=True):
             results[i] = answer
         answered += len(step[0])
+        if inside is not None and inside.error is not None:
+            raise inside.error  # after the pass, outside the try: as if `between` had raised it
         if between is not None and answered < len(rows):
             between()  # outside the try: its own errors are not a failed pass
     if not failed:
@@ -245,6 +284,40 @@ def _rows_run(
             },
         )
     return _results_write(model_name, classifier.version, rows, cast(list, results), task_id=task_id)
+
+
+class _WorkInsidePasses:
+    """`work`, run inside forward passes (between encoder layers). Its first error is kept, for the
+    caller to raise after the pass (raised through the pass, it would be taken for the pass's own
+    failure), and no more work is done after it. The time it takes is not the pass's."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.work = work
+        self.error: Exception | None = None
+        self._seconds = self._cpu_seconds = 0.0
+
+    def __call__(self) -> None:
+        if self.error is not None:
+            return
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            self.work()
+        except SoftTimeLimitExceeded:
+            raise  # out of time: as for the pass itself
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self._seconds += time.perf_counter() - started
+            self._cpu_seconds += time.process_time() - cpu_started
+
+    def seconds_take(self) -> float:
+        """Wall seconds spent in `work` since the last call."""
+        spent, self._seconds = self._seconds, 0.0
+        return spent
+
+    def cpu_seconds_take(self) -> float:
+        spent, self._cpu_seconds = self._cpu_seconds, 0.0
+        return spent
 
 
 def _text_run(classifier: TextClassifier, text: str) -> LabelScores | Exception:

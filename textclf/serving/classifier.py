@@ -15,6 +15,7 @@ from textclf.serving.packed import PackedBatch, bert_packable, bert_packed_hidde
 from textclf.types import LabelScores, ModelKind
 
 PassSize = int | Callable[[], int]  # texts per forward pass: fixed, or asked before each pass
+BetweenLayers = Callable[[], None] | None  # called between a packed pass's encoder layers
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification, BertModel, PreTrainedTokenizerBase
@@ -29,7 +30,7 @@ class ClassifierNetwork(nn.Module):
     def packable(self) -> bool:
         return False
 
-    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch, *, between_layers: BetweenLayers = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -52,10 +53,11 @@ class MeanPooledClassifier(ClassifierNetwork):
     def packable(self) -> bool:
         return bert_packable(self.encoder)
 
-    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch, *, between_layers: BetweenLayers = None) -> torch.Tensor:
         """The same logits as forward(), from unpadded texts (textclf/serving/packed.py); runs only where packable()."""
         encoder = cast("BertModel", self.encoder)  # packable() checked that it is one
-        logits: torch.Tensor = self.head(self.dropout(batch.mean(bert_packed_hidden(encoder, batch))))
+        hidden = bert_packed_hidden(encoder, batch, between_layers=between_layers)
+        logits: torch.Tensor = self.head(self.dropout(batch.mean(hidden)))
         return logits
 
 
@@ -78,12 +80,12 @@ class SequenceClassifierLogits(ClassifierNetwork):
             type(model) is BertForSequenceClassification and model.bert.pooler is not None and bert_packable(model.bert)
         )
 
-    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch, *, between_layers: BetweenLayers = None) -> torch.Tensor:
         """BertForSequenceClassification's logits from unpadded texts: the pooler reads each [CLS]."""
         model = cast("BertForSequenceClassification", self.model)  # packable() checked it, and its pooler
         bert = model.bert
         assert bert.pooler is not None
-        first_tokens = bert_packed_hidden(bert, batch)[batch.starts]
+        first_tokens = bert_packed_hidden(bert, batch, between_layers=between_layers)[batch.starts]
         logits: torch.Tensor = model.classifier(model.dropout(bert.pooler(first_tokens.unsqueeze(1))))
         return logits
 
@@ -158,9 +160,10 @@ class TextClassifier:
             yield indexes, [encoded[i] for i in indexes]
             start = stop
 
-    def _forward(self, sequences: list[list[int]]) -> torch.Tensor:
+    def _forward(self, sequences: list[list[int]], between_layers: BetweenLayers = None) -> torch.Tensor:
         if self.packed:
-            return self.network.forward_packed(PackedBatch.from_ids(sequences, self.device))
+            batch = PackedBatch.from_ids(sequences, self.device)
+            return self.network.forward_packed(batch, between_layers=between_layers)
         padded = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
         logits: torch.Tensor = self.network(
             **{key: padded[key].to(self.device) for key in ("input_ids", "attention_mask")}
@@ -183,15 +186,28 @@ class TextClassifier:
                 results[i] = answer
         return cast("list[LabelScores]", results)
 
+    @property
+    def yields_between_layers(self) -> bool:
+        """Whether `passes(between_layers=…)` calls it inside each pass: packed passes do (the layer
+        loop is ours); a padded pass runs the encoder whole and never calls it."""
+        return self.packed
+
     def passes(
-        self, texts: Sequence[str], *, batch_size: PassSize = 64, max_tokens: int = 8192
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: PassSize = 64,
+        max_tokens: int = 8192,
+        between_layers: BetweenLayers = None,
     ) -> Iterator[tuple[list[int], list[LabelScores]]]:
         """Run the forward passes one at a time: yield (original indexes, their LabelScores) after each,
         so a caller can do other work between passes (a worker runs newly queued interactive texts)
-        and size the next pass (a callable `batch_size`, as in `chunks`)."""
+        and size the next pass (a callable `batch_size`, as in `chunks`). Where the passes are packed,
+        `between_layers` is also called between the encoder's layers of each pass: work done there
+        waits for one layer, not for the whole pass."""
         if not texts:
             return
         for indexes, sequences in self.chunks(texts, batch_size=batch_size, max_tokens=max_tokens):
             with torch.inference_mode():
-                logits = self._forward(sequences).float().cpu()
+                logits = self._forward(sequences, between_layers).float().cpu()
             yield indexes, logits_decode(logits, labels=self.labels, kind=self.kind, thresholds=self.thresholds)

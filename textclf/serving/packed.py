@@ -15,7 +15,7 @@ padded forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -104,9 +104,13 @@ class PackedBatch:
         return sums / self.lengths[:, None].to(packed.dtype)
 
 
-def bert_packed_hidden(encoder: BertModel, batch: PackedBatch) -> torch.Tensor:
+def bert_packed_hidden(
+    encoder: BertModel, batch: PackedBatch, *, between_layers: Callable[[], None] | None = None
+) -> torch.Tensor:
     """The last hidden state of every real token, [tokens, hidden]: BertModel's forward pass
-    (embeddings, then each layer's self-attention and feed-forward, post-norm) without padding."""
+    (embeddings, then each layer's self-attention and feed-forward, post-norm) without padding.
+    `between_layers`, if given, is called after each layer but the last: the caller may run other
+    work there (a worker runs a newly queued single text) while this pass keeps its place."""
     config = encoder.config
     heads = config.num_attention_heads
     head_size = config.hidden_size // heads
@@ -122,7 +126,10 @@ def bert_packed_hidden(encoder: BertModel, batch: PackedBatch) -> torch.Tensor:
         padded = batch.padded(projected)
         return padded.view(padded.shape[0], padded.shape[1], heads, head_size).transpose(1, 2)
 
-    for layer in cast("Iterable[BertLayer]", encoder.encoder.layer):
+    layers = list(cast("Iterable[BertLayer]", encoder.encoder.layer))
+    for number, layer in enumerate(layers):
+        if number and between_layers is not None:
+            between_layers()
         attention = layer.attention.self
         context = functional.scaled_dot_product_attention(
             heads_split(attention.query(hidden)),

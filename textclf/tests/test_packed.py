@@ -122,6 +122,40 @@ def test_a_bert_sequence_classifier_checkpoint_packs_through_its_pooler(
         assert got.scores == pytest.approx(want.scores, abs=1e-3)
 
 
+def test_between_layers_runs_after_each_encoder_layer_but_the_last_and_other_passes_may_run_there(
+    bundled_sentiment: PackedAndPadded,
+) -> None:
+    """A worker runs a single text between two layers of a bulk pass: the paused pass's answers, and
+    the nested pass's, are those each would get alone."""
+    packed, padded = bundled_sentiment
+    layers = packed.network.encoder.config.num_hidden_layers  # type: ignore[union-attr]
+    assert layers == 6
+    assert packed.yields_between_layers
+    assert not padded.yields_between_layers
+    nested: list[torch.Tensor] = []
+    calls = []
+
+    def between() -> None:
+        calls.append(len(nested))
+        if len(calls) == 2:  # after the second layer of the first pass: another text runs whole
+            nested.append(packed.logits(["a single text that could not wait"]))
+
+    got = {
+        i: answer
+        for indexes, answers in packed.passes(TEXTS, batch_size=4, between_layers=between)
+        for i, answer in zip(indexes, answers, strict=True)
+    }
+    assert len(calls) == 2 * (layers - 1)  # two passes, of 4 texts and 3, paused 5 times each
+    assert calls[:3] == [0, 0, 1]  # the nested pass ran at the second pause
+    for i, expected in enumerate(padded.predict(TEXTS)):
+        assert got[i].label == expected.label
+        assert got[i].scores == pytest.approx(expected.scores, abs=1e-4)
+    assert torch.allclose(nested[0], padded.logits(["a single text that could not wait"]), atol=1e-4)
+    padded_calls: list[int] = []
+    list(padded.passes(TEXTS, batch_size=4, between_layers=lambda: padded_calls.append(1)))
+    assert padded_calls == []  # the padded encoder runs whole: nothing can run between its layers
+
+
 def test_texts_of_one_length_and_texts_past_the_position_limit(tiny_sentiment_dir: Path) -> None:
     packed, padded = both("m", f"path:{tiny_sentiment_dir}")
     assert packed.max_length == 128  # the model's 128 positions, not the tokenizer's 512

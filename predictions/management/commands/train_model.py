@@ -138,17 +138,7 @@ class Command(BaseCommand):
         metrics_int8 = classifier_evaluate(
             classifier_load(recipe.name, source, device="cpu", int8=True, packed=packed), dev
         )
-        command_line = f"python manage.py train_model {recipe.name} --epochs {config.epochs} --seed {config.seed} --device {options['device']}"
-        for flag in ("balance_extra", "replay_uncertain"):
-            if options[flag]:
-                command_line += f" --{flag.replace('_', '-')}"
-        for flag in ("limit", "init_from"):
-            if options[flag]:
-                command_line += f" --{flag.replace('_', '-')} {options[flag]}"
-        for flag in ("lr_scale", "keep"):
-            if options[flag] != 1.0:
-                command_line += f" --{flag.replace('_', '-')} {options[flag]:g}"
-        command_line += "".join(f" --extra-data {p.name}" for p in options["extra_data"])
+        command_line = _command_line(recipe.name, config.epochs, options)
         environment = (
             f"{device.type} ({torch.get_num_threads()} threads, {platform.machine()}), torch {torch.__version__}"
         )
@@ -181,6 +171,23 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(report))
 
 
+def _command_line(name: str, epochs: int, options: dict[str, Any]) -> str:
+    """The command as the model card records it: the options that shaped the weights."""
+    line = (
+        f"python manage.py train_model {name} --epochs {epochs} --seed {options['seed']} --device {options['device']}"
+    )
+    for flag in ("balance_extra", "replay_uncertain"):
+        if options[flag]:
+            line += f" --{flag.replace('_', '-')}"
+    for flag in ("limit", "init_from"):
+        if options[flag]:
+            line += f" --{flag.replace('_', '-')} {options[flag]}"
+    for flag in ("lr_scale", "keep"):
+        if options[flag] != 1.0:
+            line += f" --{flag.replace('_', '-')} {options[flag]:g}"
+    return line + "".join(f" --extra-data {p.name}" for p in options["extra_data"])
+
+
 def _adapter_file(source: str) -> Path:
     """--init-from: the adapter file of a source (bundled:NAME or path:DIR)."""
     try:
@@ -200,7 +207,8 @@ def _rows_least_sure(train: list, options: dict[str, Any], *, name: str, device:
     _adapter_file(options["init_from"])  # the same error as --init-from's when there is no adapter
     classifier = classifier_load(name, options["init_from"], bundled_dir=BUNDLED_MODELS_DIR, device=device)
     answers = classifier.predict([example.text for example in train])
-    order = sorted(range(len(train)), key=lambda i: answers[i].margin if answers[i].margin is not None else 1.0)
+    margins = [answer.margin if answer.margin is not None else 1.0 for answer in answers]
+    order = sorted(range(len(train)), key=margins.__getitem__)
     return [train[i] for i in sorted(order[: options["limit"]])]
 
 
