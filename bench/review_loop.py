@@ -132,6 +132,11 @@ def main() -> None:
         help="train_model --replay-uncertain for both candidates: the --replay SST-2 rows the served version is least sure of",
     )
     parser.add_argument(
+        "--distill-replay",
+        action="store_true",
+        help="train_model --distill-replay for both candidates: the replayed SST-2 rows learn the served version's scores",
+    )
+    parser.add_argument(
         "--shadow-traffic", type=int, default=500, help="live texts sent while the candidate is shadowed"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -210,6 +215,7 @@ def main() -> None:
                 "--out", str(out_dir), "--datasets-dir", str(args.datasets_dir),
                 *(["--balance-extra"] if args.balance_extra else []),
                 *(["--replay-uncertain"] if args.replay_uncertain else []),
+                *(["--distill-replay"] if args.distill_replay else []),
             )  # fmt: skip
             trained = json.loads(output.strip().splitlines()[-1])
             candidates[name] = ModelVersion.objects.get(pk=trained["candidate"]["id"])

@@ -138,3 +138,65 @@ def test_training_from_an_adapter_of_other_labels_is_refused(random_adapter: Ran
     )
     with pytest.raises(ValueError, match="labels, kind, LoRA rank"):
         model_train(config, [Example("x", (0,))], [], tmp_path, init_from=directory / "adapter.safetensors")
+
+
+def test_distilled_rows_learn_the_starting_adapter_s_scores_not_their_labels(
+    random_adapter: RandomAdapter, tmp_path: Path
+) -> None:
+    """Rows labelled the opposite of what the starting adapter answers: trained on their labels, the
+    answers flip; distilled, the scores stay near the starting adapter's (dropout still moves them a
+    little, enough to flip a random adapter's answers of tiny margin, so the test bounds the move)."""
+    directory, _, _ = random_adapter
+    start = classifier_load("sentiment", f"path:{directory}", device="cpu")
+    texts = ["a fine film", "a dull mess", "good acting", "awful plot", "a gorgeous score", "boring"]
+    before = start.logits(texts)
+    flipped = [Example(text, (1 - int(before[i].argmax()),)) for i, text in enumerate(texts)]
+
+    def trained(distill_rows: int) -> torch.Tensor:
+        config = TrainConfig(
+            name="sentiment",
+            kind=ModelKind.SINGLE_LABEL,
+            labels=["negative", "positive"],
+            epochs=4,
+            batch_size=6,
+            lora_rank=4,
+            lora_alpha=8,
+            learning_rate=5e-3,
+            head_learning_rate=3e-2,
+            warmup_steps=1,
+            distill_rows=distill_rows,
+        )
+        out = tmp_path / str(distill_rows)
+        model_train(config, flipped, flipped[:2], out, log=lambda _: None, init_from=directory / "adapter.safetensors")
+        return classifier_load("sentiment", f"path:{out}", device="cpu").logits(texts)
+
+    hard, distilled = trained(0), trained(len(texts))
+    assert torch.equal(hard.argmax(1), torch.tensor([e.label_ids[0] for e in flipped]))  # every answer flipped
+    assert (distilled - before).abs().max() < (hard - before).abs().max() / 5
+    with pytest.raises(ValueError, match="distill_rows needs init_from"):
+        model_train(
+            TrainConfig(name="s", kind=ModelKind.SINGLE_LABEL, labels=["a", "b"], distill_rows=1),
+            flipped,
+            [],
+            tmp_path / "x",
+        )
+
+
+@pytest.mark.parametrize("kind", [ModelKind.SINGLE_LABEL, ModelKind.MULTI_LABEL])
+def test_a_distilled_row_s_loss_ignores_its_labels_and_another_row_s_is_the_usual_one(kind: ModelKind) -> None:
+    from textclf.training.fine_tuning import _loss_with_distillation  # noqa: PLC0415
+
+    config = TrainConfig(name="m", kind=kind, labels=["a", "b"])
+    logits, teacher = torch.tensor([[2.0, -1.0], [0.5, 0.3]]), torch.tensor([[1.0, 0.0], [-0.5, 0.8]])
+    single = kind is ModelKind.SINGLE_LABEL
+    labels = [torch.tensor([1, 0]), torch.tensor([0, 1])] if single else [torch.eye(2), 1 - torch.eye(2)]
+    usual = nn.CrossEntropyLoss() if single else nn.BCEWithLogitsLoss()
+    none, both = torch.tensor([False, False]), torch.tensor([True, True])
+    for targets in labels:
+        assert float(_loss_with_distillation(logits, targets, teacher, none, config)) == pytest.approx(
+            float(usual(logits, targets)), abs=1e-6
+        )
+    distilled = [float(_loss_with_distillation(logits, targets, teacher, both, config)) for targets in labels]
+    assert distilled[0] == pytest.approx(distilled[1], abs=1e-6)  # whatever the labels
+    closer = float(_loss_with_distillation(logits, labels[0], teacher * 0.5 + logits * 0.5, both, config))
+    assert closer < distilled[0]  # a student nearer its teacher has less to learn

@@ -56,6 +56,11 @@ class TrainConfig:
     # With init_from: the share of the fine-tuning's change kept in the written weights, each weight
     # init + keep × (trained - init) (weight-space ensembling; docs/models.md); 1: the trained weights.
     keep: float = 1.0
+    # With init_from: the first distill_rows training rows (the dataset's, replayed beside new data)
+    # learn the starting adapter's scores, softened at distill_temperature, instead of their labels
+    # (learning without forgetting; docs/models.md); the rows after them learn their labels.
+    distill_rows: int = 0
+    distill_temperature: float = 2.0
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -133,12 +138,9 @@ def model_train(
     started = time.monotonic()
     generator = random.Random(config.seed)
 
-    train = list(train)
-    tune: list[Example] = []
-    if config.kind is ModelKind.MULTI_LABEL and config.tune_fraction > 0:
-        generator.shuffle(train)
-        cut = int(len(train) * config.tune_fraction)
-        tune, train = train[:cut], train[cut:]
+    if config.distill_rows and init_from is None:
+        raise ValueError("distill_rows needs init_from: the adapter whose scores those rows learn")
+    train, distilled, tune = _tune_split(list(train), config, generator)
 
     tokenizer, encoder = base_encoder_load()
     lora_attach(encoder, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
@@ -152,6 +154,12 @@ def model_train(
     encoded = tokenizer([e.text for e in train], truncation=True, max_length=config.max_length)["input_ids"]
     targets = _targets(train, config)
     loss_fn = nn.CrossEntropyLoss() if config.kind is ModelKind.SINGLE_LABEL else nn.BCEWithLogitsLoss()
+    teacher: torch.Tensor | None = None  # the starting adapter's logits for each distilled row
+    if any(distilled):
+        teacher = torch.zeros((len(train), len(config.labels)))
+        rows = [i for i, flag in enumerate(distilled) if flag]
+        teacher[rows] = _logits(model, tokenizer, [train[i].text for i in rows], config, device)
+    distilled_mask = torch.tensor(distilled, dtype=torch.bool)
     adapter_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     optimizer = torch.optim.AdamW(
         [
@@ -179,7 +187,16 @@ def model_train(
     for step, indexes in enumerate(bar):
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in indexes]}, return_tensors="pt")
         logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        loss = loss_fn(logits, targets[indexes].to(device))
+        if teacher is None:
+            loss = loss_fn(logits, targets[indexes].to(device))
+        else:
+            loss = _loss_with_distillation(
+                logits,
+                targets[indexes].to(device),
+                teacher[indexes].to(device),
+                distilled_mask[indexes].to(device),
+                config,
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter_params + list(head.parameters()), 1.0)
@@ -215,6 +232,44 @@ def model_train(
         tune_size=len(tune),
         thresholds=thresholds,
     )
+
+
+def _tune_split(
+    train: list[Example], config: TrainConfig, generator: random.Random
+) -> tuple[list[Example], list[bool], list[Example]]:
+    """(rows to train on, whether each is distilled, rows held out to tune thresholds): multi-label
+    models hold out a shuffled tune_fraction of the rows; the first distill_rows are the distilled ones."""
+    distilled = [i < config.distill_rows for i in range(len(train))]
+    if config.kind is not ModelKind.MULTI_LABEL or config.tune_fraction <= 0:
+        return train, distilled, []
+    order = list(range(len(train)))
+    generator.shuffle(order)  # the permutation shuffling the rows themselves would give
+    train, distilled = [train[i] for i in order], [distilled[i] for i in order]
+    cut = int(len(train) * config.tune_fraction)
+    return train[cut:], distilled[cut:], train[:cut]
+
+
+def _loss_with_distillation(
+    logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor, distilled: torch.Tensor, config: TrainConfig
+) -> torch.Tensor:
+    """The batch's mean loss: each distilled row's distance from the starting adapter's scores, both
+    softened at the temperature (scaled by its square, so its gradients keep their size), and each
+    other row's usual loss against its labels."""
+    temperature = config.distill_temperature
+    if config.kind is ModelKind.SINGLE_LABEL:
+        hard = nn.functional.cross_entropy(logits, targets, reduction="none")
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(logits / temperature, dim=-1),
+            nn.functional.log_softmax(teacher / temperature, dim=-1),
+            reduction="none",
+            log_target=True,
+        ).sum(-1)
+    else:
+        hard = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
+        soft = nn.functional.binary_cross_entropy_with_logits(
+            logits / temperature, torch.sigmoid(teacher / temperature), reduction="none"
+        ).mean(-1)
+    return torch.where(distilled, soft * temperature**2, hard).mean()
 
 
 def adapter_init(model: MeanPooledClassifier, path: Path, config: TrainConfig) -> None:

@@ -54,6 +54,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--limit", type=int, help="train on the first N rows only (smoke runs)")
         parser.add_argument(
+            "--distill-replay",
+            action="store_true",
+            help="with --init-from: the dataset's rows learn the starting version's scores (softened) rather "
+            "than their labels, and --extra-data rows their labels (learning without forgetting; docs/models.md)",
+        )
+        parser.add_argument(
             "--replay-uncertain",
             action="store_true",
             help="with --init-from and --limit N: the N dataset rows the starting version is least sure of "
@@ -105,8 +111,10 @@ class Command(BaseCommand):
             raise CommandError(
                 "--extra-data: give --out DIR: a model trained on reviews is a candidate, not the bundled one"
             )
-        train = train + extra
         hyper = _hyperparameters(recipe.defaults, options)
+        if options["distill_replay"]:
+            hyper["distill_rows"] = len(train)  # the dataset's rows, first; the extra rows after them
+        train = train + extra
         config = TrainConfig(
             name=recipe.name,
             kind=recipe.kind,
@@ -176,7 +184,7 @@ def _command_line(name: str, epochs: int, options: dict[str, Any]) -> str:
     line = (
         f"python manage.py train_model {name} --epochs {epochs} --seed {options['seed']} --device {options['device']}"
     )
-    for flag in ("balance_extra", "replay_uncertain"):
+    for flag in ("balance_extra", "replay_uncertain", "distill_replay"):
         if options[flag]:
             line += f" --{flag.replace('_', '-')}"
     for flag in ("limit", "init_from"):
@@ -238,6 +246,8 @@ def _hyperparameters(defaults: dict[str, Any], options: dict[str, Any]) -> dict[
         raise CommandError("--keep must be above 0 and at most 1")
     if keep != 1.0 and not options["init_from"]:
         raise CommandError("--keep needs --init-from: the weights it moves back toward")
+    if options["distill_replay"] and not options["init_from"]:
+        raise CommandError("--distill-replay needs --init-from: the version whose scores the dataset's rows learn")
     hyper = {**defaults, "keep": keep}
     if epochs:
         hyper["epochs"] = epochs
