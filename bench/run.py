@@ -271,6 +271,9 @@ def bulk_queue(stack: Stack, texts: list[str], *, size: int) -> list[int]:
     ids = []
     for start in range(0, len(texts), size):
         status, body = client.call("POST", "/api/v1/batches/", {"texts": texts[start : start + size]})
+        while status == 503:  # MAX_QUEUED in flight (the backlog, and single texts): retry, as a client would
+            time.sleep(1)
+            status, body = client.call("POST", "/api/v1/batches/", {"texts": texts[start : start + size]})
         assert status == 202, (status, body)
         ids.append(body["id"])
     client.close()

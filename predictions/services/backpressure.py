@@ -12,15 +12,19 @@ from predictions.memos import memo
 from predictions.selectors import predictions_in_flight_count
 
 QUEUE_DEPTH_REFRESH_SECONDS = 1.0
+# Percent of MAX_QUEUED that batches may not fill: kept for single texts, so a batch backlog never
+# turns interactive clients away (docs/api.md, Queue depth).
+SINGLE_TEXT_RESERVE_PERCENT = 5
 
 
 class QueueFull(Exception):
     """Accepting the submission would put more than MAX_QUEUED predictions in flight."""
 
-    def __init__(self, *, in_flight: int, adding: int, limit: int) -> None:
+    def __init__(self, *, in_flight: int, adding: int, limit: int, reserved: int = 0) -> None:
+        which = f"MAX_QUEUED {limit + reserved}, less {reserved} kept for single texts" if reserved else "MAX_QUEUED"
         super().__init__(
             f"The queue is full: {in_flight} predictions are queued or running and {adding} more would pass "
-            f"the limit of {limit} (MAX_QUEUED). Nothing was stored; retry later."
+            f"the limit of {limit} ({which}). Nothing was stored; retry later."
         )
         self.in_flight, self.adding, self.limit = in_flight, adding, limit
 
@@ -38,13 +42,14 @@ class QueueDepth:
         self.value = 0
         self.counted_at = float("-inf")
 
-    def admit(self, adding: int, limit: int) -> None:
+    def admit(self, adding: int, limit: int, *, reserved: int = 0) -> None:
+        """Count `adding` more in flight, or raise QueueFull if that would pass `limit` - `reserved`."""
         with self.lock:
             if time.monotonic() - self.counted_at >= QUEUE_DEPTH_REFRESH_SECONDS or not fast_path("queue_depth_memo"):
                 self.value = predictions_in_flight_count()
                 self.counted_at = time.monotonic()
-            if self.value + adding > limit:
-                raise QueueFull(in_flight=self.value, adding=adding, limit=limit)
+            if self.value + adding > limit - reserved:
+                raise QueueFull(in_flight=self.value, adding=adding, limit=limit - reserved, reserved=reserved)
             self.value += adding
 
     def forget(self) -> None:
@@ -57,9 +62,10 @@ queue_depth = QueueDepth()
 memo(queue_depth.forget)
 
 
-def queue_admit(*, adding: int) -> None:
+def queue_admit(*, adding: int, batch: bool = False) -> None:
     """Refuse (QueueFull) a submission of `adding` texts that would take the predictions queued or
-    running over MAX_QUEUED; 0 means no limit. A soft limit: see docs/api.md, Limits and back-pressure."""
+    running over MAX_QUEUED; 0 means no limit. A batch may not fill the last SINGLE_TEXT_RESERVE_PERCENT
+    of it. A soft limit: see docs/api.md, Limits and back-pressure."""
     limit = settings.MAX_QUEUED
     if limit:
-        queue_depth.admit(adding, limit)
+        queue_depth.admit(adding, limit, reserved=limit * SINGLE_TEXT_RESERVE_PERCENT // 100 if batch else 0)

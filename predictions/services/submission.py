@@ -87,7 +87,7 @@ def batch_create(*, owner: User, texts: Sequence[str], model_name: str) -> Batch
     written after publishing, so a worker never finds its rows locked by that write (it skips
     locked rows) and a batch costs one INSERT whatever its number of chunks.
     """
-    queue_admit(adding=len(texts))
+    queue_admit(adding=len(texts), batch=True)
     version = model_version_or_blank(model_name)
     digests = [text_sha256(t) for t in texts]
     hits = result_cache_get_many(model_name, version, digests) if version else {}
