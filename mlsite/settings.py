@@ -223,12 +223,15 @@ CLAIM_LOOP_SECONDS = env_int("CLAIM_LOOP_SECONDS", 10, minimum=0, old="BATCH_LOO
 PASS_MAX_TEXTS = env_int("PASS_MAX_TEXTS", 16, minimum=1, old="INFERENCE_BATCH_SIZE")  # texts in one forward pass
 PASS_MAX_TOKENS = env_int("PASS_MAX_TOKENS", 8192, minimum=64, old="BATCH_MAX_TOKENS")  # padded tokens in one pass
 # Texts in one forward pass of bulk or background rows while single texts are flowing (this worker
-# process ran one in the last second): a single text waits for the pass under way, so shorter passes
-# answer it sooner (docs/performance.md, Shorter bulk passes while single texts flow); 0: PASS_MAX_TEXTS.
+# process ran one in the last second), where passes do not yield between layers (PASS_YIELD_LAYERS
+# off, or an encoder that is not packed): a single text waits for the pass under way, so shorter
+# passes answer it sooner (docs/performance.md, Shorter bulk passes while single texts flow); 0: PASS_MAX_TEXTS.
 PASS_MAX_TEXTS_MIXED = env_int("PASS_MAX_TEXTS_MIXED", 4, minimum=0)
 # A packed bulk or background pass stops between two encoder layers to run a single text submitted
-# meanwhile (a Redis mark says one was; docs/architecture.md, Lanes): it waits for one layer, not a pass.
-PASS_YIELD_LAYERS = env_bool("PASS_YIELD_LAYERS", True)
+# meanwhile (a Redis mark says one was; docs/architecture.md, Lanes): it waits for one layer, not a
+# pass. Off by default: on W4 it did not beat shorter passes (docs/performance.md, Bulk passes that
+# yield between encoder layers).
+PASS_YIELD_LAYERS = env_bool("PASS_YIELD_LAYERS", False)
 # Bulk and background rows a claim takes after the interactive ones: whole batches sorted by length
 # run faster (docs/performance.md, Bulk claims as large as interactive ones); interactive texts sent
 # meanwhile run between two of its passes (docs/architecture.md, Lanes).

@@ -374,5 +374,7 @@ def test_batches_leave_the_last_twentieth_of_the_queue_to_single_texts(api, owne
     assert refused.status_code == 503
     assert "would pass the limit of 95 (MAX_QUEUED 100, less 5 kept for single texts)" in refused.json()["detail"]
     assert api.post("/api/v1/batches/", {"texts": [f"text {i}" for i in range(5)]}).status_code == 202
-    assert [api.post("/api/v1/predictions/", {"text": f"single {i}"}).status_code for i in range(6)] == [202] * 5 + [503]
+    assert [api.post("/api/v1/predictions/", {"text": f"single {i}"}).status_code for i in range(6)] == [202] * 5 + [
+        503
+    ]
     assert Prediction.objects.count() == 100

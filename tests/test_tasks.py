@@ -399,13 +399,18 @@ def test_a_bulk_claim_runs_a_single_text_queued_during_it_between_two_forward_pa
     )
 
 
-@pytest.mark.parametrize(("mixed", "expected"), [(2, [4, 1, 2, 2]), (0, [4, 1, 4])])
+@pytest.mark.parametrize(
+    ("mixed", "yield_layers", "expected"), [(2, False, [4, 1, 2, 2]), (0, False, [4, 1, 4]), (2, True, [4, 1, 4])]
+)
 def test_bulk_passes_are_shorter_once_a_single_text_has_run(
-    owner, settings, forward_passes, monkeypatch, mixed, expected
+    owner, settings, forward_passes, monkeypatch, mixed, yield_layers, expected
 ):
     """A bulk claim's passes have PASS_MAX_TEXTS texts; once a single text has run between two of
-    them, the rest have PASS_MAX_TEXTS_MIXED (0: unchanged), so the next single text waits less."""
+    them, the rest have PASS_MAX_TEXTS_MIXED (0: unchanged), so the next single text waits less.
+    Passes that yield between their layers (PASS_YIELD_LAYERS) keep their size: a single text
+    waits for one layer."""
     settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 4, mixed, 0
+    settings.PASS_YIELD_LAYERS = yield_layers
     bulk = queued(owner, *[f"bulk text {i}" for i in range(8)])
     Prediction.objects.filter(pk__in=[r.pk for r in bulk]).update(lane=Lane.BULK)
     arrived = []
@@ -424,6 +429,7 @@ def test_bulk_passes_are_shorter_once_a_single_text_has_run(
 
 def test_bulk_passes_keep_their_size_when_no_single_text_ran_lately(owner, settings, forward_passes):
     settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 4, 2, 0
+    settings.PASS_YIELD_LAYERS = False
     bulk = queued(owner, *[f"bulk text {i}" for i in range(8)])
     Prediction.objects.filter(pk__in=[r.pk for r in bulk]).update(lane=Lane.BULK)
     [single] = queued(owner, "a single text an hour ago")

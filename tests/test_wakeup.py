@@ -231,6 +231,7 @@ def test_without_a_mark_a_bulk_pass_claims_nothing_between_its_layers(owner, set
     """The mark is what spares the SQL claim: a pass looks at Redis between its layers, and claims
     only when a single text was posted."""
     settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
+    settings.PASS_YIELD_LAYERS = True
     redis().delete(_interactive_mark("sentiment"))
     bulk = _bulk(owner, 8)
     claims = []
@@ -245,6 +246,7 @@ def test_a_claim_that_fails_between_layers_fails_the_task_not_the_bulk_pass(owne
     passes is: the pass is not taken for failed (its texts are not retried one by one), and its rows
     stay running under the task, for the sweeper."""
     settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
+    settings.PASS_YIELD_LAYERS = True
     bulk = _bulk(owner, 8)
     real_claim = worker.predictions_claim
 

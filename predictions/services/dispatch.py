@@ -21,6 +21,12 @@ the sweeper (SWEEP_QUEUED_AFTER), as a lost message does: a worker that cannot d
 (Redis failing between the web's SET and the worker's DELETE: rows submitted until the key
 expires), and a publish that fails after setting it (the key is deleted then; rows submitted
 while the publish was being tried).
+
+The interactive mark. A single submission also sets a second key (same round trip), which says a
+single text was queued since a worker last looked. A worker busy with a bulk pass deletes it between
+two encoder layers and, if it was there, claims the queued interactive rows at once
+(`interactive_queued_take`; services.worker). Same order as above: set after the commit, deleted
+before the claim. Its loss (Redis down, expiry) only delays a text to the end of the pass under way.
 """
 
 from __future__ import annotations

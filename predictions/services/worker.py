@@ -92,8 +92,9 @@ def _last_pass_forget() -> None:
 
 
 def bulk_pass_size() -> int:
-    """Texts in the next forward pass of bulk or background rows: PASS_MAX_TEXTS_MIXED while
-    interactive texts are flowing, since each waits for the pass under way; PASS_MAX_TEXTS otherwise."""
+    """Texts in the next forward pass of bulk or background rows that do not yield between layers:
+    PASS_MAX_TEXTS_MIXED while interactive texts are flowing, since each waits for the pass under
+    way; PASS_MAX_TEXTS otherwise."""
     mixed = settings.PASS_MAX_TEXTS_MIXED
     if mixed and time.monotonic() - _interactive_ran["at"] < MIXED_SECONDS:
         return min(mixed, settings.PASS_MAX_TEXTS)
@@ -226,7 +227,10 @@ def _rows_run(
     texts = [row.text for row in rows]
     results: list[LabelScores | Exception | None] = [None] * len(rows)
     seconds = cpu_seconds = 0.0
-    size = bulk_pass_size if between is not None else settings.PASS_MAX_TEXTS
+    # Passes that yield to single texts between their layers keep their size; others shrink while
+    # single texts flow (bulk_pass_size), since each waits for the whole pass under way.
+    yields = between_layers is not None and classifier.yields_between_layers
+    size = bulk_pass_size if between is not None and not yields else settings.PASS_MAX_TEXTS
     inside = _WorkInsidePasses(between_layers) if between_layers is not None else None
     passes = classifier.passes(
         texts,
