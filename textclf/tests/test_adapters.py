@@ -44,6 +44,19 @@ def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> RandomAdapter:
     return directory, model, tokenizer
 
 
+def _random_adapter_config(**training: float) -> TrainConfig:
+    """A training of the random adapter's shape (sentiment labels, LoRA rank 4), one warm-up step."""
+    return TrainConfig(
+        name="sentiment",
+        kind=ModelKind.SINGLE_LABEL,
+        labels=["negative", "positive"],
+        lora_rank=4,
+        lora_alpha=8,
+        warmup_steps=1,
+        **training,  # type: ignore[arg-type]
+    )
+
+
 def test_a_merged_adapter_answers_like_the_unmerged_model_it_came_from(random_adapter: RandomAdapter) -> None:
     directory, model, tokenizer = random_adapter
     texts = ["a gorgeous, witty film", "dull and lifeless", "it is what it is, neither good nor bad"]
@@ -108,17 +121,11 @@ def test_training_from_an_earlier_adapter_starts_from_its_factors_and_head(
     random_adapter: RandomAdapter, tmp_path: Path
 ) -> None:
     directory, _, _ = random_adapter
-    config = TrainConfig(
-        name="sentiment",
-        kind=ModelKind.SINGLE_LABEL,
-        labels=["negative", "positive"],
+    config = _random_adapter_config(
         epochs=1,
         batch_size=4,
-        lora_rank=4,
-        lora_alpha=8,
         learning_rate=0.0,  # no step moves a weight: the result is the adapter it started from
         head_learning_rate=0.0,
-        warmup_steps=1,
     )
     train = [Example("a fine film", (1,)), Example("a dull mess", (0,))] * 2
     model_train(config, train, train, tmp_path, log=lambda _: None, init_from=directory / "adapter.safetensors")
@@ -153,18 +160,8 @@ def test_distilled_rows_learn_the_starting_adapter_s_scores_not_their_labels(
     flipped = [Example(text, (1 - int(before[i].argmax()),)) for i, text in enumerate(texts)]
 
     def trained(distill_rows: int) -> torch.Tensor:
-        config = TrainConfig(
-            name="sentiment",
-            kind=ModelKind.SINGLE_LABEL,
-            labels=["negative", "positive"],
-            epochs=4,
-            batch_size=6,
-            lora_rank=4,
-            lora_alpha=8,
-            learning_rate=5e-3,
-            head_learning_rate=3e-2,
-            warmup_steps=1,
-            distill_rows=distill_rows,
+        config = _random_adapter_config(
+            epochs=4, batch_size=6, learning_rate=5e-3, head_learning_rate=3e-2, distill_rows=distill_rows
         )
         out = tmp_path / str(distill_rows)
         model_train(config, flipped, flipped[:2], out, log=lambda _: None, init_from=directory / "adapter.safetensors")
