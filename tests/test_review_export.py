@@ -14,6 +14,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from predictions.models import ModelVersion, ModelVersionState, Prediction, PredictionStatus, text_sha256
+from textclf.serving.loading import adapter_metadata
 from textclf.training.datasets import goemotions_read, sst2_read
 
 pytestmark = pytest.mark.django_db
@@ -175,6 +176,20 @@ def test_balance_extra_repeats_the_rarer_reviewed_label_as_train_model_reads_the
     assert sorted(e.text for e in balanced) == ["dull", "dull", "dull", "fine", "great", "lovely"]
 
 
+@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
+def test_distill_replay_distills_the_dataset_s_rows_and_not_the_extra_ones(owner, tmp_path):
+    answer(owner, "oh great, another sequel nobody asked for", "positive", corrected="negative")
+    export("sentiment", tmp_path / "reviews.tsv")
+    call_command(
+        "train_model", "sentiment", "--init-from", "bundled:sentiment", "--limit", "32", "--epochs", "1",
+        "--distill-replay", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(tmp_path / "c"),
+        stdout=io.StringIO(),
+    )  # fmt: skip
+    hyper = json.loads(adapter_metadata(tmp_path / "c" / "adapter.safetensors")["hyperparameters"])
+    assert hyper["distill_rows"] == 32  # the 32 dataset rows come first; the reviewed row after them
+    assert "--distill-replay" in (tmp_path / "c" / "README.md").read_text()
+
+
 def test_replay_uncertain_keeps_the_rows_the_starting_version_is_least_sure_of_in_their_order():
     from predictions.management.commands.train_model import _rows_least_sure  # noqa: PLC0415
     from predictions.registry import BUNDLED_MODELS_DIR  # noqa: PLC0415
@@ -226,3 +241,5 @@ def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_
         )  # fmt: skip
     with pytest.raises(CommandError, match="--keep needs --init-from"):
         call_command("train_model", "sentiment", "--keep", "0.5", "--limit", "1", "--out", str(tmp_path / "o"))
+    with pytest.raises(CommandError, match="--distill-replay needs --init-from"):
+        call_command("train_model", "sentiment", "--distill-replay", "--limit", "1", "--out", str(tmp_path / "o"))
