@@ -132,6 +132,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
     latencies: list[float] = []
     stages: list[tuple[float, ...]] = []
     errors = 0
+    error_kinds: dict[str, int] = {}  # "status: what the answer said", so a report can say what failed
     counter = iter(range(10**9))
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -146,8 +147,9 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
             try:
                 status, body = client.call("POST", path, {"text": texts[i % len(texts)]})
                 good = status in ok and body.get("status") == "succeeded"
-            except Exception:
-                good = False
+                kind = f"{status} {body.get('status')}: {body.get('error') or body.get('detail') or ''}"[:100]
+            except Exception as exc:
+                good, kind = False, f"{type(exc).__name__}: {exc}"[:100]
                 client = Client(stack.port, stack.token)
             received = time.time()
             elapsed = time.perf_counter() - started
@@ -158,6 +160,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
                         stages.append(stage_times(body, sent, received))
                 else:
                     errors += 1
+                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
     meter = CpuMeter().start()
     began = time.monotonic()
@@ -176,6 +179,7 @@ def closed_loop(stack: Stack, *, clients: int, seconds: float, texts: list[str],
         "p95_ms": percentile(latencies, 0.95) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "errors": errors,
+        "error_kinds": dict(sorted(error_kinds.items(), key=lambda item: -item[1])[:5]),
         "cached": len(latencies) - len(stages),  # answers from the cache (W3's are; W1's and W4's must not be)
         **(
             {"stages_p50_ms": {name: percentile([s[k] for s in stages], 0.50) for k, name in enumerate(STAGES)}}
@@ -555,7 +559,8 @@ def run_workloads(stack: Stack, base: list[str], client_counts: list[int], args)
             w4[name] = mixed(stack, clients=16, seconds=args.seconds, texts=interactive, during=during)
             print(
                 f"W4 with {name}: interactive p95 {w4[name]['p95_ms']:.0f} ms p99 {w4[name]['p99_ms']:.0f} ms, "
-                f"bulk {w4[name]['bulk_per_second']:.1f} texts/s",
+                f"bulk {w4[name]['bulk_per_second']:.1f} texts/s"
+                + (f"; errors by kind: {w4[name]['error_kinds']}" if w4[name]["errors"] else ""),
                 flush=True,
             )
             raw.around(w4[name])
