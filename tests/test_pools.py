@@ -85,7 +85,11 @@ def finished(ids: list[int]) -> bool:
 
 
 def answered_by(row: Prediction) -> str:
-    return TaskResult.objects.get(task_id=row.task_id).worker.split("@")[0]
+    """The pool whose task wrote the row. Celery stores the task's result when the task returns,
+    which may be a while after the row is written (the task claims other rows first)."""
+    result = eventually(lambda: TaskResult.objects.filter(task_id=row.task_id).first(), 30)
+    assert result is not None, f"no result for task {row.task_id}"
+    return result.worker.split("@")[0]
 
 
 def test_each_row_is_answered_by_its_model_s_pool(api, pools):
