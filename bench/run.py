@@ -764,6 +764,7 @@ def cpu_table(results: dict) -> str:
     """Each workload's CPU time by part of the stack, in percent of both cores over its run."""
     rows = [(f"W1, {row['clients']} client(s)", row) for row in results["w1"]]
     rows += [(name, results[key]) for key, name in (("w2", "W2"), ("w3", "W3")) if key in results]
+    rows += [(f"W4, while {variant}", row) for variant, row in results.get("w4", {}).items()]
     lines = _table_head(
         "CPU by part of the stack, % of all cores during the workload; then the tail it left: seconds\n"
         "until the workers were idle again, and their CPU seconds in that time:",

@@ -133,36 +133,55 @@ def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_no
 
 
 @pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
-def test_train_model_keep_writes_the_weights_that_share_of_the_way_from_the_adapter_it_started_from(owner, tmp_path):
-    """--keep 0.5: each written weight is halfway between the served adapter's and those the same
-    training (same seed, so the same steps; a large learning rate, so that three steps move every
-    weight well past fp16's rounding) writes without it."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_version_it_started_from(owner, tmp_path):
+    """--keep 0.5: every weight of the model as served (loaded through the real loading code, the
+    adapter merged) is halfway between the starting version's and those the same training (same
+    seed, so the same steps; a large learning rate, so every weight moves well past fp16's rounding)
+    serves without it. The written adapter has twice the rank, and a further training starts from it."""
+    from torch import nn  # noqa: PLC0415
 
     from predictions.registry import BUNDLED_MODELS_DIR  # noqa: PLC0415
+    from textclf.serving.loading import classifier_load  # noqa: PLC0415
 
     answer(owner, "oh great, another sequel nobody asked for", "positive", corrected="negative")
     export("sentiment", tmp_path / "reviews.tsv")
-    written = {}
-    for keep in ("1", "0.5"):
-        out = tmp_path / f"keep-{keep}"
+
+    def train(keep: str, init_from: str, out: Path) -> None:
         call_command(
-            "train_model", "sentiment", "--init-from", "bundled:sentiment", "--limit", "64", "--epochs", "1",
+            "train_model", "sentiment", "--init-from", init_from, "--limit", "64", "--epochs", "1",
             "--lr-scale", "50", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(out), "--keep", keep,
             stdout=io.StringIO(),
         )  # fmt: skip
-        written[keep] = load_file(str(out / "adapter.safetensors"))
-    start = load_file(str(BUNDLED_MODELS_DIR / "sentiment" / "adapter.safetensors"))
-    assert set(written["0.5"]) == set(start)
+
+    for keep in ("1", "0.5"):
+        train(keep, "bundled:sentiment", tmp_path / f"keep-{keep}")
+
+    def weights(source: str) -> dict[str, object]:
+        model = classifier_load("sentiment", source, bundled_dir=BUNDLED_MODELS_DIR, device="cpu").network
+        return {name: m.weight.detach().float() for name, m in model.named_modules() if isinstance(m, nn.Linear)} | {
+            "head.bias": model.head.bias.detach().float()
+        }
+
+    start, trained, halfway = (
+        weights(source)
+        for source in ("bundled:sentiment", f"path:{tmp_path / 'keep-1'}", f"path:{tmp_path / 'keep-0.5'}")
+    )
+    assert set(halfway) == set(start)
+    assert len(start) > 20
     moved = 0
-    for key, weight in start.items():
-        trained, halfway = written["1"][key].float(), written["0.5"][key].float()
-        change = (trained - weight.float()).abs().max()
-        expected = weight.float() + 0.5 * (trained - weight.float())
-        moved += bool(change > 1e-3)  # the pooler's factors get no gradient (mean pooling): they stay
-        assert (halfway - expected).abs().max() <= change / 20, key  # within the files' fp16 rounding
+    for name, weight in start.items():
+        change = (trained[name] - weight).abs().max()
+        moved += bool(change > 1e-3)  # the pooler gets no gradient (mean pooling): it stays
+        expected = weight + 0.5 * (trained[name] - weight)
+        assert (halfway[name] - expected).abs().max() <= max(change / 20, 1e-4), name  # fp16 rounding
     assert moved >= len(start) - 2  # every other weight moved: the check above is not trivial
+
+    metadata = adapter_metadata(tmp_path / "keep-0.5" / "adapter.safetensors")
+    assert (metadata["lora_rank"], float(metadata["lora_alpha"])) == ("32", 64.0)  # the same scale, alpha / rank
     assert "--keep 0.5" in (tmp_path / "keep-0.5" / "README.md").read_text()
+    assert "LoRA (rank 32, alpha 64)" in (tmp_path / "keep-0.5" / "README.md").read_text()
+    train("1", f"path:{tmp_path / 'keep-0.5'}", tmp_path / "again")  # the next round starts from it
+    assert adapter_metadata(tmp_path / "again" / "adapter.safetensors")["lora_rank"] == "32"
 
 
 def test_balance_extra_repeats_the_rarer_reviewed_label_as_train_model_reads_the_files(tmp_path):

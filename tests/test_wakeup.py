@@ -268,6 +268,31 @@ def test_a_claim_that_fails_between_layers_fails_the_task_not_the_bulk_pass(owne
     }
 
 
+def test_the_time_taken_between_layers_is_not_counted_in_the_bulk_pass_s_logged_seconds(
+    api, owner, settings, monkeypatch, caplog
+):
+    """The pass's logged seconds (and its forward-pass metric) are its own: the nested claim, here
+    made to take a second, is taken out of them."""
+    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
+    settings.PASS_YIELD_LAYERS = True
+    bulk = _bulk(owner, 8)
+    real_claim = worker.predictions_claim
+
+    def slow_claim(*args, **kwargs):
+        if kwargs.get("interactive_only"):
+            time.sleep(1.0)
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "predictions_claim", slow_claim)
+    redis().set(_interactive_mark("sentiment"), b"1")
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger=worker.logger.name):
+        assert worker.predictions_run([r.pk for r in bulk], task_id="chunk")["succeeded"] == 8
+    assert time.monotonic() - started >= 1.0  # the nested claim ran inside the task
+    [bulk_pass] = [r for r in caplog.records if r.msg.startswith("forward pass of") and r.args[0] == 8]
+    assert bulk_pass.seconds < 1.0
+
+
 def test_with_redis_failing_the_mark_is_not_read_again_for_a_while(settings):
     redis().set(_interactive_mark("sentiment"), b"1")
     real_url = settings.REDIS_URL

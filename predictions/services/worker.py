@@ -261,8 +261,9 @@ def _rows_run(
             break
         if step is None:
             break
-        seconds += time.perf_counter() - started - (inside.seconds_take() if inside else 0.0)
-        cpu_seconds += time.process_time() - cpu_started - (inside.cpu_seconds_take() if inside else 0.0)
+        nested, nested_cpu = inside.seconds_take() if inside else (0.0, 0.0)
+        seconds += time.perf_counter() - started - nested
+        cpu_seconds += time.process_time() - cpu_started - nested_cpu
         for i, answer in zip(*step, strict=True):
             results[i] = answer
         answered += len(step[0])
@@ -314,13 +315,10 @@ class _WorkInsidePasses:
             self._seconds += time.perf_counter() - started
             self._cpu_seconds += time.process_time() - cpu_started
 
-    def seconds_take(self) -> float:
-        """Wall seconds spent in `work` since the last call."""
-        spent, self._seconds = self._seconds, 0.0
-        return spent
-
-    def cpu_seconds_take(self) -> float:
-        spent, self._cpu_seconds = self._cpu_seconds, 0.0
+    def seconds_take(self) -> tuple[float, float]:
+        """Wall and CPU seconds spent in `work` since the last call."""
+        spent = (self._seconds, self._cpu_seconds)
+        self._seconds = self._cpu_seconds = 0.0
         return spent
 
 

@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,7 @@ class TrainResult:
     train_size: int
     tune_size: int
     thresholds: list[float] | None
+    config: TrainConfig  # as written: the LoRA shape of the adapter started from, doubled by `keep`
 
 
 def _seed_everything(seed: int) -> None:
@@ -131,7 +132,7 @@ def model_train(
     init_from: Path | None = None,
 ) -> TrainResult:
     """Train, tune thresholds (multi-label) on a held-out slice of train, write the adapter file.
-    With `init_from` (an adapter file of the same labels, kind and LoRA shape), training starts from
+    With `init_from` (an adapter file of the same labels and kind; its LoRA shape is kept), training starts from
     its factors and head: a served version fine-tuned further, e.g. on reviewed predictions."""
     _seed_everything(config.seed)
     device = torch.device(config.device)
@@ -142,12 +143,8 @@ def model_train(
         raise ValueError("distill_rows needs init_from: the adapter whose scores those rows learn")
     train, distilled, tune = _tune_split(list(train), config, generator)
 
-    tokenizer, encoder = base_encoder_load()
-    lora_attach(encoder, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
-    head = nn.Linear(encoder.config.hidden_size, len(config.labels))
-    model = MeanPooledClassifier(encoder, head, dropout=config.head_dropout)
-    if init_from is not None:
-        adapter_init(model, init_from, config)
+    config, tokenizer, model = _model_build(config, init_from)
+    head = model.head
     model = model.to(device)
     model.train()
 
@@ -207,7 +204,8 @@ def model_train(
             bar.set_postfix(loss=f"{running:.4f}")
 
     if init_from is not None and config.keep != 1.0:
-        adapter_interpolate(model, init_from, keep=config.keep)
+        rank = adapter_interpolate(model, init_from, keep=config.keep)
+        config = replace(config, lora_rank=rank, lora_alpha=config.lora_alpha * rank / config.lora_rank)
     thresholds = None
     dev_logits = _logits(model, tokenizer, [e.text for e in dev], config, device)
     if config.kind is ModelKind.SINGLE_LABEL:
@@ -231,6 +229,7 @@ def model_train(
         train_size=len(train),
         tune_size=len(tune),
         thresholds=thresholds,
+        config=config,
     )
 
 
@@ -272,6 +271,23 @@ def _loss_with_distillation(
     return torch.where(distilled, soft * temperature**2, hard).mean()
 
 
+def _model_build(
+    config: TrainConfig, init_from: Path | None
+) -> tuple[TrainConfig, PreTrainedTokenizerBase, MeanPooledClassifier]:
+    """The base encoder with LoRA attached and a head: fresh, or `init_from`'s. An adapter keeps its
+    own LoRA shape (one averaged by `keep` has twice the rank), so the config returned has it."""
+    if init_from is not None:
+        metadata = adapter_metadata(init_from)
+        config = replace(config, lora_rank=int(metadata["lora_rank"]), lora_alpha=float(metadata["lora_alpha"]))
+    tokenizer, encoder = base_encoder_load()
+    lora_attach(encoder, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
+    head = nn.Linear(encoder.config.hidden_size, len(config.labels))
+    model = MeanPooledClassifier(encoder, head, dropout=config.head_dropout)
+    if init_from is not None:
+        adapter_init(model, init_from, config)
+    return config, tokenizer, model
+
+
 def adapter_init(model: MeanPooledClassifier, path: Path, config: TrainConfig) -> None:
     """Copy an earlier adapter's LoRA factors and head into a freshly attached model of the same shape."""
     metadata = adapter_metadata(path)
@@ -285,26 +301,45 @@ def adapter_init(model: MeanPooledClassifier, path: Path, config: TrainConfig) -
     )
     if mine != theirs:
         raise ValueError(f"{path}: labels, kind, LoRA rank/alpha or base encoder differ from this training's: {theirs}")
-    _adapter_blend(model, load_file(str(path)), keep=0.0)
+    _adapter_copy(model, load_file(str(path)))
 
 
-def adapter_interpolate(model: MeanPooledClassifier, path: Path, *, keep: float) -> None:
-    """Move a model fine-tuned from the adapter at `path` back toward it: each LoRA factor and head
-    weight becomes init + keep × (trained - init). Averaging the weights of a fine-tuned model with
-    those it started from keeps most of the gain on the new data and more of the old (WiSE-FT)."""
-    _adapter_blend(model, load_file(str(path)), keep=keep)
+def adapter_interpolate(model: MeanPooledClassifier, path: Path, *, keep: float) -> int:
+    """Move a model fine-tuned from the adapter at `path` back toward it, in weight space (WiSE-FT):
+    every adapted weight becomes init + keep × (trained - init), and so does the head. Averaging a
+    fine-tuned model's weights with those it started from keeps most of the gain on the new data and
+    more of the old. A layer's change is its factors' product, scale × B @ A, so the factors cannot
+    be averaged one by one (that is not the average of the products); each layer keeps both pairs
+    side by side instead: A = [A_init; A_trained], B = [(1 - keep) B_init, keep B_trained], the same
+    scale, twice the rank. Returns the new rank."""
+    tensors = load_file(str(path))
+    rank = 0
+    with torch.no_grad():
+        for weight, key in [(model.head.weight, "head.weight"), (model.head.bias, "head.bias")]:
+            start = tensors[key].float().to(weight.device)
+            weight.copy_(start + keep * (weight - start))
+        for name, module in model.encoder.named_modules():
+            if isinstance(module, LoRALinear):
+                a, b = module.lora_A, module.lora_B
+                a_init = tensors[f"encoder.{name}.lora_A"].float().to(a.device)
+                b_init = tensors[f"encoder.{name}.lora_B"].float().to(b.device)
+                module.lora_A = nn.Parameter(torch.cat([a_init, a.detach()]), requires_grad=a.requires_grad)
+                module.lora_B = nn.Parameter(
+                    torch.cat([(1 - keep) * b_init, keep * b.detach()], dim=1), requires_grad=b.requires_grad
+                )
+                rank = module.lora_A.shape[0]
+    return rank
 
 
-def _adapter_blend(model: MeanPooledClassifier, tensors: dict[str, torch.Tensor], *, keep: float) -> None:
-    """Each LoRA factor and head weight set to the adapter's + keep × (the model's - the adapter's)."""
+def _adapter_copy(model: MeanPooledClassifier, tensors: dict[str, torch.Tensor]) -> None:
+    """Each LoRA factor and head weight set to the adapter's."""
     pairs = [(model.head.weight, "head.weight"), (model.head.bias, "head.bias")]
     for name, module in model.encoder.named_modules():
         if isinstance(module, LoRALinear):
             pairs += [(module.lora_A, f"encoder.{name}.lora_A"), (module.lora_B, f"encoder.{name}.lora_B")]
     with torch.no_grad():
         for weight, key in pairs:
-            start = tensors[key].float().to(weight.device)
-            weight.copy_(start + keep * (weight - start))
+            weight.copy_(tensors[key].float().to(weight.device))
 
 
 def adapter_write(path: Path, model: MeanPooledClassifier, config: TrainConfig, thresholds: list[float] | None) -> None:

@@ -43,8 +43,9 @@ class Command(BaseCommand):
             "--keep",
             type=float,
             default=1.0,
-            help="with --init-from: keep this share of the fine-tuning's change, each weight moved back toward "
-            "the adapter it started from (weight-space averaging, e.g. 0.5; docs/models.md). Default 1",
+            help="with --init-from: keep this share of the fine-tuning's change, each served weight moved back "
+            "toward the version it started from (weight-space averaging, e.g. 0.5; the adapter written has twice "
+            "the LoRA rank; docs/models.md). Default 1",
         )
         parser.add_argument(
             "--balance-extra",
@@ -154,7 +155,7 @@ class Command(BaseCommand):
             environment = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
         card = model_card_write(
             out_dir,
-            config=config,
+            config=result.config,
             result=result,
             dataset=recipe.dataset,
             command=command_line,
