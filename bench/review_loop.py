@@ -11,14 +11,16 @@ sentiment grouping (a text with emotions of both groups, or of neither, is left 
    review desk offers them: the audit sample, then the review queue's order (most uncertain
    first); `export_reviews` writes them;
 3. the same number of random predictions is reviewed instead, and exported, as the baseline;
-4. `train_model --init-from bundled:sentiment --extra-data …` fine-tunes the served version on each
-   export, with `--replay` SST-2 training rows beside it, and registers each as a candidate;
+4. `train_model --init-from bundled:sentiment --extra-data … --distill-replay` fine-tunes the served
+   version on each export, with `--replay` SST-2 training rows beside it that learn its own scores, and
+   registers each as a candidate;
 5. the queue-trained candidate is compared on the reviewed predictions, shadowed on `--shadow-traffic`
    more live texts, and promoted;
 6. the served model and both candidates are scored on the mapped GoEmotions **dev** texts (never
    reviewed) and on SST-2 dev.
 
-It prints one table and writes `bench/results/review-loop-<date>.json`.
+`--seed` draws the traffic, the audit sample, the random reviews and the training: a run repeats
+with the same seed. It prints one table and writes `bench/results/review-loop-<date>.json`.
 """
 
 from __future__ import annotations
@@ -133,13 +135,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--distill-replay",
-        action="store_true",
-        help="train_model --distill-replay for both candidates: the replayed SST-2 rows learn the served version's scores",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train_model --distill-replay for both candidates (the default): the replayed SST-2 rows learn the "
+        "served version's scores; --no-distill-replay: their labels",
     )
     parser.add_argument(
         "--shadow-traffic", type=int, default=500, help="live texts sent while the candidate is shadowed"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="draws the traffic, the audit sample, the random reviews and the training"
+    )
     parser.add_argument(
         "--datasets-dir", type=Path, default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets"))
     )
@@ -149,6 +155,7 @@ def main() -> None:
     os.environ.update(SHADOW_RATE="1", MODEL_VERSION_CHECK_SECONDS="0", MLSITE_MODELS="sentiment=bundled:sentiment")
     labels = (args.datasets_dir / "goemotions" / "labels.txt").read_text().split()
     generator = random.Random(args.seed)
+    random.seed(args.seed)  # the audit sample, drawn at submission (services.submission): the same on every run
     traffic_pool = goemotions_sentiment(args.datasets_dir / "goemotions" / "train.tsv", labels)
     reddit_dev = goemotions_sentiment(args.datasets_dir / "goemotions" / "dev.tsv", labels)
     sst2_dev = [

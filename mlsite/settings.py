@@ -249,6 +249,9 @@ SHADOW_RATE = env_fraction("SHADOW_RATE", 0.1)
 # running or submitted meanwhile): for a host it shares with live workers. 0: it does not wait, for a
 # shadow worker with cores of its own (docs/architecture.md, Shadow traffic).
 SHADOW_LIVE_QUIET_MS = env_int("SHADOW_LIVE_QUIET_MS", 500, minimum=0)
+# Shadow answers waiting (queued or running) past which no more are sampled: shadow workers that only
+# get the time live traffic leaves fall behind under steady traffic, and the backlog stays bounded. 0: no limit.
+SHADOW_MAX_QUEUED = env_int("SHADOW_MAX_QUEUED", 10000, minimum=0)
 # Share of predictions drawn, when made, into the review desk's random audit sample (0.01 or 1%).
 REVIEW_SAMPLE_RATE = env_fraction("REVIEW_SAMPLE_RATE", 0.01)
 

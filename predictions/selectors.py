@@ -82,6 +82,11 @@ def predictions_in_flight_count() -> int:
     ).count()
 
 
+def shadow_backlog_count() -> int:
+    """Shadow answers queued or running: the backlog SHADOW_MAX_QUEUED bounds (a partial index's rows)."""
+    return ShadowAnswer.objects.filter(status__in=[PredictionStatus.QUEUED, PredictionStatus.RUNNING]).count()
+
+
 def idempotency_key_get(*, owner: User, key: str, endpoint: str) -> IdempotencyKey | None:
     """The stored first response for this user's key on this endpoint, expired or not."""
     return IdempotencyKey.objects.filter(owner=owner, key=key, endpoint=endpoint).first()

@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
+from predictions.memos import memos_forget
 from predictions.models import ModelVersion, Prediction, PredictionStatus, ShadowAnswer
 from predictions.registry import active_versions_forget, model_info_get
 from predictions.selectors import reviewed_agreement, shadow_agreement
@@ -204,6 +205,23 @@ def test_nothing_is_shadowed_at_rate_zero_without_a_shadowed_version_or_for_a_fa
     shadow_stop(shadowed)
     assert shadow_sample([row]) == 0
     assert not ShadowAnswer.objects.exists()
+
+
+def test_past_shadow_max_queued_waiting_answers_no_more_are_sampled_until_they_are_given(owner, settings, shadowed):
+    """The cap counts answers queued or running (any process's, at the next count); once they are
+    given, sampling resumes. Live rows are never held back by it."""
+    settings.SHADOW_MAX_QUEUED = 3
+    memos_forget()  # count the backlog afresh, as a new process would
+    rows = [finished(owner, f"text {i}") for i in range(5)]
+    assert shadow_sample(rows[:2]) == 2
+    assert shadow_sample(rows[2:]) == 1  # counted by this process since: no query needed to know
+    assert ShadowAnswer.objects.count() == 3
+    shadow_all()
+    memos_forget()
+    more = [finished(owner, f"more {i}") for i in range(2)]
+    assert shadow_sample(more) == 2  # recounted: the three were given
+    settings.SHADOW_MAX_QUEUED = 0  # no limit
+    assert shadow_sample([finished(owner, f"last {i}") for i in range(4)]) == 4
 
 
 def test_stopping_a_shadow_drops_its_queued_answers_and_keeps_those_given(owner, shadowed):

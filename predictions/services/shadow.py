@@ -29,6 +29,7 @@ from predictions.registry import (
     shadow_classifier_get,
     shadow_version,
 )
+from predictions.services.backpressure import shadow_backlog
 from predictions.services.dispatch import shadow_wakeup_send, shadow_wakeup_taken
 from predictions.services.versions import VersionRefused
 
@@ -39,7 +40,8 @@ LIVE_POLL_SECONDS = 0.05  # how often a shadow worker waiting for live traffic t
 
 
 def shadow_sample(rows: Sequence[Prediction]) -> int:
-    """Queue shadow answers for SHADOW_RATE of these freshly answered rows; returns how many."""
+    """Queue shadow answers for SHADOW_RATE of these freshly answered rows, while fewer than
+    SHADOW_MAX_QUEUED wait (counted once a second per process, as MAX_QUEUED is); returns how many."""
     if settings.SHADOW_RATE <= 0:
         return 0
     answers = []
@@ -49,6 +51,15 @@ def shadow_sample(rows: Sequence[Prediction]) -> int:
         shadow = shadow_version(row.model_name)
         if shadow is not None and random.random() < settings.SHADOW_RATE:
             answers.append(ShadowAnswer(prediction_id=row.pk, version_id=shadow[0]))
+    if answers and settings.SHADOW_MAX_QUEUED:
+        room = shadow_backlog.take(len(answers), settings.SHADOW_MAX_QUEUED)
+        if room < len(answers):
+            logger.info(
+                "%d shadow answer(s) not sampled: SHADOW_MAX_QUEUED (%d) are waiting",
+                len(answers) - room,
+                settings.SHADOW_MAX_QUEUED,
+            )
+            answers = answers[:room]
     ShadowAnswer.objects.bulk_create(answers, ignore_conflicts=True)  # a row re-run: answered once per version
     if answers:
         transaction.on_commit(shadow_wakeup_send)
