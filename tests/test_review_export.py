@@ -136,8 +136,9 @@ def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_no
 def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_version_it_started_from(owner, tmp_path):
     """--keep 0.5: every weight of the model as served (loaded through the real loading code, the
     adapter merged) is halfway between the starting version's and those the same training (same
-    seed, so the same steps; a large learning rate, so every weight moves well past fp16's rounding)
-    serves without it. The written adapter has twice the rank, and a further training starts from it."""
+    seed, so the same steps; a large learning rate, so every weight moves well past fp16's rounding
+    and the factors' product far from their average's) serves without it. The written adapter has
+    twice the rank, and a further training starts from it."""
     from torch import nn  # noqa: PLC0415
 
     from predictions.registry import BUNDLED_MODELS_DIR  # noqa: PLC0415
@@ -149,7 +150,7 @@ def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_vers
     def train(keep: str, init_from: str, out: Path) -> None:
         call_command(
             "train_model", "sentiment", "--init-from", init_from, "--limit", "64", "--epochs", "1",
-            "--lr-scale", "50", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(out), "--keep", keep,
+            "--lr-scale", "200", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(out), "--keep", keep,
             stdout=io.StringIO(),
         )  # fmt: skip
 
@@ -170,10 +171,13 @@ def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_vers
     assert len(start) > 20
     moved = 0
     for name, weight in start.items():
-        change = (trained[name] - weight).abs().max()
-        moved += bool(change > 1e-3)  # the pooler gets no gradient (mean pooling): it stays
-        expected = weight + 0.5 * (trained[name] - weight)
-        assert (halfway[name] - expected).abs().max() <= max(change / 20, 1e-4), name  # fp16 rounding
+        change = trained[name] - weight
+        if change.abs().max() < 1e-3:  # the pooler gets no gradient (mean pooling): it stays
+            continue
+        moved += 1
+        off = halfway[name] - (weight + 0.5 * change)
+        # Within the files' fp16 rounding (0.1 % here); averaging the factors one by one is 3-4 % off.
+        assert off.norm() <= 0.01 * (0.5 * change).norm(), name
     assert moved >= len(start) - 2  # every other weight moved: the check above is not trivial
 
     metadata = adapter_metadata(tmp_path / "keep-0.5" / "adapter.safetensors")
