@@ -241,25 +241,35 @@ def test_without_a_mark_a_bulk_pass_claims_nothing_between_its_layers(owner, set
     assert not [k for k in claims if k.get("interactive_only")]
 
 
-def test_a_claim_that_fails_between_layers_fails_the_task_not_the_bulk_pass(owner, settings, monkeypatch):
-    """An error of the claim between two layers is raised once the pass is done, as one between two
-    passes is: the pass is not taken for failed (its texts are not retried one by one), and its rows
-    stay running under the task, for the sweeper."""
+def _marked_during_yielding_bulk(owner, settings, monkeypatch, *, before_interactive_claim) -> list[Prediction]:
+    """Eight queued bulk rows for passes that yield between layers, a single text marked as posted,
+    and `before_interactive_claim()` run before each interactive-only claim."""
     settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
     settings.PASS_YIELD_LAYERS = True
-    bulk = _bulk(owner, 8)
     real_claim = worker.predictions_claim
 
     def claim(*args, **kwargs):
         if kwargs.get("interactive_only"):
-            raise OperationalError("the database went away")
+            before_interactive_claim()
         return real_claim(*args, **kwargs)
 
     monkeypatch.setattr(worker, "predictions_claim", claim)
+    redis().set(_interactive_mark("sentiment"), b"1")
+    return _bulk(owner, 8)
+
+
+def test_a_claim_that_fails_between_layers_fails_the_task_not_the_bulk_pass(owner, settings, monkeypatch):
+    """An error of the claim between two layers is raised once the pass is done, as one between two
+    passes is: the pass is not taken for failed (its texts are not retried one by one), and its rows
+    stay running under the task, for the sweeper."""
+
+    def database_gone() -> None:
+        raise OperationalError("the database went away")
+
+    bulk = _marked_during_yielding_bulk(owner, settings, monkeypatch, before_interactive_claim=database_gone)
     classifier = classifier_get("sentiment")
     one_by_one = []
     monkeypatch.setattr(worker, "_text_run", lambda *a: one_by_one.append(a) or classifier.predict([a[1]])[0])
-    redis().set(_interactive_mark("sentiment"), b"1")
     with pytest.raises(OperationalError):
         worker.predictions_run([r.pk for r in bulk], task_id="chunk")
     assert one_by_one == []
@@ -273,18 +283,7 @@ def test_the_time_taken_between_layers_is_not_counted_in_the_bulk_pass_s_logged_
 ):
     """The pass's logged seconds (and its forward-pass metric) are its own: the nested claim, here
     made to take a second, is taken out of them."""
-    settings.PASS_MAX_TEXTS, settings.PASS_MAX_TEXTS_MIXED, settings.CLAIM_WAIT_MS = 8, 0, 0
-    settings.PASS_YIELD_LAYERS = True
-    bulk = _bulk(owner, 8)
-    real_claim = worker.predictions_claim
-
-    def slow_claim(*args, **kwargs):
-        if kwargs.get("interactive_only"):
-            time.sleep(1.0)
-        return real_claim(*args, **kwargs)
-
-    monkeypatch.setattr(worker, "predictions_claim", slow_claim)
-    redis().set(_interactive_mark("sentiment"), b"1")
+    bulk = _marked_during_yielding_bulk(owner, settings, monkeypatch, before_interactive_claim=lambda: time.sleep(1.0))
     started = time.monotonic()
     with caplog.at_level("INFO", logger=worker.logger.name):
         assert worker.predictions_run([r.pk for r in bulk], task_id="chunk")["succeeded"] == 8
