@@ -204,8 +204,8 @@ def model_train(
             bar.set_postfix(loss=f"{running:.4f}")
 
     if init_from is not None and config.keep != 1.0:
-        rank = adapter_interpolate(model, init_from, keep=config.keep)
-        config = replace(config, lora_rank=rank, lora_alpha=config.lora_alpha * rank / config.lora_rank)
+        adapter_interpolate(model, init_from, keep=config.keep)  # both factor pairs: twice the rank, same scale
+        config = replace(config, lora_rank=2 * config.lora_rank, lora_alpha=2 * config.lora_alpha)
     thresholds = None
     dev_logits = _logits(model, tokenizer, [e.text for e in dev], config, device)
     if config.kind is ModelKind.SINGLE_LABEL:
@@ -289,31 +289,25 @@ def _model_build(
 
 
 def adapter_init(model: MeanPooledClassifier, path: Path, config: TrainConfig) -> None:
-    """Copy an earlier adapter's LoRA factors and head into a freshly attached model of the same shape."""
+    """Copy an earlier adapter's LoRA factors and head into a freshly attached model of its shape
+    (`_model_build` attaches LoRA of the adapter's rank and alpha)."""
     metadata = adapter_metadata(path)
-    mine = (config.labels, config.kind.value, config.lora_rank, config.lora_alpha, BASE_WEIGHTS_SHA256)
-    theirs = (
-        json.loads(metadata["labels"]),
-        metadata["kind"],
-        int(metadata["lora_rank"]),
-        float(metadata["lora_alpha"]),
-        metadata["base_sha256"],
-    )
+    mine = (config.labels, config.kind.value, BASE_WEIGHTS_SHA256)
+    theirs = (json.loads(metadata["labels"]), metadata["kind"], metadata["base_sha256"])
     if mine != theirs:
-        raise ValueError(f"{path}: labels, kind, LoRA rank/alpha or base encoder differ from this training's: {theirs}")
+        raise ValueError(f"{path}: labels, kind or base encoder differ from this training's: {theirs}")
     _adapter_copy(model, load_file(str(path)))
 
 
-def adapter_interpolate(model: MeanPooledClassifier, path: Path, *, keep: float) -> int:
+def adapter_interpolate(model: MeanPooledClassifier, path: Path, *, keep: float) -> None:
     """Move a model fine-tuned from the adapter at `path` back toward it, in weight space (WiSE-FT):
     every adapted weight becomes init + keep × (trained - init), and so does the head. Averaging a
     fine-tuned model's weights with those it started from keeps most of the gain on the new data and
     more of the old. A layer's change is its factors' product, scale × B @ A, so the factors cannot
     be averaged one by one (that is not the average of the products); each layer keeps both pairs
     side by side instead: A = [A_init; A_trained], B = [(1 - keep) B_init, keep B_trained], the same
-    scale, twice the rank. Returns the new rank."""
+    scale, twice the rank of `path` (which training took on, `_model_build`)."""
     tensors = load_file(str(path))
-    rank = 0
     with torch.no_grad():
         for weight, key in [(model.head.weight, "head.weight"), (model.head.bias, "head.bias")]:
             start = tensors[key].float().to(weight.device)
@@ -327,8 +321,6 @@ def adapter_interpolate(model: MeanPooledClassifier, path: Path, *, keep: float)
                 module.lora_B = nn.Parameter(
                     torch.cat([(1 - keep) * b_init, keep * b.detach()], dim=1), requires_grad=b.requires_grad
                 )
-                rank = module.lora_A.shape[0]
-    return rank
 
 
 def _adapter_copy(model: MeanPooledClassifier, tensors: dict[str, torch.Tensor]) -> None:
