@@ -143,7 +143,7 @@ def test_training_from_an_adapter_of_other_labels_is_refused(random_adapter: Ran
     config = TrainConfig(
         name="sentiment", kind=ModelKind.SINGLE_LABEL, labels=["sad", "happy"], lora_rank=4, lora_alpha=8
     )
-    with pytest.raises(ValueError, match="labels, kind, LoRA rank"):
+    with pytest.raises(ValueError, match="labels, kind or base encoder differ"):
         model_train(config, [Example("x", (0,))], [], tmp_path, init_from=directory / "adapter.safetensors")
 
 
