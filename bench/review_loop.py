@@ -17,7 +17,7 @@ sentiment grouping (a text with emotions of both groups, or of neither, is left 
 5. the queue-trained candidate is compared on the reviewed predictions, shadowed on `--shadow-traffic`
    more live texts, and promoted;
 6. the served model and both candidates are scored on the mapped GoEmotions **dev** texts (never
-   reviewed) and on SST-2 dev.
+   reviewed) and on SST-2 dev; each change is printed with its 95 % interval (`paired_change`).
 
 `--seed` draws the traffic, the audit sample, the random reviews and the training: a run repeats
 with the same seed. It prints one table and writes `bench/results/review-loop-<date>.json`.
