@@ -157,6 +157,12 @@ def main() -> None:
         help="train_model --replay-uncertain for both candidates: the --replay SST-2 rows the served version is least sure of",
     )
     parser.add_argument(
+        "--replay-min-words",
+        type=int,
+        default=0,
+        help="train_model --replay-min-words for both candidates: replay SST-2 rows of at least this many words",
+    )
+    parser.add_argument(
         "--distill-replay",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -245,6 +251,7 @@ def main() -> None:
                 "--out", str(out_dir), "--datasets-dir", str(args.datasets_dir),
                 *(["--balance-extra"] if args.balance_extra else []),
                 *(["--replay-uncertain"] if args.replay_uncertain else []),
+                *(["--replay-min-words", str(args.replay_min_words)] if args.replay_min_words else []),
                 *(["--distill-replay"] if args.distill_replay else []),
             )  # fmt: skip
             trained = json.loads(output.strip().splitlines()[-1])

@@ -241,6 +241,30 @@ def test_replay_uncertain_keeps_the_rows_the_starting_version_is_least_sure_of_i
         _rows_least_sure(rows, {"init_from": None, "limit": 3}, name="sentiment", device="cpu")
 
 
+def test_replay_min_words_keeps_the_dataset_s_longer_rows_in_their_order_and_the_card_says_so():
+    from predictions.management.commands.train_model import _command_line, _rows_of_words  # noqa: PLC0415
+    from textclf.training.datasets import Example  # noqa: PLC0415
+
+    texts = ["a gem", "the plot never quite comes together here", "dull", "warm , funny and wise"]
+    rows = [Example(text=t, label_ids=(i % 2,)) for i, t in enumerate(texts)]
+    assert _rows_of_words(rows, 5) == [rows[1], rows[3]]  # SST-2 spaces its punctuation: "," counts as a word
+    assert _rows_of_words(rows, 1) == rows
+    with pytest.raises(CommandError, match="no row of the dataset has 9 words or more"):
+        _rows_of_words(rows, 9)
+    with pytest.raises(CommandError, match="--replay-min-words must be 1 or more"):
+        _rows_of_words(rows, -1)
+    options = {
+        "seed": 0, "device": "cpu", "balance_extra": False, "replay_uncertain": False, "distill_replay": True,
+        "replay_min_words": 12, "limit": 12000, "init_from": "bundled:sentiment", "lr_scale": 1.0, "keep": 1.0,
+        "extra_data": [Path("reviews.tsv")],
+    }  # fmt: skip
+    assert "--distill-replay --replay-min-words 12 --limit 12000 --init-from bundled:sentiment" in _command_line(
+        "sentiment", 2, options
+    )
+    options["replay_min_words"] = 0
+    assert "--replay-min-words" not in _command_line("sentiment", 2, options)
+
+
 @pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
 def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_the_line(tmp_path):
     (tmp_path / "good.tsv").write_text("label\tsentence\n1\ta fine film\n")

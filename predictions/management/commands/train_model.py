@@ -66,6 +66,13 @@ class Command(BaseCommand):
             help="with --init-from and --limit N: the N dataset rows the starting version is least sure of "
             "(smallest margin), not the first N: the rows whose answers fine-tuning on new data moves first",
         )
+        parser.add_argument(
+            "--replay-min-words",
+            type=int,
+            default=0,
+            help="replay only the dataset's rows of at least this many words (with --limit N: the first N of them), "
+            "e.g. 12 to replay whole sentences rather than SST-2's short phrases",
+        )
         parser.add_argument("--datasets-dir", type=Path, default=None)
         parser.add_argument(
             "--init-from",
@@ -101,6 +108,8 @@ class Command(BaseCommand):
         labels = recipe.labels(datasets_dir)
         reader = recipe.reader(datasets_dir)
         train, dev = reader(train_path), reader(dev_path)
+        if options["replay_min_words"]:
+            train = _rows_of_words(train, options["replay_min_words"])
         if options["replay_uncertain"]:
             train = _rows_least_sure(train, options, name=recipe.name, device=str(device))
         elif options["limit"]:
@@ -188,7 +197,7 @@ def _command_line(name: str, epochs: int, options: dict[str, Any]) -> str:
     for flag in ("balance_extra", "replay_uncertain", "distill_replay"):
         if options[flag]:
             line += f" --{flag.replace('_', '-')}"
-    for flag in ("limit", "init_from"):
+    for flag in ("replay_min_words", "limit", "init_from"):
         if options[flag]:
             line += f" --{flag.replace('_', '-')} {options[flag]}"
     for flag in ("lr_scale", "keep"):
@@ -219,6 +228,16 @@ def _rows_least_sure(train: list, options: dict[str, Any], *, name: str, device:
     margins = [answer.margin if answer.margin is not None else 1.0 for answer in answers]
     order = sorted(range(len(train)), key=margins.__getitem__)
     return [train[i] for i in sorted(order[: options["limit"]])]
+
+
+def _rows_of_words(train: list, words: int) -> list:
+    """--replay-min-words: the dataset's rows of at least `words` words, in its order."""
+    if words < 1:
+        raise CommandError("--replay-min-words must be 1 or more")
+    kept = [example for example in train if len(example.text.split()) >= words]
+    if not kept:
+        raise CommandError(f"--replay-min-words: no row of the dataset has {words} words or more")
+    return kept
 
 
 def _extra_rows(reader, paths: list[Path], *, kind: ModelKind, balance: bool, seed: int) -> list:
