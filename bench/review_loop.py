@@ -11,9 +11,9 @@ sentiment grouping (a text with emotions of both groups, or of neither, is left 
    review desk offers them: the audit sample, then the review queue's order (most uncertain
    first); `export_reviews` writes them;
 3. the same number of random predictions is reviewed instead, and exported, as the baseline;
-4. `train_model --init-from bundled:sentiment --extra-data … --distill-replay` fine-tunes the served
-   version on each export, with `--replay` SST-2 training rows beside it that learn its own scores, and
-   registers each as a candidate;
+4. `train_model --init-from bundled:sentiment --extra-data … --replay-min-words 12 --distill-replay`
+   fine-tunes the served version on each export, with `--replay` SST-2 training sentences (rows of 12
+   words or more) beside it that learn its own scores, and registers each as a candidate;
 5. the queue-trained candidate is compared on the reviewed predictions, shadowed on `--shadow-traffic`
    more live texts, and promoted;
 6. the served model and both candidates are scored on the mapped GoEmotions **dev** texts (never
@@ -159,8 +159,9 @@ def main() -> None:
     parser.add_argument(
         "--replay-min-words",
         type=int,
-        default=0,
-        help="train_model --replay-min-words for both candidates: replay SST-2 rows of at least this many words",
+        default=12,
+        help="train_model --replay-min-words for both candidates: replay SST-2 rows of at least this many words "
+        "(whole sentences, as dev and traffic are); 0: the first --replay rows, mostly phrases",
     )
     parser.add_argument(
         "--distill-replay",
