@@ -242,13 +242,20 @@ def test_replay_uncertain_keeps_the_rows_the_starting_version_is_least_sure_of_i
 
 
 def test_replay_min_words_keeps_the_dataset_s_longer_rows_in_their_order_and_the_card_says_so():
-    from predictions.management.commands.train_model import _command_line, _rows_of_words  # noqa: PLC0415
+    from predictions.management.commands.train_model import (  # noqa: PLC0415
+        _command_line,
+        _dataset_rows,
+        _rows_of_words,
+    )
     from textclf.training.datasets import Example  # noqa: PLC0415
 
     texts = ["a gem", "the plot never quite comes together here", "dull", "warm , funny and wise"]
     rows = [Example(text=t, label_ids=(i % 2,)) for i, t in enumerate(texts)]
     assert _rows_of_words(rows, 5) == [rows[1], rows[3]]  # SST-2 spaces its punctuation: "," counts as a word
     assert _rows_of_words(rows, 1) == rows
+    chosen = {"replay_min_words": 5, "replay_uncertain": False, "limit": 1}
+    assert _dataset_rows(rows, chosen, name="sentiment", device="cpu") == [rows[1]]  # the first --limit of them
+    assert _dataset_rows(rows, {**chosen, "replay_min_words": 0}, name="sentiment", device="cpu") == [rows[0]]
     with pytest.raises(CommandError, match="no row of the dataset has 9 words or more"):
         _rows_of_words(rows, 9)
     with pytest.raises(CommandError, match="--replay-min-words must be 1 or more"):

@@ -108,12 +108,7 @@ class Command(BaseCommand):
         labels = recipe.labels(datasets_dir)
         reader = recipe.reader(datasets_dir)
         train, dev = reader(train_path), reader(dev_path)
-        if options["replay_min_words"]:
-            train = _rows_of_words(train, options["replay_min_words"])
-        if options["replay_uncertain"]:
-            train = _rows_least_sure(train, options, name=recipe.name, device=str(device))
-        elif options["limit"]:
-            train = train[: options["limit"]]
+        train = _dataset_rows(train, options, name=recipe.name, device=str(device))
         extra = _extra_rows(
             reader, options["extra_data"], kind=recipe.kind, balance=options["balance_extra"], seed=options["seed"]
         )
@@ -215,6 +210,16 @@ def _adapter_file(source: str) -> Path:
     if not path.is_file():
         raise CommandError(f"--init-from: no {ADAPTER_FILE} in {path.parent}")
     return path
+
+
+def _dataset_rows(train: list, options: dict[str, Any], *, name: str, device: str) -> list:
+    """The dataset's rows to train on: those of --replay-min-words words or more, then the --limit
+    the starting version is least sure of (--replay-uncertain) or the first --limit of them."""
+    if options["replay_min_words"]:
+        train = _rows_of_words(train, options["replay_min_words"])
+    if options["replay_uncertain"]:
+        return _rows_least_sure(train, options, name=name, device=device)
+    return train[: options["limit"]] if options["limit"] else train
 
 
 def _rows_least_sure(train: list, options: dict[str, Any], *, name: str, device: str) -> list:
