@@ -2,7 +2,9 @@
 
 `CpuMeter.start()` before a workload and `.stop()` after it give, for every running process, the
 CPU time it used in between, grouped into the parts of the stack (web, worker, PostgreSQL,
-RabbitMQ, Redis, the load generator) and the idle time of the machine.
+RabbitMQ, Redis, the load generator) and the idle time of the machine. A process that ended in
+between (a management command, its database connection) is no longer there to read: what the
+machine spent beyond the living processes' CPU goes to "other".
 """
 
 from __future__ import annotations
@@ -48,25 +50,31 @@ def _processes() -> dict[int, tuple[str, float]]:
     return found
 
 
-def _idle_seconds() -> float:
-    first = Path("/proc/stat").read_text().splitlines()[0].split()
-    return (int(first[4]) + int(first[5])) / TICKS  # idle + iowait, all cores
+def _machine_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of all cores since boot: busy is user, nice, system, irq and softirq
+    (guest time is inside user; steal is another machine's), idle is idle and iowait."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, idle, iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / TICKS, (idle + iowait) / TICKS
 
 
 class CpuMeter:
     def start(self) -> CpuMeter:
         self.before = _processes()
-        self.idle_before = _idle_seconds()
+        self.busy_before, self.idle_before = _machine_seconds()
         return self
 
     def stop(self) -> dict[str, float]:
-        """CPU seconds per part since start(); processes that ended in between are not counted."""
+        """CPU seconds per part since start(). Processes that ended in between are counted in "other":
+        the machine's busy time less what the processes still running used."""
         after = _processes()
+        busy, idle = _machine_seconds()
         seconds = dict.fromkeys(PARTS, 0.0)
         for pid, (part, used) in after.items():
             before = self.before.get(pid, (part, 0.0))[1]
             seconds[part] += max(0.0, used - before)
-        seconds["idle"] = max(0.0, _idle_seconds() - self.idle_before)
+        seconds["other"] += max(0.0, (busy - self.busy_before) - sum(seconds.values()))
+        seconds["idle"] = max(0.0, idle - self.idle_before)
         return {part: round(value, 2) for part, value in seconds.items()}
 
 
