@@ -39,6 +39,26 @@ def metrics_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashes():
+    """Passwords set in this process hash with MD5, as Django's testing docs advise: PBKDF2 at its
+    default iterations takes a quarter of a second a hash here, and most tests create a user or two.
+    The default hashers stay listed after it, so a password that a process the test started wrote
+    still checks; and a process the test starts hashes with its own settings. No test here is about
+    the hash's strength (tests/test_settings_env.py holds that the served settings keep the default)."""
+    from django.conf import settings  # noqa: PLC0415
+    from django.contrib.auth.hashers import get_hashers, get_hashers_by_algorithm  # noqa: PLC0415
+
+    served = list(settings.PASSWORD_HASHERS)
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *served]
+    get_hashers.cache_clear()
+    get_hashers_by_algorithm.cache_clear()
+    yield
+    settings.PASSWORD_HASHERS = served
+    get_hashers.cache_clear()
+    get_hashers_by_algorithm.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def tiny_models(settings, tiny_sentiment_dir, tiny_emotions_dir, monkeypatch):
     """Every test serves tiny random models unless it registers others; the bundled ones have their own tests.

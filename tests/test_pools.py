@@ -34,6 +34,10 @@ class Pool:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Pool:
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> Pool:
+        """Start the process without waiting for it (several pools start side by side)."""
         log = open(self.log_path, "a+")  # noqa: SIM115 - the process writes it; closed with the file object
         command = stack_commands(bind="", web_workers=1, web_threads=1)[self.kind]
         self.process = subprocess.Popen(
@@ -43,13 +47,23 @@ class Pool:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait_ready(self) -> Pool:
         assert eventually(lambda: "ready." in self.log_path.read_text() or self.process.poll() is not None, 60)
         assert self.process.poll() is None, self.log_path.read_text()[-3000:]
         return self
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.wait_stopped()
+
+    def signal_stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        if self.process:
             self.process.wait(timeout=30)
 
 
@@ -72,11 +86,15 @@ def pool_env(tiny_sentiment_dir, tiny_emotions_dir, var_dir, **more: str) -> dic
 def pools(django_db_setup, tiny_sentiment_dir, tiny_emotions_dir, tmp_path, celery_eager):
     env = pool_env(tiny_sentiment_dir, tiny_emotions_dir, tmp_path)
     celery_eager.conf.task_always_eager = False
-    started = {model: Pool(model, env, tmp_path).start() for model in ("sentiment", "emotions")}
+    started = {model: Pool(model, env, tmp_path).spawn() for model in ("sentiment", "emotions")}
+    for pool in started.values():
+        pool.wait_ready()
     worker_ping_forget()
     yield started
     for pool in started.values():
-        pool.stop()
+        pool.signal_stop()  # both stop side by side
+    for pool in started.values():
+        pool.wait_stopped()
     worker_ping_forget()
 
 

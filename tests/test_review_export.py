@@ -4,6 +4,7 @@ train_model --extra-data trains on them and registers the result as a candidate 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,22 @@ from textclf.serving.loading import adapter_metadata
 from textclf.training.datasets import goemotions_read, sst2_read
 
 pytestmark = pytest.mark.django_db
+needs_datasets = pytest.mark.skipif(
+    not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets"
+)
+
+
+@pytest.fixture
+def sst2_head(tmp_path) -> Path:
+    """A datasets directory with SST-2's first 200 train rows and first 64 dev rows: train_model reads
+    it as it reads the whole files (--datasets-dir), and its dev evaluation, in fp32 and int8, takes
+    a second rather than most of the test."""
+    head = tmp_path / "datasets-head"
+    (head / "sst2").mkdir(parents=True)
+    for split, rows in (("train", 200), ("dev", 64)):
+        with (settings.DATASETS_DIR / "sst2" / f"{split}.tsv").open() as whole:
+            (head / "sst2" / f"{split}.tsv").write_text("".join(itertools.islice(whole, rows + 1)))  # + the header
+    return head
 
 
 def answer(
@@ -97,8 +114,10 @@ def test_export_refuses_an_unknown_model_and_an_unwritable_file_naming_them(tmp_
         export("sentiment", tmp_path / "no-such-dir" / "x.tsv")
 
 
-@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
-def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_not_served(owner, tmp_path, settings):
+@needs_datasets
+def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_not_served(
+    owner, tmp_path, settings, sst2_head
+):
     settings.MLSITE_MODELS = {**settings.MLSITE_MODELS, "sentiment": "bundled:sentiment"}  # its labels: the recipe's
     answer(owner, "oh great, another sequel nobody asked for", "positive", corrected="negative")
     answer(owner, "a quietly devastating film", "positive")
@@ -117,6 +136,8 @@ def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_no
         str(tmp_path / "candidate"),
         "--lr-scale",
         "0.5",
+        "--datasets-dir",
+        str(sst2_head),
         stdout=printed,
     )
     output = printed.getvalue()
@@ -130,10 +151,13 @@ def test_train_model_with_extra_data_trains_on_them_and_registers_a_candidate_no
     assert candidate.source == f"path:{tmp_path / 'candidate'}"
     assert candidate.metrics["dev_accuracy"] == report["fp32"]["accuracy"]
     assert "2 extra rows from reviews.tsv" in candidate.note
+    assert report["fp32"]["n"] == 64  # evaluated on the head's dev rows
 
 
-@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
-def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_version_it_started_from(owner, tmp_path):
+@needs_datasets
+def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_version_it_started_from(
+    owner, tmp_path, sst2_head
+):
     """--keep 0.5: every weight of the model as served (loaded through the real loading code, the
     adapter merged) is halfway between the starting version's and those the same training (same
     seed, so the same steps; a large learning rate, so every weight moves well past fp16's rounding
@@ -151,7 +175,7 @@ def test_train_model_keep_serves_the_weights_that_share_of_the_way_from_the_vers
         call_command(
             "train_model", "sentiment", "--init-from", init_from, "--limit", "64", "--epochs", "1",
             "--lr-scale", "200", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(out), "--keep", keep,
-            stdout=io.StringIO(),
+            "--datasets-dir", str(sst2_head), stdout=io.StringIO(),
         )  # fmt: skip
 
     for keep in ("1", "0.5"):
@@ -199,14 +223,14 @@ def test_balance_extra_repeats_the_rarer_reviewed_label_as_train_model_reads_the
     assert sorted(e.text for e in balanced) == ["dull", "dull", "dull", "fine", "great", "lovely"]
 
 
-@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
-def test_distill_replay_distills_the_dataset_s_rows_and_not_the_extra_ones(owner, tmp_path):
+@needs_datasets
+def test_distill_replay_distills_the_dataset_s_rows_and_not_the_extra_ones(owner, tmp_path, sst2_head):
     answer(owner, "oh great, another sequel nobody asked for", "positive", corrected="negative")
     export("sentiment", tmp_path / "reviews.tsv")
     call_command(
         "train_model", "sentiment", "--init-from", "bundled:sentiment", "--limit", "32", "--epochs", "1",
         "--distill-replay", "--extra-data", str(tmp_path / "reviews.tsv"), "--out", str(tmp_path / "c"),
-        stdout=io.StringIO(),
+        "--datasets-dir", str(sst2_head), stdout=io.StringIO(),
     )  # fmt: skip
     hyper = json.loads(adapter_metadata(tmp_path / "c" / "adapter.safetensors")["hyperparameters"])
     assert hyper["distill_rows"] == 32  # the 32 dataset rows come first; the reviewed row after them
@@ -272,7 +296,7 @@ def test_replay_min_words_keeps_the_dataset_s_longer_rows_in_their_order_and_the
     assert "--replay-min-words" not in _command_line("sentiment", 2, options)
 
 
-@pytest.mark.skipif(not (settings.DATASETS_DIR / "sst2" / "dev.tsv").is_file(), reason="needs ../shared/datasets")
+@needs_datasets
 def test_train_model_refuses_extra_data_without_out_and_a_malformed_file_naming_the_line(tmp_path):
     (tmp_path / "good.tsv").write_text("label\tsentence\n1\ta fine film\n")
     (tmp_path / "bad.tsv").write_text("label\tsentence\n7\tbad label\n")

@@ -214,11 +214,14 @@ def _stopped_in_time(process: subprocess.Popen, env: dict[str, str], log: Path, 
 
 
 def test_sigterm_and_ctrl_c_stop_the_stack_every_time_even_during_start_up(stack_env, tmp_path):
-    for attempt, sig in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM]):
+    # One signal in each stretch of the start-up, at a random moment within it: while Django sets up,
+    # while the web, worker and beat start, and once the stack runs.
+    moments = [(signal.SIGINT, 0, 1.5), (signal.SIGTERM, 1.5, 4), (signal.SIGINT, 4, 8)]
+    for attempt, (sig, earliest, latest) in enumerate(moments):
         log = tmp_path / f"runstack-{attempt}.log"
         process = runstack(stack_env, free_port(), log)
         try:
-            delay = random.uniform(0, 8)  # from Django's start-up to a running stack
+            delay = random.uniform(earliest, latest)
             time.sleep(delay)
             os.killpg(process.pid, sig)  # as the terminal sends Ctrl-C: to the foreground group
             _stopped_in_time(process, stack_env, log, f"{sig.name} {delay:.1f} s after the start")

@@ -64,3 +64,15 @@ def test_the_settings_read_every_old_name_under_its_new_one():
     assert result["warned"] == sorted(
         f"{old} is now {new}; the old name is read until the next release" for old, new in RENAMED.items()
     )
+
+
+def test_the_served_settings_hash_passwords_with_django_s_default_not_the_tests_md5():
+    """tests/conftest.py hashes with MD5 in the test process for speed; the settings a deployment
+    reads keep Django's slow default (PBKDF2) first."""
+    from django.conf import global_settings  # noqa: PLC0415
+
+    import mlsite.settings as served  # noqa: PLC0415
+
+    hashers = getattr(served, "PASSWORD_HASHERS", global_settings.PASSWORD_HASHERS)
+    assert hashers[0] == "django.contrib.auth.hashers.PBKDF2PasswordHasher", hashers
+    assert not any("MD5" in hasher for hasher in hashers), hashers
