@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from playwright.sync_api import Page, sync_playwright
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -42,3 +43,7 @@ def chromium_page(monkeypatch) -> Iterator[Page]:
             yield page
         finally:
             browser.close()
+            # Playwright's event loop counts as running in this thread, so Django keeps this thread's
+            # connections in a context variable here, apart from those pytest-django closes: close
+            # them while it still does, or one stays open and the test database cannot be dropped.
+            connections.close_all()
